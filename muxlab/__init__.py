@@ -1,0 +1,1 @@
+"""muxlab: an emulator of a cloud software load balancer (Ananta / Azure SLB)."""

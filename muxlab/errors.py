@@ -1,0 +1,5 @@
+"""The error type the CLI prints without a traceback."""
+
+
+class MuxlabError(RuntimeError):
+    pass

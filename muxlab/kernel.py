@@ -1,0 +1,102 @@
+"""Side effects on the kernel shared by the MUX and host agents: netlink (pyroute2) and nft.
+
+Every function is idempotent: it reads what is there and changes only the difference,
+so an agent can restart and re-apply without duplicating or flapping anything.
+"""
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
+
+RTNH_F_ONLINK = 4
+NTF_SELF = 2  # an FDB entry of the VXLAN device itself, not of a bridge above it
+
+
+class KernelError(RuntimeError):
+    pass
+
+
+def nft_apply(ruleset: str) -> None:
+    """Load a ruleset in one nft transaction: all of it or none of it."""
+    proc = subprocess.run(["nft", "-f", "-"], input=ruleset, text=True, capture_output=True)
+    if proc.returncode != 0:
+        raise KernelError(f"nft rejected the ruleset: {proc.stderr.strip()}")
+
+
+def nft_counter(table: str, name: str, family: str = "ip") -> int:
+    proc = subprocess.run(["nft", "list", "counter", family, table, name], text=True, capture_output=True)
+    words = proc.stdout.split()
+    return int(words[words.index("packets") + 1]) if "packets" in words else 0
+
+
+def ifindex(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def ensure_vxlan(ipr: IPRoute, name: str, vni: int, local: str, mtu: int = 1500) -> int:
+    """A VXLAN device on UDP 4789 that neither learns nor floods: every remote is static."""
+    idx = ifindex(ipr, name)
+    if idx is None:
+        ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=local,
+                 vxlan_port=4789, vxlan_learning=0)
+        idx = ifindex(ipr, name)
+    ipr.link("set", index=idx, mtu=mtu, state="up")
+    return idx
+
+
+@dataclass(frozen=True)
+class PolicyRoute:
+    """Packets arriving on `iif` with fwmark `mark` -> table `mark` -> default via `via`
+    dev `dev` onlink.
+
+    The `iif` match matters: a VXLAN device routes its outer packet with the inner packet's
+    mark, and without it that lookup would hit this rule and loop into the tunnel.
+    With `mac`, the neighbour entry of `via` is pinned to it; with `vtep`, the VXLAN FDB
+    sends that MAC to that remote VTEP."""
+    mark: int
+    via: str
+    dev: str
+    iif: str
+    mac: str | None = None
+    vtep: str | None = None
+
+
+def reconcile_policy_routes(ipr: IPRoute, wanted: list[PolicyRoute], priority: int) -> None:
+    current = {}
+    for r in ipr.get_rules(family=2):
+        if r.get_attr("FRA_PRIORITY") == priority:
+            current[r.get_attr("FRA_FWMARK")] = (r.get_attr("FRA_TABLE"), r.get_attr("FRA_IIFNAME"))
+    want = {p.mark: p for p in wanted}
+    for mark, (table, iif) in current.items():
+        if mark not in want or want[mark].iif != iif:
+            ipr.rule("del", family=2, priority=priority, fwmark=mark, fwmask=0xFFFFFFFF, table=table, iifname=iif)
+            try:
+                ipr.route("del", dst="0.0.0.0/0", table=table)
+            except Exception:
+                pass
+    for p in wanted:
+        idx = ifindex(ipr, p.dev)
+        if idx is None:
+            raise KernelError(f"device {p.dev} missing for DIP {p.via}")
+        if p.mac:
+            ipr.neigh("replace", dst=p.via, lladdr=p.mac, ifindex=idx, state=NUD_PERMANENT)
+        if p.mac and p.vtep:
+            ipr.fdb("replace", ifindex=idx, lladdr=p.mac, dst=p.vtep, state=NUD_PERMANENT, flags=NTF_SELF)
+        ipr.route("replace", dst="0.0.0.0/0", gateway=p.via, oif=idx, table=p.mark, flags=RTNH_F_ONLINK)
+        if current.get(p.mark) != (p.mark, p.iif):
+            ipr.rule("add", family=2, priority=priority, fwmark=p.mark, fwmask=0xFFFFFFFF, table=p.mark, iifname=p.iif)
+
+
+def reconcile_blackholes(ipr: IPRoute, prefixes: list[str], table: int = 254) -> None:
+    have = set()
+    for r in ipr.get_routes(family=2, table=table):
+        if r["type"] == 6:  # RTN_BLACKHOLE
+            have.add(f"{r.get_attr('RTA_DST')}/{r['dst_len']}")
+    for p in set(prefixes) - have:
+        ipr.route("replace", dst=p, type="blackhole", table=table)
+    for p in have - set(prefixes):
+        ipr.route("del", dst=p, type="blackhole", table=table)

@@ -1,0 +1,550 @@
+"""The lab model: nodes, addressing and the load-balancer model (VIPs, rules, pools, probes).
+
+Pure logic only: parse a YAML mapping, validate every field, return frozen dataclasses.
+Every error names the field path and the offending value; a model with any error is
+rejected whole, so nothing downstream ever sees a half-valid model.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+PROTOCOLS = ("tcp", "udp")
+PROBE_PROTOCOLS = ("tcp", "http")
+# Documentation ranges: the only "internet" addresses the lab may use (RFC 5737).
+DOC_RANGES = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
+
+
+class ModelError(ValueError):
+    """A model that failed validation; `problems` lists (field path, value, message)."""
+
+    def __init__(self, problems: list[tuple[str, Any, str]]):
+        self.problems = problems
+        lines = [f"{path}: {value!r}: {msg}" for path, value, msg in problems]
+        super().__init__("invalid lab model:\n  " + "\n  ".join(lines))
+
+
+@dataclass(frozen=True)
+class Mux:
+    name: str
+    underlay: ipaddress.IPv4Interface  # MUX side of its point-to-point link to the edge
+
+    @property
+    def address(self) -> ipaddress.IPv4Address:
+        return self.underlay.ip
+
+    @property
+    def edge_address(self) -> ipaddress.IPv4Address:
+        return peer_of(self.underlay)
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    underlay: ipaddress.IPv4Interface  # host side of its link to the edge; also its VTEP address
+    vm_subnet: ipaddress.IPv4Network   # the "vswitch" subnet its VMs live on
+
+    @property
+    def address(self) -> ipaddress.IPv4Address:
+        return self.underlay.ip
+
+    @property
+    def edge_address(self) -> ipaddress.IPv4Address:
+        return peer_of(self.underlay)
+
+    @property
+    def vm_gateway(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface(f"{next(self.vm_subnet.hosts())}/{self.vm_subnet.prefixlen}")
+
+
+@dataclass(frozen=True)
+class VM:
+    name: str
+    host: str
+    ip: ipaddress.IPv4Address  # the DIP
+
+    @property
+    def mac(self) -> str:
+        """Overlay MAC of this DIP: 02:00 + the four DIP bytes (locally administered).
+
+        MUXes put it in the inner Ethernet header of the VXLAN frame; that is how the
+        host learns which DIP the MUX chose (see docs/datapath.md)."""
+        return dip_mac(self.ip)
+
+
+@dataclass(frozen=True)
+class Client:
+    name: str
+    address: ipaddress.IPv4Interface
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Interface:
+        net = self.address.network
+        return ipaddress.IPv4Interface(f"{next(net.hosts())}/{net.prefixlen}")
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    protocol: str
+    port: int
+    path: str = "/"
+    interval: float = 1.0
+    timeout: float = 0.5
+    unhealthy_threshold: int = 2
+    healthy_threshold: int = 2
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    protocol: str
+    port: int           # frontend port on the VIP
+    backend_port: int   # port on the DIP (equal to port with floating IP)
+    pool: str
+    floating_ip: bool = False
+    probe: str | None = None
+
+
+@dataclass(frozen=True)
+class Vip:
+    name: str
+    address: ipaddress.IPv4Address
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True)
+class Lab:
+    name: str
+    edge_asn: int
+    mux_asn: int
+    keepalive: int
+    hold_time: int
+    router_id: ipaddress.IPv4Address
+    vni: int
+    hash_seed: int
+    table_size: int | None  # None: per pool, the smallest prime >= 100 x backends
+    muxes: tuple[Mux, ...]
+    hosts: tuple[Host, ...]
+    vms: tuple[VM, ...]
+    clients: tuple[Client, ...]
+    pools: dict[str, tuple[str, ...]] = field(hash=False)
+    probes: dict[str, Probe] = field(hash=False)
+    vips: tuple[Vip, ...] = ()
+
+    def vm(self, name: str) -> VM:
+        return next(v for v in self.vms if v.name == name)
+
+    def host(self, name: str) -> Host:
+        return next(h for h in self.hosts if h.name == name)
+
+    def vip(self, name_or_address: str) -> Vip:
+        for v in self.vips:
+            if name_or_address in (v.name, str(v.address)):
+                return v
+        known = ", ".join(f"{v.name} ({v.address})" for v in self.vips)
+        raise KeyError(f"unknown VIP {name_or_address!r}; known VIPs: {known}")
+
+    def vms_on(self, host: str) -> tuple[VM, ...]:
+        return tuple(v for v in self.vms if v.host == host)
+
+    def pool_dips(self, pool: str) -> tuple[VM, ...]:
+        return tuple(self.vm(n) for n in self.pools[pool])
+
+    def node_names(self) -> list[str]:
+        return ["edge"] + [n.name for group in (self.muxes, self.hosts, self.vms, self.clients) for n in group]
+
+    def role_of(self, name: str) -> str:
+        if name == "edge":
+            return "edge"
+        for role, group in (("mux", self.muxes), ("host", self.hosts), ("vm", self.vms), ("client", self.clients)):
+            if any(n.name == name for n in group):
+                return role
+        raise KeyError(f"no node named {name!r} in lab {self.name!r}")
+
+    def mux_by_address(self) -> dict[str, Mux]:
+        return {str(m.address): m for m in self.muxes}
+
+    def effective_table_size(self, pool: str) -> int:
+        return self.table_size or smallest_prime_at_least(100 * max(1, len(self.pools[pool])))
+
+
+def peer_of(iface: ipaddress.IPv4Interface) -> ipaddress.IPv4Address:
+    """The other end of a point-to-point /31 (or /30) link."""
+    net = iface.network
+    if net.prefixlen == 31:
+        a, b = net[0], net[1]
+    elif net.prefixlen == 30:
+        a, b = net[1], net[2]
+    else:
+        raise ValueError(f"{iface} is not a point-to-point /31 or /30")
+    return b if iface.ip == a else a
+
+
+def dip_mac(ip: ipaddress.IPv4Address) -> str:
+    return "02:00:" + ":".join(f"{b:02x}" for b in ip.packed)
+
+
+def is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    i = 2
+    while i * i <= n:
+        if n % i == 0:
+            return False
+        i += 1
+    return True
+
+
+def smallest_prime_at_least(n: int) -> int:
+    while not is_prime(n):
+        n += 1
+    return n
+
+
+# ---------------------------------------------------------------- parsing
+
+
+class _Checker:
+    """Collects problems while reading a raw mapping, so one run reports them all."""
+
+    def __init__(self) -> None:
+        self.problems: list[tuple[str, Any, str]] = []
+
+    def bad(self, path: str, value: Any, msg: str) -> None:
+        self.problems.append((path, value, msg))
+
+    def mapping(self, raw: Any, path: str, allowed: set[str], required: set[str] = frozenset()) -> dict:
+        if not isinstance(raw, dict):
+            self.bad(path, raw, "must be a mapping")
+            return {}
+        for key in raw:
+            if key not in allowed:
+                self.bad(f"{path}.{key}" if path else str(key), raw[key], f"unknown field (allowed: {', '.join(sorted(allowed))})")
+        for key in sorted(required):
+            if key not in raw:
+                self.bad(f"{path}.{key}" if path else key, None, "required field is missing")
+        return raw
+
+    def name(self, value: Any, path: str) -> str | None:
+        if not isinstance(value, str) or not NAME_RE.match(value):
+            self.bad(path, value, "must be a lower-case name: a letter, then letters, digits or '-' (max 31)")
+            return None
+        return value
+
+    def integer(self, value: Any, path: str, lo: int, hi: int) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            self.bad(path, value, f"must be an integer from {lo} to {hi}")
+            return None
+        return value
+
+    def number(self, value: Any, path: str, lo: float, hi: float) -> float | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            self.bad(path, value, f"must be a number from {lo} to {hi}")
+            return None
+        return float(value)
+
+    def choice(self, value: Any, path: str, options: tuple[str, ...]) -> str | None:
+        if value not in options:
+            self.bad(path, value, f"must be one of: {', '.join(options)}")
+            return None
+        return value
+
+    def boolean(self, value: Any, path: str) -> bool:
+        if not isinstance(value, bool):
+            self.bad(path, value, "must be true or false")
+            return False
+        return value
+
+    def address(self, value: Any, path: str) -> ipaddress.IPv4Address | None:
+        try:
+            return ipaddress.IPv4Address(value)
+        except (ValueError, TypeError):
+            self.bad(path, value, "must be an IPv4 address like 203.0.113.10")
+            return None
+
+    def interface(self, value: Any, path: str) -> ipaddress.IPv4Interface | None:
+        if not isinstance(value, str) or "/" not in value:
+            self.bad(path, value, "must be an IPv4 address with prefix length, like 10.0.1.1/31")
+            return None
+        try:
+            return ipaddress.IPv4Interface(value)
+        except ValueError:
+            self.bad(path, value, "must be an IPv4 address with prefix length, like 10.0.1.1/31")
+            return None
+
+    def network(self, value: Any, path: str) -> ipaddress.IPv4Network | None:
+        try:
+            return ipaddress.IPv4Network(value)
+        except (ValueError, TypeError):
+            self.bad(path, value, "must be an IPv4 network like 10.1.1.0/24 (host bits zero)")
+            return None
+
+
+TOP_FIELDS = {"name", "bgp", "overlay", "hashing", "muxes", "hosts", "vms", "clients", "probes", "pools", "vips"}
+
+
+def load_lab(path: str | Path) -> Lab:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ModelError([("file", str(path), f"cannot be read: {exc.strerror}")]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ModelError([("file", str(path), f"is not valid YAML: {exc}")]) from None
+    return parse_lab(raw)
+
+
+def parse_lab(raw: Any) -> Lab:
+    c = _Checker()
+    top = c.mapping(raw, "", TOP_FIELDS, {"name", "muxes", "hosts", "vms", "clients", "pools", "vips"})
+    name = c.name(top.get("name"), "name") if "name" in top else None
+
+    bgp = c.mapping(top.get("bgp", {}), "bgp", {"edge_asn", "mux_asn", "keepalive", "hold_time", "router_id"})
+    edge_asn = c.integer(bgp.get("edge_asn", 65000), "bgp.edge_asn", 1, 4294967294)
+    mux_asn = c.integer(bgp.get("mux_asn", 65100), "bgp.mux_asn", 1, 4294967294)
+    keepalive = c.integer(bgp.get("keepalive", 1), "bgp.keepalive", 1, 60)
+    # ExaBGP refuses hold times below 3 s.
+    hold = c.integer(bgp.get("hold_time", 3), "bgp.hold_time", 3, 180)
+    if keepalive and hold and keepalive * 3 > hold:
+        c.bad("bgp.keepalive", keepalive, f"must be at most a third of bgp.hold_time ({hold})")
+    if edge_asn is not None and edge_asn == mux_asn:
+        c.bad("bgp.mux_asn", mux_asn, "must differ from bgp.edge_asn: the edge peers with the MUXes over eBGP")
+    router_id = c.address(bgp.get("router_id", "10.255.0.1"), "bgp.router_id")
+
+    overlay = c.mapping(top.get("overlay", {}), "overlay", {"vni"})
+    vni = c.integer(overlay.get("vni", 4242), "overlay.vni", 1, 16777215)
+
+    hashing = c.mapping(top.get("hashing", {}), "hashing", {"seed", "table_size"})
+    seed = c.integer(hashing.get("seed", 0x4D55584C), "hashing.seed", 0, 0xFFFFFFFF)
+    table_size = None
+    if "table_size" in hashing:
+        table_size = c.integer(hashing["table_size"], "hashing.table_size", 7, 1_000_003)
+        if table_size is not None and not is_prime(table_size):
+            c.bad("hashing.table_size", table_size, "must be a prime number (Maglev needs it to walk every slot)")
+
+    seen_names: dict[str, str] = {"edge": "edge"}
+
+    def claim(node: str | None, path: str) -> bool:
+        if node is None:
+            return False
+        if node in seen_names:
+            c.bad(path, node, f"node name already used at {seen_names[node]}")
+            return False
+        seen_names[node] = path
+        return True
+
+    subnets: list[tuple[ipaddress.IPv4Network, str]] = []
+
+    def claim_subnet(net: ipaddress.IPv4Network, path: str, value: Any) -> None:
+        for other, where in subnets:
+            if net.overlaps(other):
+                c.bad(path, value, f"overlaps {other} used at {where}")
+                return
+        subnets.append((net, path))
+
+    def p2p(value: Any, path: str) -> ipaddress.IPv4Interface | None:
+        iface = c.interface(value, path)
+        if iface is None:
+            return None
+        if iface.network.prefixlen not in (30, 31) or iface.ip in (iface.network.network_address, iface.network.broadcast_address) and iface.network.prefixlen == 30:
+            c.bad(path, value, "must be a usable address of a point-to-point /31 or /30 link")
+            return None
+        claim_subnet(iface.network, path, value)
+        return iface
+
+    muxes = []
+    for mname, mraw in _items(c, top.get("muxes"), "muxes"):
+        path = f"muxes.{mname}"
+        if not claim(c.name(mname, path), path):
+            continue
+        m = c.mapping(mraw, path, {"underlay"}, {"underlay"})
+        ul = p2p(m.get("underlay"), f"{path}.underlay") if "underlay" in m else None
+        if ul:
+            muxes.append(Mux(mname, ul))
+    if isinstance(top.get("muxes"), dict) and not top["muxes"]:
+        c.bad("muxes", {}, "needs at least one MUX")
+
+    hosts = []
+    for hname, hraw in _items(c, top.get("hosts"), "hosts"):
+        path = f"hosts.{hname}"
+        if not claim(c.name(hname, path), path):
+            continue
+        h = c.mapping(hraw, path, {"underlay", "vm_subnet"}, {"underlay", "vm_subnet"})
+        ul = p2p(h.get("underlay"), f"{path}.underlay") if "underlay" in h else None
+        sub = c.network(h.get("vm_subnet"), f"{path}.vm_subnet") if "vm_subnet" in h else None
+        if sub is not None:
+            if sub.prefixlen > 29:
+                c.bad(f"{path}.vm_subnet", h.get("vm_subnet"), "must be a /29 or larger")
+                sub = None
+            else:
+                claim_subnet(sub, f"{path}.vm_subnet", h.get("vm_subnet"))
+        if ul and sub:
+            hosts.append(Host(hname, ul, sub))
+    host_by_name = {h.name: h for h in hosts}
+
+    vms = []
+    dips_seen: dict[ipaddress.IPv4Address, str] = {}
+    for vname, vraw in _items(c, top.get("vms"), "vms"):
+        path = f"vms.{vname}"
+        if not claim(c.name(vname, path), path):
+            continue
+        v = c.mapping(vraw, path, {"host", "ip"}, {"host", "ip"})
+        host = v.get("host")
+        if "host" in v and host not in host_by_name:
+            c.bad(f"{path}.host", host, f"no such host (hosts: {', '.join(sorted(host_by_name)) or 'none'})")
+            continue
+        ip = c.address(v.get("ip"), f"{path}.ip") if "ip" in v else None
+        if ip is None or host is None:
+            continue
+        h = host_by_name[host]
+        if ip not in h.vm_subnet or ip in (h.vm_subnet.network_address, h.vm_subnet.broadcast_address, h.vm_gateway.ip):
+            c.bad(f"{path}.ip", str(ip), f"must be a usable address in {host}'s vm_subnet {h.vm_subnet} other than its gateway {h.vm_gateway.ip}")
+            continue
+        if ip in dips_seen:
+            c.bad(f"{path}.ip", str(ip), f"already used by {dips_seen[ip]}")
+            continue
+        dips_seen[ip] = path
+        vms.append(VM(vname, host, ip))
+
+    clients = []
+    for cname, craw in _items(c, top.get("clients"), "clients"):
+        path = f"clients.{cname}"
+        if not claim(c.name(cname, path), path):
+            continue
+        cl = c.mapping(craw, path, {"address"}, {"address"})
+        addr = c.interface(cl.get("address"), f"{path}.address") if "address" in cl else None
+        if addr is None:
+            continue
+        if not any(addr.network.subnet_of(r) for r in DOC_RANGES[:2]):
+            c.bad(f"{path}.address", cl.get("address"), "clients live on the 'internet': use 192.0.2.0/24 or 198.51.100.0/24 (RFC 5737)")
+            continue
+        if addr.network.prefixlen > 30 or addr.ip == next(addr.network.hosts()):
+            c.bad(f"{path}.address", cl.get("address"), "needs a subnet of /30 or larger whose first address (the edge) is not the client's")
+            continue
+        claim_subnet(addr.network, f"{path}.address", cl.get("address"))
+        clients.append(Client(cname, addr))
+
+    probes: dict[str, Probe] = {}
+    for pname, praw in _items(c, top.get("probes", {}), "probes"):
+        path = f"probes.{pname}"
+        if c.name(pname, path) is None:
+            continue
+        p = c.mapping(praw, path, {"protocol", "port", "path", "interval", "timeout", "unhealthy_threshold", "healthy_threshold"}, {"protocol", "port"})
+        proto = c.choice(p.get("protocol"), f"{path}.protocol", PROBE_PROTOCOLS)
+        port = c.integer(p.get("port"), f"{path}.port", 1, 65535)
+        ppath = p.get("path", "/")
+        if proto == "tcp" and "path" in p:
+            c.bad(f"{path}.path", ppath, "only http probes have a path")
+        if not isinstance(ppath, str) or not ppath.startswith("/"):
+            c.bad(f"{path}.path", ppath, "must start with '/'")
+        interval = c.number(p.get("interval", 1.0), f"{path}.interval", 0.1, 300)
+        timeout = c.number(p.get("timeout", 0.5), f"{path}.timeout", 0.05, 300)
+        if interval and timeout and timeout > interval:
+            c.bad(f"{path}.timeout", timeout, f"must not exceed the interval ({interval})")
+        unh = c.integer(p.get("unhealthy_threshold", 2), f"{path}.unhealthy_threshold", 1, 100)
+        hea = c.integer(p.get("healthy_threshold", 2), f"{path}.healthy_threshold", 1, 100)
+        if None not in (proto, port, interval, timeout, unh, hea):
+            probes[pname] = Probe(pname, proto, port, ppath, interval, timeout, unh, hea)
+
+    vm_names = {v.name for v in vms}
+    pools: dict[str, tuple[str, ...]] = {}
+    for pname, praw in _items(c, top.get("pools"), "pools"):
+        path = f"pools.{pname}"
+        if c.name(pname, path) is None:
+            continue
+        if not isinstance(praw, list) or not praw:
+            c.bad(path, praw, "must be a non-empty list of VM names")
+            continue
+        members = []
+        for i, member in enumerate(praw):
+            if member not in vm_names:
+                c.bad(f"{path}[{i}]", member, f"no such VM (vms: {', '.join(sorted(vm_names)) or 'none'})")
+            elif member in members:
+                c.bad(f"{path}[{i}]", member, "listed twice")
+            else:
+                members.append(member)
+        pools[pname] = tuple(members)
+
+    vips = []
+    vip_addrs: dict[ipaddress.IPv4Address, str] = {}
+    for vname, vraw in _items(c, top.get("vips"), "vips"):
+        path = f"vips.{vname}"
+        if c.name(vname, path) is None:
+            continue
+        v = c.mapping(vraw, path, {"address", "rules"}, {"address", "rules"})
+        addr = c.address(v.get("address"), f"{path}.address") if "address" in v else None
+        if addr is not None:
+            if addr not in DOC_RANGES[2]:
+                c.bad(f"{path}.address", str(addr), "public VIPs come from 203.0.113.0/24 (RFC 5737)")
+            elif addr in vip_addrs:
+                c.bad(f"{path}.address", str(addr), f"already used by {vip_addrs[addr]}")
+            else:
+                vip_addrs[addr] = path
+        rules = []
+        frontends: dict[tuple[str, int], str] = {}
+        raw_rules = v.get("rules")
+        if "rules" in v and (not isinstance(raw_rules, list) or not raw_rules):
+            c.bad(f"{path}.rules", raw_rules, "must be a non-empty list of rules")
+            raw_rules = []
+        for i, rraw in enumerate(raw_rules or []):
+            rpath = f"{path}.rules[{i}]"
+            r = c.mapping(rraw, rpath, {"name", "protocol", "port", "backend_port", "pool", "floating_ip", "probe"}, {"protocol", "port", "pool"})
+            proto = c.choice(r.get("protocol"), f"{rpath}.protocol", PROTOCOLS)
+            port = c.integer(r.get("port"), f"{rpath}.port", 1, 65535)
+            fip = c.boolean(r.get("floating_ip", False), f"{rpath}.floating_ip")
+            bport = c.integer(r.get("backend_port", port), f"{rpath}.backend_port", 1, 65535) if port is not None else None
+            if fip and bport is not None and port is not None and bport != port:
+                c.bad(f"{rpath}.backend_port", bport, f"a floating-IP rule delivers the packet untouched, so backend_port must equal port ({port})")
+            pool = r.get("pool")
+            if "pool" in r and pool not in pools:
+                c.bad(f"{rpath}.pool", pool, f"no such pool (pools: {', '.join(sorted(pools)) or 'none'})")
+            probe = r.get("probe")
+            if probe is not None and probe not in probes:
+                c.bad(f"{rpath}.probe", probe, f"no such probe (probes: {', '.join(sorted(probes)) or 'none'})")
+            rname = r.get("name", f"{proto}-{port}")
+            if proto and port is not None:
+                key = (proto, port)
+                if key in frontends:
+                    c.bad(f"{rpath}.port", port, f"{proto}/{port} on this VIP is already taken by {frontends[key]}")
+                    continue
+                frontends[key] = rpath
+            if None not in (proto, port, bport) and pool in pools:
+                rules.append(Rule(str(rname), proto, port, bport, pool, fip, probe))
+        if addr is not None:
+            vips.append(Vip(vname, addr, tuple(rules)))
+
+    # A DIP may serve a port either through NAT or floating IP, never both: the host could
+    # not tell which the MUX meant.
+    backend_uses: dict[tuple[str, str, int], tuple[str, bool]] = {}
+    for vip in vips:
+        for i, rule in enumerate(vip.rules):
+            for member in pools.get(rule.pool, ()):
+                key = (member, rule.protocol, rule.backend_port)
+                prev = backend_uses.get(key)
+                if prev and prev[1] != rule.floating_ip:
+                    c.bad(f"vips.{vip.name}.rules[{i}].floating_ip", rule.floating_ip,
+                          f"{member} {rule.protocol}/{rule.backend_port} is also used by {prev[0]} with floating_ip={prev[1]}")
+                backend_uses.setdefault(key, (f"vips.{vip.name}", rule.floating_ip))
+
+    if c.problems:
+        raise ModelError(c.problems)
+    return Lab(name, edge_asn, mux_asn, keepalive, hold, router_id, vni, seed, table_size,
+               tuple(muxes), tuple(hosts), tuple(vms), tuple(clients), pools, probes, tuple(vips))
+
+
+def _items(c: _Checker, raw: Any, path: str):
+    if raw is None:
+        return []
+    if not isinstance(raw, dict):
+        c.bad(path, raw, "must be a mapping of name to settings")
+        return []
+    return list(raw.items())

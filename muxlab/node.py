@@ -1,0 +1,145 @@
+"""Entry point of every muxlab node container (MUX, host, VM, client): PID 1.
+
+It finds itself in the lab model by hostname (containerlab names containers' hosts after
+their nodes), waits for containerlab to plug in its links, configures addresses and
+routes through netlink, then starts and supervises its role's long-running processes.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .model import load_lab
+from .render import NodePlan, node_plan
+from .state import MODEL_PATH, RUN_DIR
+
+PY = sys.executable
+
+ROLE_PROCESSES: dict[str, list[tuple[str, list[str]]]] = {
+    "mux": [("mux-agent", [PY, "-m", "mux.agent"]),
+            ("exabgp", ["/opt/muxlab/bin/exabgp", "/etc/exabgp/exabgp.conf"])],
+    "host": [("host-agent", [PY, "-m", "hostagent.agent"])],
+    "vm": [("vm-service", [PY, "-m", "muxlab.vmservice"]),
+           ("iperf3", ["iperf3", "--server", "--port", "5201"])],
+    "client": [],
+}
+
+EXABGP_ENV = {
+    # Helpers program netlink, so ExaBGP must not drop root; stay in the foreground.
+    "exabgp_daemon_user": "root",
+    "exabgp_daemon_daemonize": "false",
+    "exabgp_daemon_drop": "false",
+    "exabgp_log_destination": "stdout",
+    "exabgp_api_cli": "false",
+    "exabgp_api_ack": "true",
+}
+
+
+def log(msg: str) -> None:
+    print(f"[muxlab-node {socket.gethostname()}] {msg}", flush=True)
+
+
+def wait_for_interfaces(names: list[str], timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = [n for n in names if not Path(f"/sys/class/net/{n}").exists()]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"interfaces {missing} never appeared: is the topology's links section right?")
+        time.sleep(0.2)
+
+
+def configure_network(plan: NodePlan) -> None:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        def idx(name: str) -> int:
+            return ipr.link_lookup(ifname=name)[0]
+
+        if plan.bridge:
+            br, ports, cidr = plan.bridge
+            if not ipr.link_lookup(ifname=br):
+                ipr.link("add", ifname=br, kind="bridge")
+            for p in ports:
+                ipr.link("set", index=idx(p), master=idx(br), state="up")
+            plan.addresses.append((br, cidr))
+        for ifname, cidr in plan.addresses:
+            addr, plen = cidr.split("/")
+            ipr.addr("replace", index=idx(ifname), address=addr, prefixlen=int(plen))
+            ipr.link("set", index=idx(ifname), state="up")
+        for cidr in plan.loopback:
+            addr, plen = cidr.split("/")
+            ipr.addr("replace", index=idx("lo"), address=addr, prefixlen=int(plen))
+        if plan.default_via:
+            # Docker's default route points at the management network; lab traffic must never
+            # leave that way, so the default route goes into the lab instead.
+            ipr.route("replace", dst="0.0.0.0/0", gateway=plan.default_via)
+
+
+class Supervisor:
+    """Keeps the role's processes running; a process listed in RUN_DIR/stopped/ is left down
+    (that is how fault injection stops a service without the supervisor undoing it)."""
+
+    def __init__(self, procs: list[tuple[str, list[str]]]):
+        self.procs = procs
+        self.running: dict[str, subprocess.Popen] = {}
+        self.stopping = False
+
+    def start(self, name: str, argv: list[str]) -> None:
+        env = dict(os.environ, **(EXABGP_ENV if name == "exabgp" else {}))
+        log(f"starting {name}: {' '.join(argv)}")
+        self.running[name] = subprocess.Popen(argv, env=env)
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        signal.signal(signal.SIGINT, lambda *_: self.stop())
+        stopped_dir = RUN_DIR / "stopped"
+        stopped_dir.mkdir(parents=True, exist_ok=True)
+        while not self.stopping:
+            for name, argv in self.procs:
+                held = (stopped_dir / name).exists()
+                p = self.running.get(name)
+                if held and p and p.poll() is None:
+                    log(f"{name} held down by {stopped_dir / name}: stopping it")
+                    p.terminate()
+                elif not held and (p is None or p.poll() is not None):
+                    if p is not None:
+                        log(f"{name} exited with {p.returncode}; restarting")
+                    self.start(name, argv)
+            # reap anything else that died (PID 1 duty)
+            try:
+                while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                    pass
+            except ChildProcessError:
+                pass
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.stopping = True
+        for p in self.running.values():
+            if p.poll() is None:
+                p.terminate()
+        sys.exit(0)
+
+
+def main() -> None:
+    name = os.environ.get("MUXLAB_NODE") or socket.gethostname()
+    lab = load_lab(MODEL_PATH)
+    plan = node_plan(lab, name)
+    log(f"role {plan.role}; waiting for {plan.interfaces}")
+    wait_for_interfaces(plan.interfaces)
+    configure_network(plan)
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    (RUN_DIR / "network-ready").write_text(str(time.time()))
+    log("network configured")
+    Supervisor(ROLE_PROCESSES[plan.role]).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""Render a validated Lab into the files a deployment needs. Pure: strings in, strings out.
+
+- muxlab.clab.yml: the containerlab topology (nodes, groups, links);
+- configs/edge/frr.conf: the edge router (BGP to every MUX, ECMP, blackhole for non-lab space);
+- configs/<mux>/exabgp.conf: one BGP speaker per MUX;
+- node_plan(): what each lab container configures on its interfaces at start.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from . import versions
+from .model import Lab
+
+GENERATED = "# Generated from lab.yml by `muxlab render`; edit lab.yml and re-render, not this file.\n"
+
+# Links that carry VXLAN run jumbo frames so an encapsulated 1500-byte packet never
+# fragments; links to clients and VMs are ordinary 1500-byte Ethernet (docs/datapath.md).
+UNDERLAY_MTU = 9000
+ACCESS_MTU = 1500
+
+
+@dataclass(frozen=True)
+class Link:
+    a: str
+    a_if: str
+    b: str
+    b_if: str
+    mtu: int
+
+
+def links(lab: Lab) -> list[Link]:
+    """Every point-to-point link; the edge numbers its ports MUXes, hosts, clients, in model order."""
+    out = []
+    port = 1
+    for m in lab.muxes:
+        out.append(Link("edge", f"eth{port}", m.name, "eth1", UNDERLAY_MTU))
+        port += 1
+    for h in lab.hosts:
+        out.append(Link("edge", f"eth{port}", h.name, "eth1", UNDERLAY_MTU))
+        port += 1
+    for c in lab.clients:
+        out.append(Link("edge", f"eth{port}", c.name, "eth1", ACCESS_MTU))
+        port += 1
+    for h in lab.hosts:
+        for i, vm in enumerate(lab.vms_on(h.name), start=2):
+            out.append(Link(h.name, f"eth{i}", vm.name, "eth1", ACCESS_MTU))
+    return out
+
+
+def edge_port(lab: Lab, node: str) -> str:
+    return next(l.a_if for l in links(lab) if l.a == "edge" and l.b == node)
+
+
+# ---------------------------------------------------------------- per-node plan
+
+
+@dataclass
+class NodePlan:
+    """What a lab container sets up on itself before its role's processes start."""
+
+    name: str
+    role: str
+    addresses: list[tuple[str, str]] = field(default_factory=list)   # (ifname, cidr)
+    default_via: str | None = None                                    # replaces Docker's default route
+    bridge: tuple[str, list[str], str] | None = None                  # (name, ports, cidr) on hosts
+    loopback: list[str] = field(default_factory=list)                 # /32s on lo (floating-IP VIPs)
+    interfaces: list[str] = field(default_factory=list)               # lab ports to wait for
+
+
+def node_plan(lab: Lab, name: str) -> NodePlan:
+    role = lab.role_of(name)
+    plan = NodePlan(name, role)
+    ports = sorted({l.b_if for l in links(lab) if l.b == name} | {l.a_if for l in links(lab) if l.a == name},
+                   key=lambda s: int(s[3:]))
+    plan.interfaces = ports
+    if role == "mux":
+        m = next(m for m in lab.muxes if m.name == name)
+        plan.addresses.append(("eth1", str(m.underlay)))
+        plan.default_via = str(m.edge_address)
+    elif role == "host":
+        h = lab.host(name)
+        plan.addresses.append(("eth1", str(h.underlay)))
+        plan.default_via = str(h.edge_address)
+        plan.bridge = ("br0", [p for p in ports if p != "eth1"], str(h.vm_gateway))
+    elif role == "vm":
+        vm = lab.vm(name)
+        h = lab.host(vm.host)
+        plan.addresses.append(("eth1", f"{vm.ip}/{h.vm_subnet.prefixlen}"))
+        plan.default_via = str(h.vm_gateway.ip)
+        plan.loopback = sorted({f"{vip.address}/32" for vip in lab.vips for r in vip.rules
+                                if r.floating_ip and name in lab.pools[r.pool]})
+    elif role == "client":
+        c = next(c for c in lab.clients if c.name == name)
+        plan.addresses.append(("eth1", str(c.address)))
+        plan.default_via = str(c.gateway.ip)
+    return plan
+
+
+# ---------------------------------------------------------------- edge router (FRR)
+
+
+def render_frr(lab: Lab) -> str:
+    lines = [GENERATED.replace("# ", "! ", 1).rstrip(), "frr defaults datacenter", "hostname edge",
+             "log file /var/log/frr/frr.log informational", "service integrated-vtysh-config",
+             "! ECMP must follow BGP's multipath set after a link flap, so no kernel nexthop groups.",
+             "no zebra nexthop kernel enable", "!"]
+    for l in links(lab):
+        if l.a != "edge":
+            continue
+        if lab.role_of(l.b) == "mux":
+            m = next(m for m in lab.muxes if m.name == l.b)
+            addr = f"{m.edge_address}/{m.underlay.network.prefixlen}"
+        elif lab.role_of(l.b) == "host":
+            h = lab.host(l.b)
+            addr = f"{h.edge_address}/{h.underlay.network.prefixlen}"
+        else:
+            c = next(c for c in lab.clients if c.name == l.b)
+            addr = str(c.gateway)
+        lines += [f"interface {l.a_if}", f" description {l.b}", f" ip address {addr}", "exit", "!"]
+    lines.append("! Lab space is reachable; everything else is dropped here, never sent to the management network.")
+    for h in lab.hosts:
+        lines.append(f"ip route {h.vm_subnet} {h.address}")
+    lines += ["ip route 0.0.0.0/0 blackhole", "!"]
+    lines += [
+        f"router bgp {lab.edge_asn}",
+        f" bgp router-id {lab.router_id}",
+        " no bgp ebgp-requires-policy",
+        " no bgp default ipv4-unicast",
+        " bgp bestpath as-path multipath-relax",
+        f" timers bgp {lab.keepalive} {lab.hold_time}",
+        " neighbor MUXES peer-group",
+        f" neighbor MUXES remote-as {lab.mux_asn}",
+        f" neighbor MUXES timers {lab.keepalive} {lab.hold_time}",
+        " neighbor MUXES timers connect 1",
+        " neighbor MUXES advertisement-interval 0",
+    ]
+    for m in lab.muxes:
+        lines += [f" neighbor {m.address} peer-group MUXES", f" neighbor {m.address} description {m.name}"]
+    lines += [" !", " address-family ipv4 unicast", "  neighbor MUXES activate",
+              "  ! learn VIPs from MUXes; announce nothing back",
+              "  neighbor MUXES route-map NONE out", "  maximum-paths 64", " exit-address-family",
+              "exit", "!", "route-map NONE deny 10", "exit", "!", "line vty", "!"]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- MUX BGP speaker (ExaBGP)
+
+
+def render_exabgp(lab: Lab, mux_name: str) -> str:
+    m = next(m for m in lab.muxes if m.name == mux_name)
+    return GENERATED + f"""
+# The helper announces each VIP /32 with next-hop self while this MUX can serve it,
+# and withdraws it otherwise (mux/bgp_helper.py).
+process vip-announcer {{
+    run /opt/muxlab/bin/python -m mux.bgp_helper;
+    encoder text;
+}}
+
+neighbor {m.edge_address} {{
+    description "edge";
+    router-id {m.address};
+    local-address {m.address};
+    local-as {lab.mux_asn};
+    peer-as {lab.edge_asn};
+    hold-time {lab.hold_time};
+    connect 179;
+    family {{
+        ipv4 unicast;
+    }}
+    api {{
+        processes [ vip-announcer ];
+    }}
+}}
+"""
+
+
+# ---------------------------------------------------------------- containerlab topology
+
+CAPS = ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"]
+
+GROUP_SYSCTLS = {
+    # edge: route, hash ECMP on the L4 5-tuple, and accept DSR replies whose source is a
+    # VIP arriving from a host (strict reverse-path filtering would drop them: loose mode).
+    "edge": {"net.ipv4.ip_forward": 1, "net.ipv4.fib_multipath_hash_policy": 1,
+             "net.ipv4.conf.all.rp_filter": 2, "net.ipv4.conf.default.rp_filter": 2},
+    # MUX: forward; conntrack sees only client->VIP packets (no replies), so be liberal.
+    "mux": {"net.ipv4.ip_forward": 1, "net.netfilter.nf_conntrack_tcp_be_liberal": 1,
+            "net.ipv4.conf.all.rp_filter": 0, "net.ipv4.conf.default.rp_filter": 0},
+    # host: a router for its VMs. Decapsulated packets arrive on the address-less VXLAN
+    # device from any client, and replies leave by the underlay: reverse-path filtering
+    # (even loose, which rejects address-less interfaces) cannot apply, so it is off.
+    "host": {"net.ipv4.ip_forward": 1, "net.ipv4.conf.all.rp_filter": 0, "net.ipv4.conf.default.rp_filter": 0},
+    "vm": {},
+    "client": {},
+}
+
+
+def render_topology(lab: Lab) -> str:
+    out = [GENERATED.rstrip(), "# Read docs/addressing.md for the plan; `muxlab up` deploys it.", f"name: {lab.name}", "",
+           "topology:", "  defaults:", "    kind: linux", f"    image: {versions.NODE_IMAGE}",
+           "    # Unprivileged with explicit capabilities: enough for netlink, nftables and FRR.",
+           "    privileged: false", "    cap-add: [" + ", ".join(CAPS) + "]",
+           "    binds:", "      - lab.yml:/etc/muxlab/lab.yml:ro",
+           "      # live state shared by MUXes and host agents (health, drains); one per lab",
+           "      - ${MUXLAB_STORE:=store}:/var/lib/muxlab", "", "  groups:"]
+    for group, sysctls in GROUP_SYSCTLS.items():
+        out.append(f"    {group}:")
+        out.append(f"      labels: {{muxlab-role: {group}}}")
+        if sysctls:
+            out.append("      sysctls:")
+            out += [f"        {k}: {v}" for k, v in sysctls.items()]
+    out += ["", "  nodes:", "    edge:", "      group: edge", f"      image: {versions.ROUTER_IMAGE}",
+            "      binds:", "        - configs/edge/frr.conf:/etc/frr/frr.conf:ro"]
+    for m in lab.muxes:
+        out += [f"    {m.name}:", "      group: mux", "      binds:",
+                f"        - configs/{m.name}/exabgp.conf:/etc/exabgp/exabgp.conf:ro"]
+    for group, nodes in (("host", lab.hosts), ("vm", lab.vms), ("client", lab.clients)):
+        for n in nodes:
+            out += [f"    {n.name}:", f"      group: {group}"]
+    out += ["", "  links:"]
+    for l in links(lab):
+        out.append(f'    - endpoints: ["{l.a}:{l.a_if}", "{l.b}:{l.b_if}"]' + (f"\n      mtu: {l.mtu}" if l.mtu else ""))
+    return "\n".join(out) + "\n"
+
+
+def render_lab_files(lab: Lab, model_text: str) -> dict[str, str]:
+    """All files of a lab folder, by path relative to it."""
+    files = {"lab.yml": model_text, "muxlab.clab.yml": render_topology(lab), "configs/edge/frr.conf": render_frr(lab)}
+    for m in lab.muxes:
+        files[f"configs/{m.name}/exabgp.conf"] = render_exabgp(lab, m.name)
+    return files
+
+
+def vip_prefixes(lab: Lab) -> list[str]:
+    return [f"{v.address}/32" for v in lab.vips]
+
+
+def lab_space(lab: Lab) -> list[ipaddress.IPv4Network]:
+    nets = [m.underlay.network for m in lab.muxes] + [h.underlay.network for h in lab.hosts]
+    nets += [h.vm_subnet for h in lab.hosts] + [c.address.network for c in lab.clients]
+    return nets

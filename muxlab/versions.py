@@ -1,0 +1,23 @@
+"""Every pinned version in one place: images, bootstrap and docs read them from here."""
+
+CONTAINERLAB = "v0.79.0"
+EXABGP = "4.2.25"
+PYROUTE2 = "0.7.12"
+SCAPY = "2.6.1"
+PYYAML = "6.0.2"
+# FRR comes from Debian bookworm; the apt version glob pins the 8.4 series.
+FRR_APT = "8.4.*"
+DEBIAN_SUITE = "bookworm"
+BASE_IMAGE = "debian:bookworm-slim"
+
+ROUTER_IMAGE = "muxlab/router:latest"
+NODE_IMAGE = "muxlab/node:latest"
+
+NODE_PYTHON_REQUIREMENTS = [
+    f"exabgp=={EXABGP}",
+    f"pyroute2=={PYROUTE2}",
+    f"scapy=={SCAPY}",
+    f"PyYAML=={PYYAML}",
+    # builds the project wheel offline in the last image layer
+    "wheel==0.45.1",
+]

@@ -1,0 +1,18 @@
+#!/bin/bash
+# Edge router start: wait for containerlab to plug in every link, drop Docker's default
+# route (the edge blackholes what is not lab space; see frr.conf), then run FRR.
+set -u
+want=${CLAB_INTFS:-0}
+for _ in $(seq 1 1500); do
+  have=$(ls /sys/class/net | grep -c '^eth[1-9][0-9]*$')
+  [ "$have" -ge "$want" ] && break
+  sleep 0.2
+done
+echo "muxlab-router: $have of $want lab interfaces present"
+ip route del default 2>/dev/null || true
+mkdir -p /var/log/frr /var/run/frr && chown frr:frr /var/log/frr /var/run/frr
+touch /var/log/frr/frr.log && chown frr:frr /var/log/frr/frr.log
+/usr/lib/frr/frrinit.sh start
+trap '/usr/lib/frr/frrinit.sh stop; exit 0' TERM INT
+tail -n +1 -F /var/log/frr/frr.log &
+wait
