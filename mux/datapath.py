@@ -75,7 +75,7 @@ def render_nft(snap: Snapshot) -> str:
         # create-then-delete-then-define in one transaction: an atomic replace, so a
         # re-apply never leaves a window without rules (and conntrack keeps its marks)
         f"table ip {TABLE}", f"delete table ip {TABLE}", f"table ip {TABLE} {{",
-        "  counter no_service {}", "  counter no_backend {}",
+        "  counter vip_packets {}", "  counter no_service {}", "  counter no_backend {}",
         f"  set vips {{ type ipv4_addr; elements = {{ {vips} }}; }}" if vips else "  set vips { type ipv4_addr; }",
     ]
     if svcs:
@@ -90,6 +90,7 @@ def render_nft(snap: Snapshot) -> str:
         "    ip daddr @vips tcp flags & (syn | ack) == syn notrack", "  }",
         "  chain prerouting {", "    type filter hook prerouting priority mangle; policy accept;",
         "    ip daddr != @vips return",
+        "    counter name vip_packets",
         "    ct mark != 0 meta mark set ct mark accept",
     ]
     if svcs:

@@ -59,6 +59,14 @@ def cmd_status(a) -> None:
     print(json.dumps(st, indent=2) if a.json else lab.format_status(st))
 
 
+def cmd_apply(a) -> None:
+    from . import lab
+    ref = lab.resolve(a.topology, a.name)
+    new = lab.apply_model(ref, a.model)
+    print(f"applied {a.model} to lab {ref.name!r}: {len(new.vips)} VIPs, "
+          f"{sum(len(v.rules) for v in new.vips)} rules; MUXes and host agents reprogram within a second")
+
+
 def cmd_traffic(a) -> None:
     from . import lab, traffic
     ref = lab.resolve(a.topology, a.name)
@@ -92,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     _lab_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("apply", help="validate a changed lab model and apply its VIPs/rules/pools live")
+    p.add_argument("model", help="lab model YAML (same nodes and addressing as the running lab)")
+    _lab_args(p)
+    p.set_defaults(fn=cmd_apply)
     p = sub.add_parser("traffic", help="open N flows from a client to a VIP and show which DIP served each")
     _lab_args(p)
     p.add_argument("--from", dest="source", default="client1", help="client node (default client1)")

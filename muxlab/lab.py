@@ -197,3 +197,21 @@ def format_status(st: dict) -> str:
         lines += [f"{v:<16} {', '.join(h) or '(no route: blackholed)'}"
                   for v, h in sorted(st["vips"].items(), key=lambda kv: ipaddress.ip_address(kv[0]))]
     return "\n".join(lines)
+
+
+def apply_model(ref: LabRef, model_path: str | Path) -> Lab:
+    """Validate a new LB model and hand it to the running lab's MUXes and host agents.
+
+    Only the load-balancer part (VIPs, rules, pools, probes, hashing) can change live; nodes
+    and addressing are the topology and need a redeploy. Nothing is written unless valid."""
+    new = load_lab(model_path)
+    old = ref.lab
+    for attr in ("muxes", "hosts", "vms", "clients", "vni", "edge_asn", "mux_asn"):
+        if getattr(new, attr) != getattr(old, attr):
+            raise MuxlabError(f"{model_path}: field {attr!r} differs from the deployed lab's; "
+                              "nodes and addressing need `muxlab down` and `muxlab up`")
+    if not containers(ref.name):
+        raise MuxlabError(f"lab {ref.name!r} is not running")
+    from .state import write_atomic
+    write_atomic(ref.store / "lab.yml", Path(model_path).read_text())
+    return new

@@ -455,7 +455,9 @@ def parse_lab(raw: Any) -> Lab:
         if None not in (proto, port, interval, timeout, unh, hea):
             probes[pname] = Probe(pname, proto, port, ppath, interval, timeout, unh, hea)
 
-    vm_names = {v.name for v in vms}
+    # references check declared names, so a VM with a bad field is reported once, not again
+    # at every pool that lists it
+    vm_names = set(top["vms"]) if isinstance(top.get("vms"), dict) else set()
     pools: dict[str, tuple[str, ...]] = {}
     for pname, praw in _items(c, top.get("pools"), "pools"):
         path = f"pools.{pname}"

@@ -7,6 +7,10 @@ TCP, on every backend and probe port the model gives this VM:
   - `SEND <n>\\n`: answers with n bytes (full-size transfers towards the client);
   - anything else: each chunk is answered with `<name>\\n` (long-lived flows ping through it).
 UDP, on the UDP backend ports: each datagram is answered with `<name>\\n`.
+
+UDP sockets are bound per address (the DIP and every floating-IP VIP on lo), never to
+0.0.0.0: an unconnected wildcard socket answers from the primary address, so a floating-IP
+(DSR) reply would leave from the DIP instead of the VIP and the client would drop it.
 """
 from __future__ import annotations
 
@@ -95,7 +99,11 @@ def main() -> None:
     lab = load_lab(MODEL_PATH)
     tcp, udp = ports_for(lab, name)
     th, uh = make_handlers(name)
-    servers = [TCPServer(("0.0.0.0", p), th) for p in sorted(tcp)] + [UDPServer(("0.0.0.0", p), uh) for p in sorted(udp)]
+    from .render import node_plan
+    plan = node_plan(lab, name)
+    addrs = [cidr.split("/")[0] for _, cidr in plan.addresses] + [cidr.split("/")[0] for cidr in plan.loopback]
+    servers = [TCPServer(("0.0.0.0", p), th) for p in sorted(tcp)]
+    servers += [UDPServer((a, p), uh) for p in sorted(udp) for a in addrs]
     print(f"[vm-service {name}] tcp {sorted(tcp)} udp {sorted(udp)}", flush=True)
     threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
     for t in threads:

@@ -1,0 +1,43 @@
+"""`muxlab traffic`: run the flow generator in a client container and summarise per DIP."""
+from __future__ import annotations
+
+import json
+
+from .errors import MuxlabError
+from .lab import LabRef, docker_exec
+
+
+def run_flows(ref: LabRef, source: str, vip: str, port: int, flows: int, udp: bool = False,
+              sport: int = 0, timeout: float = 2.0, keep_results: bool = False) -> dict:
+    if ref.lab.role_of(source) not in ("client", "vm"):
+        raise MuxlabError(f"--from {source}: traffic starts at a client (or a VM), not a {ref.lab.role_of(source)}")
+    v = ref.lab.vip(vip)  # KeyError names the known VIPs
+    proto = "udp" if udp else "tcp"
+    if not any(r.protocol == proto and r.port == port for r in v.rules):
+        rules = ", ".join(f"{r.protocol}/{r.port}" for r in v.rules)
+        raise MuxlabError(f"--port {port}: VIP {v.name} ({v.address}) has no {proto} rule on that port (rules: {rules})")
+    argv = ["python", "-m", "muxlab.flows", "--vip", str(v.address), "--port", str(port), "--flows", str(flows),
+            "--timeout", str(timeout)] + (["--udp"] if udp else []) + (["--sport", str(sport)] if sport else [])
+    proc = docker_exec(ref, source, argv, timeout=60 + flows * timeout)
+    result = json.loads(proc.stdout)
+    result["vip_name"] = v.name
+    result["from"] = source
+    dips = {vm.name: str(vm.ip) for vm in ref.lab.vms}
+    result["dips"] = {name: dips.get(name, "?") for name in result["by_dip"]}
+    if not keep_results:
+        result.pop("results")
+    return result
+
+
+def format_result(r: dict) -> str:
+    lines = [f"{r['flows']} {r['protocol'].upper()} flows from {r['from']} to {r['vip_name']} {r['vip']}:{r['port']}"
+             f" in {r['seconds']} s ({r['flows_per_second']} flows/s)", "",
+             f"{'DIP':<12} {'VM':<8} {'FLOWS':>6} {'SHARE':>7}"]
+    total = max(1, r["served"])
+    for name, n in r["by_dip"].items():
+        lines.append(f"{r['dips'][name]:<12} {name:<8} {n:>6} {100 * n / total:>6.1f}%")
+    lines.append("")
+    lines.append(f"served {r['served']}, failed {r['failures']}")
+    for err, n in r["errors"]:
+        lines.append(f"  {n} x {err}")
+    return "\n".join(lines)

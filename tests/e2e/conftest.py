@@ -1,0 +1,87 @@
+"""E2E fixtures: one real lab per test session, deployed with containerlab under its own
+name (never a user's `muxlab` lab) and always destroyed, also when tests fail."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from muxlab import lab as labmod
+from muxlab.traffic import run_flows
+
+E2E_LAB = os.environ.get("MUXLAB_E2E_LAB", "muxlab-e2e")
+MUXLAB = [sys.executable, "-m", "muxlab"]
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+def cli(*args, timeout=900, check=True):
+    proc = subprocess.run([*MUXLAB, *args], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"muxlab {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def lab():
+    if os.geteuid() != 0:
+        pytest.skip("e2e tests deploy containers: run as root")
+    cli("down", "--name", E2E_LAB, check=False, timeout=300)  # leftovers of an aborted run
+    try:
+        cli("up", "--name", E2E_LAB, "--wait", "240")
+        yield labmod.resolve(None, E2E_LAB)
+    finally:
+        cli("down", "--name", E2E_LAB, check=False, timeout=300)
+
+
+class Lab:
+    """Test helpers over a deployed lab."""
+
+    def __init__(self, ref):
+        self.ref = ref
+
+    def sh(self, node, cmd, timeout=60, check=True):
+        return labmod.docker_exec(self.ref, node, ["sh", "-c", cmd], timeout=timeout, check=check)
+
+    def flows(self, source, vip, port, n, udp=False, sport=0, keep_results=False):
+        return run_flows(self.ref, source, vip, port, n, udp=udp, sport=sport, keep_results=keep_results)
+
+    def capture(self, nodes, filt, during, iface="any", timeout=60):
+        """Capture on each of `nodes` while `during()` runs; returns (during's result,
+        {node: [packet records]})."""
+        nodes = [nodes] if isinstance(nodes, str) else list(nodes)
+        pcap = f"/tmp/cap-{time.monotonic_ns()}.pcap"
+        for node in nodes:
+            self.sh(node, f"(timeout {timeout} tcpdump -U --immediate-mode -i {iface} -n -w {pcap} '{filt}' >/dev/null 2>&1 &) ; "
+                          f"for i in $(seq 50); do [ -e {pcap} ] && break; sleep 0.1; done")
+        time.sleep(1.0)  # tcpdump attaches after it creates the file
+        try:
+            result = during()
+            time.sleep(0.5)
+        finally:
+            for node in nodes:
+                self.sh(node, "pkill -INT tcpdump; sleep 0.3", check=False)
+        packets = {node: json.loads(self.sh(node, f"python -m muxlab.capture {pcap}; rm -f {pcap}", timeout=120).stdout)
+                   for node in nodes}
+        return result, packets
+
+    def wait_for(self, what, fn, timeout=30, interval=0.2):
+        deadline = time.monotonic() + timeout
+        while True:
+            value = fn()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def L(lab):
+    return Lab(lab)

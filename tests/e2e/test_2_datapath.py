@@ -1,0 +1,145 @@
+"""The data path: Maglev on every MUX, VXLAN to hosts, NAT or floating IP, Direct Server Return."""
+import ipaddress
+import json
+
+import pytest
+
+CLIENTS = ("client1", "client2")
+VIPS = {"web": "203.0.113.10", "direct": "203.0.113.20", "bench": "203.0.113.30"}
+DOC_CLIENTS = [ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("198.51.100.0/24")]
+
+
+def is_client(addr):
+    return any(ipaddress.ip_address(addr) in n for n in DOC_CLIENTS)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("vip,proto,port", [("web", "tcp", 80), ("web", "udp", 53), ("direct", "tcp", 7000),
+                                            ("direct", "udp", 7000), ("bench", "tcp", 5201), ("bench", "udp", 5201)])
+def test_every_rule_answers_from_both_clients(L, client, vip, proto, port):
+    if port == 5201:  # iperf3 owns that port: a TCP connect / UDP datagram is enough
+        r = L.sh(client, f"python -c \"import socket; s=socket.create_connection(('{VIPS[vip]}', 5201), 2); print('ok')\"") \
+            if proto == "tcp" else None
+        assert r is None or r.stdout.strip() == "ok"
+        return
+    res = L.flows(client, vip, port, 20, udp=(proto == "udp"))
+    assert res["failures"] == 0, res["errors"]
+    pool = {"web": {"vm1", "vm2", "vm3", "vm4", "vm5", "vm6"}, "direct": {"vm2", "vm4", "vm6"}}[vip]
+    assert set(res["by_dip"]) <= pool
+
+
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_thousand_flows_spread_over_every_dip(L, proto):
+    res = L.flows("client1", "web", 80 if proto == "tcp" else 53, 1200, udp=(proto == "udp"))
+    assert res["failures"] == 0, res["errors"]
+    assert set(res["by_dip"]) == {"vm1", "vm2", "vm3", "vm4", "vm5", "vm6"}
+    fair = res["served"] / 6
+    assert max(res["by_dip"].values()) <= 2 * fair, res["by_dip"]
+
+
+def test_no_reply_crosses_a_mux_and_underlay_carries_vni(L):
+    def traffic():
+        return [L.flows("client1", "web", 80, 150), L.flows("client2", "web", 53, 150, udp=True)]
+
+    results, caps = L.capture(["mux1", "mux2", "mux3", "host1", "host2", "host3"], "not port 179 and not port 3784 and not icmp6", traffic)
+    assert all(r["failures"] == 0 for r in results)
+    muxes = {m: caps[m] for m in ("mux1", "mux2", "mux3")}
+    assert all(len(p) > 20 for p in muxes.values()), {m: len(p) for m, p in muxes.items()}  # ECMP used all three
+    for mux, pkts in muxes.items():
+        for p in pkts:
+            flow = p.get("inner", p)  # VXLAN leaving the MUX carries the client's packet
+            assert is_client(flow["src"]) and flow["dst"] == "203.0.113.10", (mux, p)
+            if "vni" in p:
+                assert p["vni"] == 4242 and p["dst"].startswith("10.0.2.")
+    # the underlay on the hosts: VXLAN with our VNI, inner MAC naming a local DIP
+    local_macs = {"host1": {"02:00:0a:01:01:0b", "02:00:0a:01:01:0c"}, "host2": {"02:00:0a:01:02:0d", "02:00:0a:01:02:0e"},
+                  "host3": {"02:00:0a:01:03:0f", "02:00:0a:01:03:10"}}
+    for host in ("host1", "host2", "host3"):
+        vx = [p for p in caps[host] if "vni" in p]
+        assert vx, f"no VXLAN seen on {host}"
+        assert {p["vni"] for p in vx} == {4242}
+        assert {p["inner_dmac"] for p in vx} <= local_macs[host]
+        assert {p["src"] for p in vx} <= {"10.0.1.1", "10.0.1.3", "10.0.1.5"}
+        # replies leave the host from the VIP, straight to the client (DSR)
+        replies = [p for p in caps[host] if p["src"] == "203.0.113.10"]
+        assert replies and all(is_client(p["dst"]) for p in replies)
+
+
+def test_replies_come_from_the_vip(L):
+    res, caps = L.capture("client1", "tcp port 80 or udp port 53", lambda: [L.flows("client1", "web", 80, 30),
+                                                                           L.flows("client1", "web", 53, 30, udp=True)])
+    inbound = [p for p in caps["client1"] if p["dst"] == "192.0.2.10"]
+    assert inbound and {p["src"] for p in inbound} == {"203.0.113.10"}
+
+
+def pin(L, sport, mux_addr, proto="tcp"):
+    """On the edge, steer one client 5-tuple to one MUX (policy routing beats ECMP)."""
+    L.sh("edge", f"ip rule del pref 10 2>/dev/null; ip rule add pref 10 from 192.0.2.10 ipproto {6 if proto == 'tcp' else 17} sport {sport} lookup 4100 && "
+                 f"ip route replace 203.0.113.10/32 via {mux_addr} table 4100")
+
+
+def vip_packets(L, mux):
+    out = L.sh(mux, "nft -j list counter ip muxlab_mux vip_packets").stdout
+    return json.loads(out)["nftables"][1]["counter"]["packets"]
+
+
+@pytest.mark.parametrize("proto,port", [("tcp", 80), ("udp", 53)])
+def test_same_five_tuple_same_dip_through_every_mux(L, proto, port):
+    served = {}
+    try:
+        for mux, addr in (("mux1", "10.0.1.1"), ("mux2", "10.0.1.3"), ("mux3", "10.0.1.5")):
+            pin(L, 41000, addr, proto)
+            before = vip_packets(L, mux)
+            res = L.flows("client1", "web", port, 1, udp=(proto == "udp"), sport=41000)
+            assert res["failures"] == 0, res["errors"]
+            assert vip_packets(L, mux) > before, f"flow did not cross {mux}"
+            served[mux] = next(iter(res["by_dip"]))
+    finally:
+        L.sh("edge", "ip rule del pref 10; ip route flush table 4100", check=False)
+    assert len(set(served.values())) == 1, served
+
+
+def test_floating_ip_delivers_the_vip_untouched(L):
+    res, caps = L.capture(["vm2", "vm4", "vm6"], "tcp port 7000", lambda: L.flows("client2", "direct", 7000, 60))
+    assert res["failures"] == 0
+    for vm, pkts in caps.items():
+        to_vm = [p for p in pkts if p.get("dport") == 7000]
+        assert to_vm, f"{vm} got no flows"
+        assert {p["dst"] for p in to_vm} == {"203.0.113.20"}  # no NAT: the VM sees the VIP
+        assert {p["src"] for p in pkts if p.get("sport") == 7000} == {"203.0.113.20"}
+
+
+def test_nat_rule_rewrites_vip_to_dip(L):
+    res, caps = L.capture("vm1", "tcp port 8080", lambda: L.flows("client1", "web", 80, 60))
+    to_vm = [p for p in caps["vm1"] if p.get("dport") == 8080]
+    assert to_vm and {p["dst"] for p in to_vm} == {"10.1.1.11"}
+
+
+def test_spoofed_vxlan_never_reaches_a_vm(L):
+    def spoofed_count():
+        out = L.sh("host1", "nft -j list counter ip muxlab_host spoofed_vxlan").stdout
+        return json.loads(out)["nftables"][1]["counter"]["packets"]
+
+    before = spoofed_count()
+    scapy = ("from scapy.all import *; from scapy.layers.vxlan import VXLAN; "
+             "inner=Ether(dst='02:00:0a:01:01:0b')/IP(src='192.0.2.10',dst='203.0.113.10')/TCP(sport=55555,dport=80,flags='S'); "
+             "send(IP(dst='10.0.2.1')/UDP(sport=12345,dport=4789)/VXLAN(vni=4242,flags=8)/inner, count=5, verbose=0)")
+    _, caps = L.capture("vm1", "tcp port 55555 or tcp port 8080", lambda: L.sh("client1", f'python -c "{scapy}"'))
+    assert not [p for p in caps["vm1"] if p.get("sport") == 55555]
+    assert spoofed_count() >= before + 5
+
+
+def test_full_size_tcp_transfer_both_ways(L):
+    n = 4_000_000
+    code = ("import socket; s=socket.create_connection(('203.0.113.10',80),5); s.settimeout(20); "
+            f"s.sendall(b'SINK {n}\\n'+b'x'*{n}); print(s.recv(200).decode().strip()); s.close(); "
+            f"s=socket.create_connection(('203.0.113.10',80),5); s.settimeout(20); s.sendall(b'SEND {n}\\n'); got=0\n"
+            "while True:\n  d=s.recv(1<<20)\n  if not d: break\n  got+=len(d)\n"
+            f"  if got>={n}: break\nprint(got)")
+    out, caps = L.capture(["host1", "host2", "host3"], "udp port 4789", lambda: L.sh("client1", f"python -c \"{code}\"", timeout=60))
+    vm, got, received, sent = out.stdout.split()
+    assert got == "got" and int(received) == n and int(sent) == n, out.stdout
+    vx = [p for pkts in caps.values() for p in pkts if "inner" in p]
+    # full 1500-byte inner packets crossed the underlay unfragmented (1550 outer)
+    assert max(p["inner"]["len"] for p in vx) == 1500
+    assert max(p["len"] for p in vx) == 1550

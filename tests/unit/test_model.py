@@ -1,0 +1,170 @@
+"""Lab model validation: good input parses; every bad input names its field and value."""
+import pytest
+
+from muxlab.model import ModelError, dip_mac, load_lab, parse_lab, peer_of, smallest_prime_at_least
+from tests.unit.conftest import DEFAULT_MODEL
+
+
+def test_default_model_parses():
+    lab = load_lab(DEFAULT_MODEL)
+    assert [m.name for m in lab.muxes] == ["mux1", "mux2", "mux3"]
+    assert [h.name for h in lab.hosts] == ["host1", "host2", "host3"]
+    assert all(len(lab.vms_on(h.name)) == 2 for h in lab.hosts)
+    assert {str(v.address) for v in lab.vips} >= {"203.0.113.10", "203.0.113.20"}
+    assert str(lab.muxes[0].edge_address) == "10.0.1.0"
+    assert str(lab.hosts[0].vm_gateway) == "10.1.1.1/24"
+    assert lab.vm("vm1").mac == "02:00:0a:01:01:0b"
+
+
+def errors_of(raw):
+    with pytest.raises(ModelError) as exc:
+        parse_lab(raw)
+    return exc.value.problems
+
+
+def only_error(raw):
+    problems = errors_of(raw)
+    assert len(problems) == 1, problems
+    return problems[0]
+
+
+def test_port_clash_on_a_vip_is_named(raw_model):
+    raw_model["vips"]["web"]["rules"].append({"protocol": "tcp", "port": 80, "pool": "web"})
+    path, value, msg = only_error(raw_model)
+    assert path == "vips.web.rules[2].port" and value == 80 and "already taken" in msg
+
+
+def test_same_port_other_protocol_is_fine(raw_model):
+    raw_model["vips"]["web"]["rules"].append({"protocol": "udp", "port": 80, "pool": "web"})
+    parse_lab(raw_model)
+
+
+def test_unknown_pool_is_named(raw_model):
+    raw_model["vips"]["web"]["rules"][0]["pool"] = "nosuch"
+    path, value, msg = only_error(raw_model)
+    assert (path, value) == ("vips.web.rules[0].pool", "nosuch") and "no such pool" in msg
+
+
+def test_port_out_of_range(raw_model):
+    raw_model["vips"]["web"]["rules"][0]["port"] = 70000
+    path, value, _ = errors_of(raw_model)[0]
+    assert (path, value) == ("vips.web.rules[0].port", 70000)
+
+
+def test_vip_outside_documentation_range(raw_model):
+    raw_model["vips"]["web"]["address"] = "8.8.8.8"
+    path, value, msg = only_error(raw_model)
+    assert (path, value) == ("vips.web.address", "8.8.8.8") and "203.0.113.0/24" in msg
+
+
+def test_duplicate_vip_address(raw_model):
+    raw_model["vips"]["direct"]["address"] = "203.0.113.10"
+    path, _, msg = only_error(raw_model)
+    assert path == "vips.direct.address" and "vips.web" in msg
+
+
+def test_floating_ip_needs_equal_ports(raw_model):
+    raw_model["vips"]["direct"]["rules"][0]["backend_port"] = 7001
+    path, value, msg = only_error(raw_model)
+    assert (path, value) == ("vips.direct.rules[0].backend_port", 7001) and "floating" in msg
+
+
+def test_vm_ip_outside_its_host_subnet(raw_model):
+    raw_model["vms"]["vm1"]["ip"] = "10.1.2.99"
+    path, value, msg = only_error(raw_model)
+    assert (path, value) == ("vms.vm1.ip", "10.1.2.99") and "host1" in msg
+
+
+def test_vm_on_unknown_host_reported_once(raw_model):
+    raw_model["vms"]["vm1"]["host"] = "host9"
+    path, value, msg = only_error(raw_model)
+    assert (path, value) == ("vms.vm1.host", "host9") and "host1" in msg
+
+
+def test_pool_member_that_is_not_a_vm(raw_model):
+    raw_model["pools"]["web"].append("vm9")
+    path, value, _ = only_error(raw_model)
+    assert (path, value) == ("pools.web[6]", "vm9")
+
+
+def test_overlapping_underlay_links(raw_model):
+    raw_model["muxes"]["mux2"]["underlay"] = "10.0.1.0/31"
+    path, value, msg = only_error(raw_model)
+    assert (path, value) == ("muxes.mux2.underlay", "10.0.1.0/31") and "overlaps" in msg
+
+
+def test_not_point_to_point(raw_model):
+    raw_model["muxes"]["mux1"]["underlay"] = "10.0.1.1/24"
+    path, value, _ = only_error(raw_model)
+    assert (path, value) == ("muxes.mux1.underlay", "10.0.1.1/24")
+
+
+def test_unknown_field_named(raw_model):
+    raw_model["vips"]["web"]["rules"][0]["prot"] = "tcp"
+    path, value, msg = only_error(raw_model)
+    assert path == "vips.web.rules[0].prot" and "unknown field" in msg
+
+
+def test_bad_protocol_and_probe(raw_model):
+    raw_model["vips"]["web"]["rules"][0]["protocol"] = "sctp"
+    raw_model["vips"]["web"]["rules"][1]["probe"] = "nosuch"
+    problems = {p: v for p, v, _ in errors_of(raw_model)}
+    assert problems == {"vips.web.rules[0].protocol": "sctp", "vips.web.rules[1].probe": "nosuch"}
+
+
+def test_hold_time_below_exabgp_minimum(raw_model):
+    raw_model["bgp"]["hold_time"] = 2
+    paths = [p for p, _, _ in errors_of(raw_model)]
+    assert "bgp.hold_time" in paths
+
+
+def test_table_size_must_be_prime(raw_model):
+    raw_model["hashing"] = {"table_size": 1000}
+    path, value, msg = only_error(raw_model)
+    assert (path, value) == ("hashing.table_size", 1000) and "prime" in msg
+
+
+def test_duplicate_node_names(raw_model):
+    raw_model["clients"]["mux1"] = {"address": "192.0.2.20/24"}
+    paths = [p for p, _, _ in errors_of(raw_model)]
+    assert "clients.mux1" in paths
+
+
+def test_client_must_use_documentation_range(raw_model):
+    raw_model["clients"]["client1"]["address"] = "10.9.9.9/24"
+    path, value, _ = only_error(raw_model)
+    assert (path, value) == ("clients.client1.address", "10.9.9.9/24")
+
+
+def test_not_a_mapping():
+    path, value, _ = only_error(["a", "list"])
+    assert path == "" and value == ["a", "list"]
+
+
+def test_missing_required_sections():
+    paths = {p for p, _, _ in errors_of({"name": "x"})}
+    assert {"muxes", "hosts", "vms", "clients", "pools", "vips"} <= paths
+
+
+def test_error_message_names_field_and_value(raw_model):
+    raw_model["vips"]["web"]["rules"][0]["port"] = "eighty"
+    with pytest.raises(ModelError) as exc:
+        parse_lab(raw_model)
+    assert "vips.web.rules[0].port: 'eighty'" in str(exc.value)
+
+
+def test_unreadable_and_invalid_yaml(tmp_path):
+    with pytest.raises(ModelError, match="cannot be read"):
+        load_lab(tmp_path / "missing.yml")
+    bad = tmp_path / "bad.yml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ModelError, match="not valid YAML"):
+        load_lab(bad)
+
+
+def test_helpers():
+    import ipaddress
+    assert str(peer_of(ipaddress.IPv4Interface("10.0.1.1/31"))) == "10.0.1.0"
+    assert str(peer_of(ipaddress.IPv4Interface("10.0.1.2/30"))) == "10.0.1.1"
+    assert dip_mac(ipaddress.IPv4Address("10.1.3.16")) == "02:00:0a:01:03:10"
+    assert smallest_prime_at_least(600) == 601

@@ -1,0 +1,81 @@
+"""Config rendering from the model: FRR, ExaBGP, containerlab topology, node plans."""
+import yaml
+
+from muxlab.lab import render_folder
+from muxlab.model import load_lab
+from muxlab.render import links, node_plan, render_exabgp, render_frr, render_lab_files, render_topology
+from tests.unit.conftest import DEFAULT_MODEL, REPO
+
+
+def lab():
+    return load_lab(DEFAULT_MODEL)
+
+
+def test_committed_lab_folder_is_up_to_date():
+    # containerlab/ is what `containerlab deploy` reads directly: it must match lab.yml
+    folder = REPO / "containerlab"
+    files = render_lab_files(lab(), DEFAULT_MODEL.read_text())
+    stale = [rel for rel, text in files.items() if (folder / rel).read_text() != text]
+    assert not stale, f"run `muxlab render`: stale {stale}"
+
+
+def test_render_folder_writes_only_changes(tmp_path):
+    (tmp_path / "lab.yml").write_text(DEFAULT_MODEL.read_text())
+    first = render_folder(tmp_path)
+    assert {p.name for p in first} == {"muxlab.clab.yml", "frr.conf", "exabgp.conf"}
+    assert render_folder(tmp_path) == []
+
+
+def test_frr_peers_every_mux_with_ecmp_and_blackhole():
+    conf = render_frr(lab())
+    for addr in ("10.0.1.1", "10.0.1.3", "10.0.1.5"):
+        assert f" neighbor {addr} peer-group MUXES" in conf
+    assert " neighbor MUXES remote-as 65100" in conf and "router bgp 65000" in conf
+    assert "  maximum-paths 64" in conf and " bgp bestpath as-path multipath-relax" in conf
+    assert " no bgp ebgp-requires-policy" in conf and " timers bgp 1 3" in conf
+    assert "ip route 0.0.0.0/0 blackhole" in conf
+    assert "ip route 10.1.2.0/24 10.0.2.3" in conf
+    assert "interface eth1\n description mux1\n ip address 10.0.1.0/31" in conf
+    assert "interface eth7\n description client1\n ip address 192.0.2.1/24" in conf
+    assert "no zebra nexthop kernel enable" in conf
+
+
+def test_exabgp_next_hop_self_speaker_per_mux():
+    conf = render_exabgp(lab(), "mux2")
+    assert "neighbor 10.0.1.2 {" in conf and "local-address 10.0.1.3;" in conf
+    assert "local-as 65100;" in conf and "peer-as 65000;" in conf and "hold-time 3;" in conf
+    assert "run /opt/muxlab/bin/python -m mux.bgp_helper;" in conf
+
+
+def test_topology_is_unprivileged_and_complete():
+    topo = yaml.safe_load(render_topology(lab()).replace("${MUXLAB_STORE:=store}", "store"))
+    d = topo["topology"]["defaults"]
+    assert d["privileged"] is False and set(d["cap-add"]) == {"NET_ADMIN", "NET_RAW", "SYS_ADMIN"}
+    assert set(topo["topology"]["nodes"]) == set(lab().node_names())
+    assert topo["topology"]["groups"]["edge"]["sysctls"]["net.ipv4.fib_multipath_hash_policy"] == 1
+    eps = [tuple(l["endpoints"]) for l in topo["topology"]["links"]]
+    assert ("edge:eth1", "mux1:eth1") in eps and ("host3:eth3", "vm6:eth1") in eps
+    assert len(eps) == 3 + 3 + 2 + 6
+    # every interface appears once per node
+    seen = [e for pair in eps for e in pair]
+    assert len(seen) == len(set(seen))
+
+
+def test_underlay_is_jumbo_and_access_links_are_1500():
+    by_node = {(l.a, l.b): l.mtu for l in links(lab())}
+    assert by_node[("edge", "mux1")] >= 1550 and by_node[("edge", "host1")] >= 1550
+    assert by_node[("edge", "client1")] == 1500 and by_node[("host1", "vm1")] == 1500
+
+
+def test_node_plans():
+    l = lab()
+    mux = node_plan(l, "mux3")
+    assert mux.addresses == [("eth1", "10.0.1.5/31")] and mux.default_via == "10.0.1.4"
+    host = node_plan(l, "host2")
+    assert host.bridge == ("br0", ["eth2", "eth3"], "10.1.2.1/24") and host.default_via == "10.0.2.2"
+    vm = node_plan(l, "vm4")
+    assert vm.addresses == [("eth1", "10.1.2.14/24")] and vm.default_via == "10.1.2.1"
+    assert vm.loopback == ["203.0.113.20/32"]  # vm4 serves the floating-IP VIP
+    assert node_plan(l, "vm3").loopback == []
+    client = node_plan(l, "client2")
+    assert client.default_via == "198.51.100.1" and client.interfaces == ["eth1"]
