@@ -1,7 +1,11 @@
 """MUX agent: keeps this MUX's kernel data path equal to the desired state, then tells the
-BGP helper which VIPs it may announce. Never touches packets itself."""
+BGP helper which VIPs it may announce. Never touches packets itself.
+
+It re-reads the desired state every 250 ms (host liveness is a matter of time, not only of
+file changes) and touches the kernel only when what it would program differs."""
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import sys
@@ -16,42 +20,61 @@ from muxlab.state import RUN_DIR, Snapshot, StateSource, write_atomic
 from . import datapath
 
 ANNOUNCE_FILE = RUN_DIR / "announce.json"
-UPLINK = "eth1"  # the MUX's link to the edge (muxlab.render.links)
 TABLES_FILE = RUN_DIR / "tables.json"
+UPLINK = "eth1"  # the MUX's link to the edge (muxlab.render.links)
+PERIOD = 0.25
 
 
-def apply(snap: Snapshot, me: str) -> list[str]:
+def desired(snap: Snapshot, me: str) -> tuple:
     lab = snap.lab
     mux = next(m for m in lab.muxes if m.name == me)
     dev = datapath.vxlan_ifname(lab)
+    routes = tuple(PolicyRoute(r.mark, r.dip, dev, UPLINK, r.mac, r.host_vtep) for r in datapath.dip_routes(lab))
+    blackholes = tuple(f"{v.address}/32" for v in lab.vips)
+    return (dev, lab.vni, str(mux.address)), routes, blackholes, datapath.render_nft(snap)
+
+
+def apply(state: tuple) -> None:
+    (dev, vni, local), routes, blackholes, ruleset = state
     with IPRoute() as ipr:
-        ensure_vxlan(ipr, dev, lab.vni, str(mux.address))
-        reconcile_policy_routes(ipr, [PolicyRoute(r.mark, r.dip, dev, UPLINK, r.mac, r.host_vtep) for r in datapath.dip_routes(lab)],
-                                datapath.RULE_PRIORITY)
-        # A VIP packet that no rule claims must die here, not bounce back to the edge.
-        reconcile_blackholes(ipr, [f"{v.address}/32" for v in lab.vips])
-    nft_apply(datapath.render_nft(snap))
-    # what this MUX serves, for `muxlab status` and the "all MUX tables identical" checks
-    write_atomic(TABLES_FILE, json.dumps({s.chain: list(s.table) for s in datapath.services(snap)}, sort_keys=True))
-    return datapath.announceable_vips(snap, me)
+        ensure_vxlan(ipr, dev, vni, local)
+        reconcile_policy_routes(ipr, list(routes), datapath.RULE_PRIORITY)
+        # a VIP packet that no rule claims must die here, not bounce back to the edge
+        reconcile_blackholes(ipr, list(blackholes))
+    nft_apply(ruleset)
+
+
+def tables_report(snap: Snapshot) -> dict:
+    tables = {s.chain: list(s.table) for s in datapath.services(snap)}
+    digest = hashlib.sha256(json.dumps(tables, sort_keys=True).encode()).hexdigest()[:16]
+    return {"digest": digest, "tables": tables, "at": time.time()}
 
 
 def main() -> None:
     me = socket.gethostname()
     source = StateSource()
+    applied, announced = None, None
     while True:
         try:
-            if source.changed():
-                snap = source.read()
-                vips = apply(snap, me)
+            snap = source.read()
+            want = desired(snap, me)
+            if want != applied:
+                apply(want)
+                applied = want
+                report = tables_report(snap)
+                write_atomic(TABLES_FILE, json.dumps(report, sort_keys=True))
+                print(f"[mux-agent {me}] data path programmed (tables {report['digest']})", flush=True)
+            vips = datapath.announceable_vips(snap, me)
+            if vips != announced:
                 write_atomic(ANNOUNCE_FILE, json.dumps({"vips": vips, "at": time.time()}))
-                print(f"[mux-agent {me}] data path programmed; announcing {vips}", flush=True)
+                announced = vips
+                print(f"[mux-agent {me}] announcing {vips}", flush=True)
         except Exception:
-            # keep the last good data path; withdraw nothing on a transient error
+            # keep the last good data path and announcement on a transient error
             traceback.print_exc(file=sys.stdout)
             sys.stdout.flush()
             time.sleep(1)
-        time.sleep(0.2)
+        time.sleep(PERIOD)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@ the rest. ExaBGP runs it and reads its stdout; it must never exit (ExaBGP would 
 announcing), so every error is logged to stderr and the loop goes on.
 
 If the MUX agent stops refreshing its file the helper keeps the last announcement: it is
-the data path (kernel state) that serves traffic, not the agent process.
+the data path (kernel state) that serves traffic, not the agent process. But if that data
+path is gone (its nft table deleted or flushed away), nothing is announced.
 """
 from __future__ import annotations
 
 import json
 import select
+import subprocess
 import sys
 import time
 
@@ -37,11 +39,18 @@ def wanted() -> set[str] | None:
         return None  # being rewritten: keep what we have
 
 
+def datapath_present() -> bool:
+    return subprocess.run(["nft", "list", "set", "ip", "muxlab_mux", "vips"], capture_output=True).returncode == 0
+
+
 def main() -> None:
     announced: set[str] = set()
+    checked_at, present = 0.0, False
     while True:
         try:
-            want = wanted()
+            if time.monotonic() - checked_at > 1.0:
+                present, checked_at = datapath_present(), time.monotonic()
+            want = wanted() if present else set()
             if want is not None:
                 for prefix in sorted(want - announced):
                     send(f"announce route {prefix} next-hop self")

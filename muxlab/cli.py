@@ -67,6 +67,21 @@ def cmd_apply(a) -> None:
           f"{sum(len(v.rules) for v in new.vips)} rules; MUXes and host agents reprogram within a second")
 
 
+def cmd_fail(a) -> None:
+    from . import faults, lab
+    print(faults.fail(lab.resolve(a.topology, a.name), a.node, a.mode))
+
+
+def cmd_heal(a) -> None:
+    from . import faults, lab
+    print(faults.heal(lab.resolve(a.topology, a.name), a.node))
+
+
+def cmd_drain(a) -> None:
+    from . import faults, lab
+    print(faults.drain(lab.resolve(a.topology, a.name), a.mux, on=a.cmd == "drain"))
+
+
 def cmd_traffic(a) -> None:
     from . import lab, traffic
     ref = lab.resolve(a.topology, a.name)
@@ -104,6 +119,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="lab model YAML (same nodes and addressing as the running lab)")
     _lab_args(p)
     p.set_defaults(fn=cmd_apply)
+    from .faults import MODES
+    p = sub.add_parser("fail", help="inject a fault: kill, pause, link-down, stop-service or crash a node")
+    p.add_argument("node")
+    p.add_argument("--mode", required=True, choices=MODES)
+    _lab_args(p)
+    p.set_defaults(fn=cmd_fail)
+    p = sub.add_parser("heal", help="undo the fault `muxlab fail` injected on a node")
+    p.add_argument("node")
+    _lab_args(p)
+    p.set_defaults(fn=cmd_heal)
+    for verb, what in (("drain", "withdraw a MUX's VIPs gracefully (its flows move to the other MUXes)"),
+                       ("undrain", "let a drained MUX announce its VIPs again")):
+        p = sub.add_parser(verb, help=what)
+        p.add_argument("mux")
+        _lab_args(p)
+        p.set_defaults(fn=cmd_drain)
     p = sub.add_parser("traffic", help="open N flows from a client to a VIP and show which DIP served each")
     _lab_args(p)
     p.add_argument("--from", dest="source", default="client1", help="client node (default client1)")

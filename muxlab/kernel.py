@@ -5,6 +5,7 @@ so an agent can restart and re-apply without duplicating or flapping anything.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 
@@ -46,6 +47,19 @@ def ensure_vxlan(ipr: IPRoute, name: str, vni: int, local: str, mtu: int = 1500)
         idx = ifindex(ipr, name)
     ipr.link("set", index=idx, mtu=mtu, state="up")
     return idx
+
+
+def ensure_bridge_ports(ipr: IPRoute, bridge: str, ports: list[str]) -> list[str]:
+    """Enslave to `bridge` (and bring up) every listed port that exists but is not in it: a
+    VM link re-plugged after a failure comes back as a fresh interface. Returns those fixed."""
+    fixed = []
+    br = ifindex(ipr, bridge)
+    for port in ports:
+        if br is None or not os.path.exists(f"/sys/class/net/{port}") or os.path.exists(f"/sys/class/net/{port}/master"):
+            continue
+        ipr.link("set", index=ifindex(ipr, port), master=br, state="up")
+        fixed.append(port)
+    return fixed
 
 
 @dataclass(frozen=True)

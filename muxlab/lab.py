@@ -64,6 +64,7 @@ def render_folder(folder: Path) -> list[Path]:
 
 
 def run(cmd: list[str], timeout: float = 600, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run a command; a failure (or a hang past `timeout`) is a MuxlabError with its output."""
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
     except subprocess.TimeoutExpired:
@@ -160,10 +161,45 @@ def vip_nexthops(ref: LabRef) -> dict[str, list[str]]:
     return out
 
 
+def mux_tables(ref: LabRef, running: set[str]) -> dict[str, str | None]:
+    """MUX -> digest of the Maglev tables it has programmed (equal digests: identical tables)."""
+    out = {}
+    for m in ref.lab.muxes:
+        proc = docker_exec(ref, m.name, ["cat", "/run/muxlab/tables.json"], check=False) if m.name in running else None
+        try:
+            out[m.name] = json.loads(proc.stdout)["digest"] if proc and proc.returncode == 0 else None
+        except (ValueError, KeyError):
+            out[m.name] = None
+    return out
+
+
+def probes(ref: LabRef) -> dict:
+    """Per VM: its host's liveness and each probe's state, as the host agents report them."""
+    from .state import read_health
+    health_dir = ref.store / "health"
+    reports = {}
+    for f in sorted(health_dir.glob("*.json")) if health_dir.is_dir() else []:
+        try:
+            reports[f.stem] = json.loads(f.read_text())
+        except ValueError:
+            pass
+    _, alive = read_health(ref.store, time.time())
+    out = {}
+    for vm in ref.lab.vms:
+        states = reports.get(vm.host, {}).get("vms", {}).get(vm.name, {})
+        out[vm.name] = {"host": vm.host, "host_alive": vm.host in alive,
+                        "probes": {p: {"up": st["up"], "fail_streak": st["fail_streak"], "ok_streak": st["ok_streak"],
+                                       "last_error": st["last_error"]} for p, st in states.items()}}
+    return out
+
+
 def status(ref: LabRef) -> dict:
     nodes = containers(ref.name)
     running = {c["node"] for c in nodes if c["state"] == "running"}
-    result = {"lab": ref.name, "topology": str(ref.topology), "nodes": nodes, "bgp": {}, "vips": {}}
+    result = {"lab": ref.name, "topology": str(ref.topology), "nodes": nodes, "bgp": {}, "vips": {},
+              "drained": sorted(p.name for p in (ref.store / "drain").glob("*")),
+              "faults": sorted(p.stem for p in (ref.store / "faults").glob("*.json")),
+              "probes": probes(ref), "mux_tables": mux_tables(ref, running)}
     if "edge" in running:
         result["bgp"] = bgp_sessions(ref)
         result["vips"] = vip_nexthops(ref)
@@ -196,6 +232,20 @@ def format_status(st: dict) -> str:
         lines += ["", f"{'VIP':<16} ECMP NEXT HOPS IN THE EDGE'S KERNEL"]
         lines += [f"{v:<16} {', '.join(h) or '(no route: blackholed)'}"
                   for v, h in sorted(st["vips"].items(), key=lambda kv: ipaddress.ip_address(kv[0]))]
+    if st.get("mux_tables"):
+        digests = {d for d in st["mux_tables"].values() if d}
+        lines += ["", f"{'MUX':<10} MAGLEV TABLES ({'identical' if len(digests) == 1 else 'DIFFER'})"]
+        lines += [f"{m:<10} {d or '-'}{'  (drained)' if m in st.get('drained', []) else ''}"
+                  for m, d in st["mux_tables"].items()]
+    if st.get("probes"):
+        lines += ["", f"{'VM':<8} {'HOST':<8} PROBES (in rotation?)"]
+        for vm, p in st["probes"].items():
+            host = p["host"] + ("" if p["host_alive"] else " DEAD")
+            probes_txt = ", ".join(f"{n}: {'up' if s['up'] else 'DOWN (' + (s['last_error'] or '?') + ')'}"
+                                   for n, s in p["probes"].items()) or "-"
+            lines.append(f"{vm:<8} {host:<8} {probes_txt}")
+    if st.get("faults"):
+        lines += ["", "injected faults (muxlab heal NODE): " + ", ".join(st["faults"])]
     return "\n".join(lines)
 
 

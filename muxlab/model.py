@@ -127,6 +127,8 @@ class Lab:
     keepalive: int
     hold_time: int
     router_id: ipaddress.IPv4Address
+    bfd_interval_ms: int
+    bfd_multiplier: int
     vni: int
     hash_seed: int
     table_size: int | None  # None: per pool, the smallest prime >= 100 x backends
@@ -287,7 +289,7 @@ class _Checker:
             return None
 
 
-TOP_FIELDS = {"name", "bgp", "overlay", "hashing", "muxes", "hosts", "vms", "clients", "probes", "pools", "vips"}
+TOP_FIELDS = {"name", "bgp", "bfd", "overlay", "hashing", "muxes", "hosts", "vms", "clients", "probes", "pools", "vips"}
 
 
 def load_lab(path: str | Path) -> Lab:
@@ -319,6 +321,10 @@ def parse_lab(raw: Any) -> Lab:
     if edge_asn is not None and edge_asn == mux_asn:
         c.bad("bgp.mux_asn", mux_asn, "must differ from bgp.edge_asn: the edge peers with the MUXes over eBGP")
     router_id = c.address(bgp.get("router_id", "10.255.0.1"), "bgp.router_id")
+
+    bfd = c.mapping(top.get("bfd", {}), "bfd", {"interval_ms", "multiplier"})
+    bfd_interval = c.integer(bfd.get("interval_ms", 300), "bfd.interval_ms", 50, 10000)
+    bfd_mult = c.integer(bfd.get("multiplier", 3), "bfd.multiplier", 2, 50)
 
     overlay = c.mapping(top.get("overlay", {}), "overlay", {"vni"})
     vni = c.integer(overlay.get("vni", 4242), "overlay.vni", 1, 16777215)
@@ -539,7 +545,7 @@ def parse_lab(raw: Any) -> Lab:
 
     if c.problems:
         raise ModelError(c.problems)
-    return Lab(name, edge_asn, mux_asn, keepalive, hold, router_id, vni, seed, table_size,
+    return Lab(name, edge_asn, mux_asn, keepalive, hold, router_id, bfd_interval, bfd_mult, vni, seed, table_size,
                tuple(muxes), tuple(hosts), tuple(vms), tuple(clients), pools, probes, tuple(vips))
 
 

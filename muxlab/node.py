@@ -20,14 +20,19 @@ from .state import MODEL_PATH, RUN_DIR
 
 PY = sys.executable
 
-ROLE_PROCESSES: dict[str, list[tuple[str, list[str]]]] = {
-    "mux": [("mux-agent", [PY, "-m", "mux.agent"]),
-            ("exabgp", ["/opt/muxlab/bin/exabgp", "/etc/exabgp/exabgp.conf"])],
-    "host": [("host-agent", [PY, "-m", "hostagent.agent"])],
-    "vm": [("vm-service", [PY, "-m", "muxlab.vmservice"]),
-           ("iperf3", ["iperf3", "--server", "--port", "5201"])],
-    "client": [],
-}
+def role_processes(lab, plan: NodePlan) -> list[tuple[str, list[str]]]:
+    """The long-running processes of a node, by name (names are what fault injection holds down)."""
+    if plan.role == "mux":
+        interval_us = str(lab.bfd_interval_ms * 1000)
+        return [("mux-agent", [PY, "-m", "mux.agent"]),
+                ("exabgp", ["/opt/muxlab/bin/exabgp", "/etc/exabgp/exabgp.conf"]),
+                ("bfd", [PY, "-m", "mux.bfd", "--interval-us", interval_us, "--multiplier", str(lab.bfd_multiplier),
+                         plan.default_via])]
+    if plan.role == "host":
+        return [("host-agent", [PY, "-m", "hostagent.agent"])]
+    if plan.role == "vm":
+        return [("vm-service", [PY, "-m", "muxlab.vmservice"]), ("iperf3", ["iperf3", "--server", "--port", "5201"])]
+    return []
 
 EXABGP_ENV = {
     # Helpers program netlink, so ExaBGP must not drop root; stay in the foreground.
@@ -138,7 +143,7 @@ def main() -> None:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     (RUN_DIR / "network-ready").write_text(str(time.time()))
     log("network configured")
-    Supervisor(ROLE_PROCESSES[plan.role]).run()
+    Supervisor(role_processes(lab, plan)).run()
 
 
 if __name__ == "__main__":

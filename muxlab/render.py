@@ -119,6 +119,9 @@ def render_frr(lab: Lab) -> str:
             c = next(c for c in lab.clients if c.name == l.b)
             addr = str(c.gateway)
         lines += [f"interface {l.a_if}", f" description {l.b}", f" ip address {addr}", "exit", "!"]
+    lines += ["! BFD with every MUX: a frozen MUX leaves ECMP in interval x multiplier", "bfd", " profile mux",
+              f"  detect-multiplier {lab.bfd_multiplier}", f"  receive-interval {lab.bfd_interval_ms}",
+              f"  transmit-interval {lab.bfd_interval_ms}", " exit", "exit", "!"]
     lines.append("! Lab space is reachable; everything else is dropped here, never sent to the management network.")
     for h in lab.hosts:
         lines.append(f"ip route {h.vm_subnet} {h.address}")
@@ -135,6 +138,8 @@ def render_frr(lab: Lab) -> str:
         f" neighbor MUXES timers {lab.keepalive} {lab.hold_time}",
         " neighbor MUXES timers connect 1",
         " neighbor MUXES advertisement-interval 0",
+        " neighbor MUXES bfd",
+        " neighbor MUXES bfd profile mux",
     ]
     for m in lab.muxes:
         lines += [f" neighbor {m.address} peer-group MUXES", f" neighbor {m.address} description {m.name}"]

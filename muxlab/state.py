@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,16 +20,23 @@ from .model import Lab, ModelError, load_lab
 MODEL_PATH = Path(os.environ.get("MUXLAB_MODEL", "/etc/muxlab/lab.yml"))
 STORE_DIR = Path(os.environ.get("MUXLAB_STORE_DIR", "/var/lib/muxlab"))
 RUN_DIR = Path(os.environ.get("MUXLAB_RUN_DIR", "/run/muxlab"))
+# A host agent rewrites its health report every second; a report older than this means the
+# host (or its agent) is gone, and every DIP behind it leaves every MUX's tables.
+STALE_AFTER = 3.0
 
 
 @dataclass
 class Snapshot:
     lab: Lab
-    # DIP name -> False for backends a host agent reports down; absent means healthy
+    # VM name -> probe name -> up, as its host agent reports; a probe not reported is up
     health: dict[str, dict[str, bool]] = field(default_factory=dict)
     drained: frozenset[str] = frozenset()
+    # hosts with no fresh report: their VMs are down whatever the probes said
+    dead_hosts: frozenset[str] | None = None
 
     def healthy(self, vm: str, probe: str | None) -> bool:
+        if self.dead_hosts is not None and self.lab.vm(vm).host in self.dead_hosts:
+            return False
         if probe is None:
             return True
         return self.health.get(vm, {}).get(probe, True)
@@ -80,16 +88,24 @@ class StateSource:
             # `muxlab apply` validates before writing, so this is a hand edit gone wrong:
             # keep serving the static model rather than tearing the data path down.
             lab = load_lab(self.model_path)
-        health: dict[str, dict[str, bool]] = {}
-        hdir = self.store / "health"
-        if hdir.is_dir():
-            for f in sorted(hdir.glob("*.json")):
-                try:
-                    report = json.loads(f.read_text())
-                except (OSError, ValueError):
-                    continue
-                for vm, probes in report.get("vms", {}).items():
-                    health[vm] = {p: bool(s.get("up", True)) for p, s in probes.items()}
+        health, alive = read_health(self.store, time.time())
         ddir = self.store / "drain"
         drained = frozenset(p.name for p in ddir.iterdir()) if ddir.is_dir() else frozenset()
-        return Snapshot(lab, health, drained)
+        return Snapshot(lab, health, drained, frozenset(h.name for h in lab.hosts) - alive)
+
+
+def read_health(store: Path, now: float) -> tuple[dict[str, dict[str, bool]], set[str]]:
+    """Probe results of every host agent, and the hosts whose report is fresh."""
+    health: dict[str, dict[str, bool]] = {}
+    alive: set[str] = set()
+    hdir = store / "health"
+    for f in sorted(hdir.glob("*.json")) if hdir.is_dir() else []:
+        try:
+            report = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if now - report.get("at", 0) <= STALE_AFTER:
+            alive.add(report.get("host", f.stem))
+        for vm, probes in report.get("vms", {}).items():
+            health[vm] = {p: bool(st.get("up", True)) for p, st in probes.items()}
+    return health, alive

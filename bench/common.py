@@ -1,0 +1,52 @@
+"""Shared pieces of the benchmarks: a lab of their own, timing, result files."""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from muxlab import lab as labmod
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BENCH_LAB = "muxlab-bench"
+
+
+def cli(*args, timeout=1200):
+    return subprocess.run([sys.executable, "-m", "muxlab", *args], capture_output=True, text=True, timeout=timeout, check=True)
+
+
+def up(name=BENCH_LAB) -> labmod.LabRef:
+    cli("down", "--name", name, timeout=300)
+    cli("up", "--name", name, "--wait", "240")
+    return labmod.resolve(None, name)
+
+
+def down(name=BENCH_LAB) -> None:
+    subprocess.run([sys.executable, "-m", "muxlab", "down", "--name", name], capture_output=True, timeout=300)
+
+
+def sh(ref, node, cmd, timeout=120):
+    return labmod.docker_exec(ref, node, ["sh", "-c", cmd], timeout=timeout).stdout
+
+
+def summary(values: list[float]) -> dict:
+    return {"n": len(values), "median": round(statistics.median(values), 3), "min": round(min(values), 3),
+            "max": round(max(values), 3), "values": [round(v, 3) for v in values]}
+
+
+def machine() -> dict:
+    return {"cpus": __import__("os").cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def save(name: str, result: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {"benchmark": name, "machine": machine(), **result}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path

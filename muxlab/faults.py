@@ -1,0 +1,102 @@
+"""Fault injection: `muxlab fail NODE --mode ...` and `muxlab heal NODE`.
+
+Each fault is recorded in the lab's store (faults/NODE.json) so `heal` knows what to undo.
+Modes:
+  kill          docker kill: the container and its links vanish (heal: docker start, then
+                `containerlab tools veth create` re-plugs each of its links)
+  pause         docker pause: the node freezes, links stay up (heal: docker unpause)
+  link-down     the node's uplink (eth1, towards the edge or host) goes down (heal: up)
+  stop-service  hold the node's service down: a VM's application, a MUX's BGP speaker,
+                a host's agent (heal: let it run again)
+  crash         kill -9 the service process once; the node's supervisor restarts it
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+
+from .errors import MuxlabError
+from .lab import LabRef, containers, docker_exec, run
+from .render import links
+from .state import write_atomic
+
+MODES = ("kill", "pause", "link-down", "stop-service", "crash")
+SERVICE = {"vm": "vm-service", "mux": "exabgp", "host": "host-agent"}
+
+
+def _record(ref: LabRef, node: str):
+    return ref.store / "faults" / f"{node}.json"
+
+
+def fail(ref: LabRef, node: str, mode: str) -> str:
+    role = ref.lab.role_of(node)  # KeyError names a node that does not exist
+    if mode not in MODES:
+        raise MuxlabError(f"--mode {mode}: one of {', '.join(MODES)}")
+    if node == "edge" and mode != "pause":
+        raise MuxlabError("the edge takes only --mode pause; to cut an edge link, fail the node at its far end "
+                          "with --mode link-down")
+    if mode in ("stop-service", "crash") and role not in SERVICE:
+        raise MuxlabError(f"--mode {mode}: a {role} runs no service (services: vm, mux, host)")
+    state = {c["node"]: c["state"] for c in containers(ref.name)}
+    if state.get(node) != "running":
+        raise MuxlabError(f"{node} is {state.get(node, 'not deployed')}: nothing to fail")
+    rec = _record(ref, node)
+    if rec.exists() and mode != "crash":
+        raise MuxlabError(f"{node} already has a fault ({json.loads(rec.read_text())['mode']}): `muxlab heal {node}` first")
+    c = ref.container(node)
+    if mode == "kill":
+        run(["docker", "kill", c])
+        did, undo = f"killed container {c} (its links are gone)", f"muxlab heal {node}   (restarts it and re-plugs its links)"
+    elif mode == "pause":
+        run(["docker", "pause", c])
+        did, undo = f"froze {c} (docker pause): it answers nothing, its links stay up", f"muxlab heal {node}   (docker unpause)"
+    elif mode == "link-down":
+        docker_exec(ref, node, ["ip", "link", "set", "eth1", "down"])
+        did, undo = f"set {node}'s eth1 down (its uplink)", f"muxlab heal {node}   (ip link set eth1 up)"
+    elif mode == "stop-service":
+        svc = SERVICE[role]
+        docker_exec(ref, node, ["touch", f"/run/muxlab/stopped/{svc}"])
+        did, undo = f"stopped {svc} on {node} and hold it down", f"muxlab heal {node}   (the supervisor starts it again)"
+    else:
+        svc = SERVICE[role]
+        docker_exec(ref, node, ["pkill", "-9", "-f", {"exabgp": "exabgp", "vm-service": "muxlab.vmservice",
+                                                     "host-agent": "hostagent.agent"}[svc]], check=False)
+        return f"crashed {svc} on {node} (kill -9); its supervisor restarts it within a second. Nothing to heal."
+    write_atomic(rec, json.dumps({"mode": mode}))
+    return f"{did}.\nundo: {undo}"
+
+
+def heal(ref: LabRef, node: str) -> str:
+    ref.lab.role_of(node)
+    rec = _record(ref, node)
+    if not rec.exists():
+        raise MuxlabError(f"{node} has no fault recorded by `muxlab fail`")
+    mode = json.loads(rec.read_text())["mode"]
+    c = ref.container(node)
+    if mode == "kill":
+        run(["docker", "start", c])
+        for link in links(ref.lab):
+            if node in (link.a, link.b):
+                run(["containerlab", "tools", "veth", "create", "--mtu", str(link.mtu),
+                     "-a", f"{ref.container(link.a)}:{link.a_if}", "-b", f"{ref.container(link.b)}:{link.b_if}"], timeout=120)
+    elif mode == "pause":
+        run(["docker", "unpause", c])
+    elif mode == "link-down":
+        docker_exec(ref, node, ["ip", "link", "set", "eth1", "up"])
+    elif mode == "stop-service":
+        docker_exec(ref, node, ["rm", "-f", f"/run/muxlab/stopped/{SERVICE[ref.lab.role_of(node)]}"])
+    rec.unlink()
+    return f"healed {node} (undid {mode})"
+
+
+def drain(ref: LabRef, mux: str, on: bool) -> str:
+    if ref.lab.role_of(mux) != "mux":
+        raise MuxlabError(f"{mux} is a {ref.lab.role_of(mux)}; only MUXes drain")
+    flag = ref.store / "drain" / mux
+    if on:
+        flag.parent.mkdir(parents=True, exist_ok=True)
+        flag.touch()
+        return (f"{mux} drained: it withdraws its VIPs; the edge moves its flows to the other MUXes, which map them to "
+                f"the same DIPs.\nundo: muxlab undrain {mux}")
+    flag.unlink(missing_ok=True)
+    return f"{mux} undrained: it announces its VIPs again"
