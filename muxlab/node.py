@@ -45,6 +45,9 @@ EXABGP_ENV = {
 }
 
 
+NETWORK_RECHECK = 2.0  # seconds
+
+
 def log(msg: str) -> None:
     print(f"[muxlab-node {socket.gethostname()}] {msg}", flush=True)
 
@@ -61,23 +64,27 @@ def wait_for_interfaces(names: list[str], timeout: float = 300.0) -> None:
 
 
 def configure_network(plan: NodePlan) -> None:
+    """Idempotent: run at start and again every few seconds, because the kernel deletes a
+    static route whose link went down and does not restore it when the link comes back."""
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
         def idx(name: str) -> int:
             return ipr.link_lookup(ifname=name)[0]
 
+        addresses = list(plan.addresses)
         if plan.bridge:
             br, ports, cidr = plan.bridge
             if not ipr.link_lookup(ifname=br):
                 ipr.link("add", ifname=br, kind="bridge")
             for p in ports:
-                ipr.link("set", index=idx(p), master=idx(br), state="up")
-            plan.addresses.append((br, cidr))
-        for ifname, cidr in plan.addresses:
+                if ipr.link_lookup(ifname=p):
+                    ipr.link("set", index=idx(p), master=idx(br), state="up")
+            ipr.link("set", index=idx(br), state="up")
+            addresses.append((br, cidr))
+        for ifname, cidr in addresses:
             addr, plen = cidr.split("/")
             ipr.addr("replace", index=idx(ifname), address=addr, prefixlen=int(plen))
-            ipr.link("set", index=idx(ifname), state="up")
         for cidr in plan.loopback:
             addr, plen = cidr.split("/")
             ipr.addr("replace", index=idx("lo"), address=addr, prefixlen=int(plen))
@@ -87,12 +94,23 @@ def configure_network(plan: NodePlan) -> None:
             ipr.route("replace", dst="0.0.0.0/0", gateway=plan.default_via)
 
 
+def bring_up(plan: NodePlan) -> None:
+    """Lab ports go up once, at start: later, fault injection may hold one down."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        for ifname in plan.interfaces:
+            ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
+
+
 class Supervisor:
     """Keeps the role's processes running; a process listed in RUN_DIR/stopped/ is left down
     (that is how fault injection stops a service without the supervisor undoing it)."""
 
-    def __init__(self, procs: list[tuple[str, list[str]]]):
+    def __init__(self, procs: list[tuple[str, list[str]]], plan: NodePlan):
         self.procs = procs
+        self.plan = plan
+        self.network_checked = time.monotonic()
         self.running: dict[str, subprocess.Popen] = {}
         self.stopping = False
 
@@ -117,6 +135,12 @@ class Supervisor:
                     if p is not None:
                         log(f"{name} exited with {p.returncode}; restarting")
                     self.start(name, argv)
+            if time.monotonic() - self.network_checked > NETWORK_RECHECK:
+                self.network_checked = time.monotonic()
+                try:
+                    configure_network(self.plan)
+                except Exception as exc:  # a link that is down right now: next time
+                    log(f"network re-check: {exc}")
             # reap anything else that died (PID 1 duty)
             try:
                 while os.waitpid(-1, os.WNOHANG)[0] > 0:
@@ -139,11 +163,12 @@ def main() -> None:
     plan = node_plan(lab, name)
     log(f"role {plan.role}; waiting for {plan.interfaces}")
     wait_for_interfaces(plan.interfaces)
+    bring_up(plan)
     configure_network(plan)
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     (RUN_DIR / "network-ready").write_text(str(time.time()))
     log("network configured")
-    Supervisor(role_processes(lab, plan)).run()
+    Supervisor(role_processes(lab, plan), plan).run()
 
 
 if __name__ == "__main__":

@@ -71,6 +71,33 @@ class Lab:
                    for node in nodes}
         return result, packets
 
+    def hold(self, vip="203.0.113.10", port=80, conns=24, duration=10.0, every=0.02, source="client1"):
+        """Start the failure-watching client (muxlab.holdclient); returns a Hold once its
+        long-lived connections are all open."""
+        return Hold(self.ref, source, vip, port, conns, duration, every)
+
+    def mux_tables(self):
+        """MUX -> its programmed Maglev tables (chain -> bucket owners)."""
+        return {m.name: json.loads(self.sh(m.name, "cat /run/muxlab/tables.json").stdout)["tables"] for m in self.ref.lab.muxes}
+
+    def assert_mux_tables_identical(self, settle=2.0):
+        """The MUXes' tables, after they agree: each MUX re-reads the desired state every
+        250 ms, so right after a change they may differ for one such period."""
+        deadline = time.monotonic() + settle
+        while True:
+            tables = self.mux_tables()
+            first = next(iter(tables.values()))
+            if all(t == first for t in tables.values()):
+                return first
+            assert time.monotonic() < deadline, f"MUX tables still differ after {settle}s"
+            time.sleep(0.1)
+
+    def converged(self, timeout=60):
+        """Back to the full lab: every MUX established and in ECMP for every VIP."""
+        want = sorted(m.name for m in self.ref.lab.muxes)
+        self.wait_for("every MUX back in ECMP", lambda: all(h == want for h in labmod.vip_nexthops(self.ref).values())
+                      and set(labmod.bgp_sessions(self.ref).values()) == {"Established"}, timeout=timeout)
+
     def wait_for(self, what, fn, timeout=30, interval=0.2):
         deadline = time.monotonic() + timeout
         while True:
@@ -80,6 +107,23 @@ class Lab:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout}s waiting for {what}")
             time.sleep(interval)
+
+
+class Hold:
+    def __init__(self, ref, source, vip, port, conns, duration, every):
+        argv = ["docker", "exec", ref.container(source), "python", "-m", "muxlab.holdclient", "--vip", vip,
+                "--port", str(port), "--conns", str(conns), "--duration", str(duration), "--every", str(every)]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stderr.readline()
+        if not line.startswith("READY"):
+            self.proc.kill()
+            raise AssertionError(f"holdclient did not start: {line}{self.proc.stderr.read()}")
+        self.duration = duration
+
+    def result(self):
+        out, err = self.proc.communicate(timeout=self.duration + 60)
+        assert self.proc.returncode == 0, err
+        return json.loads(out)
 
 
 @pytest.fixture(scope="session")

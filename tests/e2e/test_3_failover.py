@@ -1,0 +1,89 @@
+"""Health, failover and fault injection: no flow lost when a MUX dies; probes steer new
+flows away from dead backends; every MUX always holds the same tables."""
+import time
+
+import pytest
+
+from muxlab import faults
+from muxlab.lab import vip_nexthops
+from muxlab.failover import analyse
+
+
+def fault(L, node, mode):
+    t = time.time()
+    faults.fail(L.ref, node, mode)
+    return t
+
+
+@pytest.mark.parametrize("mode", ["kill", "pause", "link-down", "crash-bgp"])
+def test_mux_failure_breaks_no_connection(L, mode):
+    hold = L.hold(conns=24, duration=10)
+    time.sleep(2)
+    if mode == "crash-bgp":  # the BGP speaker process dies; the supervisor restarts it
+        t = fault(L, "mux2", "crash")
+    else:
+        t = fault(L, "mux2", mode)
+    try:
+        if mode != "crash-bgp":
+            L.wait_for("mux2's next hop to leave the edge",
+                       lambda: all("mux2" not in h for h in vip_nexthops(L.ref).values()), timeout=10)
+        r = analyse(hold.result(), t)
+    finally:
+        if mode != "crash-bgp":
+            faults.heal(L.ref, "mux2")
+    assert r["broken"] == 0, r
+    assert r["recovery_s"] is not None and r["recovery_s"] < 5, r   # new connections succeed again
+    assert len(r["dips_of_new_connections"]) == 6
+    L.converged()
+    L.assert_mux_tables_identical()
+
+
+def test_drain_is_graceful(L):
+    hold = L.hold(conns=24, duration=6)
+    time.sleep(1.5)
+    t = time.time()
+    faults.drain(L.ref, "mux1", True)
+    L.wait_for("mux1 withdrawn", lambda: all(h == ["mux2", "mux3"] for h in vip_nexthops(L.ref).values()))
+    r = analyse(hold.result(), t)
+    faults.drain(L.ref, "mux1", False)
+    assert r["broken"] == 0 and r["unserved_after_fault"] == 0, r
+    L.converged()
+
+
+def test_stopped_vm_service_leaves_rotation_and_returns(L):
+    probe = L.ref.lab.probes["http-health"]
+    hold = L.hold(conns=24, duration=10)
+    time.sleep(1)
+    fault(L, "vm3", "stop-service")
+    try:
+        # out of rotation after interval x unhealthy threshold (+ a probe timeout and a MUX period)
+        time.sleep(probe.interval * probe.unhealthy_threshold + probe.timeout + 0.5)
+        tables = L.assert_mux_tables_identical()
+        assert "vm3" not in tables["svc_web_http"] and "vm3" not in tables["svc_web_dns"]
+        res = L.flows("client2", "web", 80, 300)
+        assert res["failures"] == 0 and "vm3" not in res["by_dip"] and len(res["by_dip"]) == 5
+        run = hold.result()
+    finally:
+        faults.heal(L.ref, "vm3")
+    # the connections to vm3 died with its application; every other one went on
+    assert all(c["broken_at"] is None for c in run["conns"] if c["dip"] != "vm3"), run["conns"]
+    L.wait_for("vm3 back after the healthy threshold",
+               lambda: "vm3" in L.assert_mux_tables_identical()["svc_web_http"],
+               timeout=probe.interval * probe.healthy_threshold + 5)
+    assert "vm3" in L.flows("client2", "web", 80, 300)["by_dip"]
+
+
+def test_host_failure_removes_its_dips_from_every_mux(L):
+    from muxlab.state import STALE_AFTER
+    t = fault(L, "host3", "pause")  # the host vanishes: its agent stops reporting
+    try:
+        L.wait_for("host3's DIPs to leave every MUX", lambda: all(
+            "vm5" not in t_["svc_web_http"] and "vm6" not in t_["svc_web_http"] for t_ in L.mux_tables().values()),
+            timeout=STALE_AFTER + 5)
+        tables = L.assert_mux_tables_identical()
+        assert {"vm5", "vm6"}.isdisjoint(tables["svc_web_dns"]) and {"vm6"}.isdisjoint(tables["svc_direct_app"])
+        res = L.flows("client1", "web", 80, 300)
+        assert res["failures"] == 0 and set(res["by_dip"]) == {"vm1", "vm2", "vm3", "vm4"}
+    finally:
+        faults.heal(L.ref, "host3")
+    L.wait_for("host3's DIPs back", lambda: "vm5" in L.assert_mux_tables_identical()["svc_web_http"], timeout=15)
