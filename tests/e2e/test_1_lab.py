@@ -47,3 +47,45 @@ def test_no_lab_packet_leaves_by_management(L):
     assert "eth0" not in L.sh("edge", "ip route get 8.8.8.8 2>&1 || true").stdout
     r = L.sh("client1", "ping -c1 -W1 198.18.0.1 >/dev/null 2>&1; echo $?").stdout.strip()
     assert r != "0"
+
+
+def test_second_up_of_a_running_lab_is_refused(lab):
+    from tests.e2e.conftest import E2E_LAB, cli
+    p = cli("up", "--name", E2E_LAB, check=False, timeout=120)
+    assert p.returncode == 1 and "already running" in p.stderr
+
+
+def test_apply_refuses_a_port_clash_and_changes_nothing(lab, L, tmp_path):
+    import yaml
+    from tests.e2e.conftest import E2E_LAB, cli
+    raw = yaml.safe_load((lab.folder / "lab.yml").read_text())
+    raw["vips"]["web"]["rules"].append({"protocol": "tcp", "port": 80, "pool": "direct"})
+    bad = tmp_path / "bad.yml"
+    bad.write_text(yaml.safe_dump(raw))
+    before = L.assert_mux_tables_identical()
+    p = cli("apply", str(bad), "--name", E2E_LAB, check=False)
+    assert p.returncode == 2 and "vips.web.rules[2].port: 80" in p.stderr
+    assert not (lab.store / "lab.yml").exists()
+    assert L.assert_mux_tables_identical() == before
+
+
+def test_apply_changes_pools_live_and_pinned_flows_stay(lab, L, tmp_path):
+    """A live pool change: new flows follow the new table at once; established flows keep
+    their DIP through the MUX's conntrack mark even where their bucket moved."""
+    import yaml
+    from tests.e2e.conftest import E2E_LAB, cli
+    hold = L.hold(conns=24, duration=6)
+    raw = yaml.safe_load((lab.folder / "lab.yml").read_text())
+    raw["pools"]["web"] = ["vm1", "vm2", "vm3", "vm4"]  # vm5 and vm6 leave the web pool (still alive)
+    new = tmp_path / "new.yml"
+    new.write_text(yaml.safe_dump(raw))
+    try:
+        cli("apply", str(new), "--name", E2E_LAB)
+        L.wait_for("new tables on every MUX", lambda: "vm5" not in L.assert_mux_tables_identical()["svc_web_http"], timeout=10)
+        res = L.flows("client2", "web", 80, 300)
+        assert res["failures"] == 0 and set(res["by_dip"]) == {"vm1", "vm2", "vm3", "vm4"}
+        run = hold.result()
+        assert all(c["broken_at"] is None for c in run["conns"]), run["conns"]  # including those on vm5, vm6
+    finally:
+        (lab.store / "lab.yml").unlink(missing_ok=True)
+    L.wait_for("tables back", lambda: "vm5" in L.assert_mux_tables_identical()["svc_web_http"], timeout=10)

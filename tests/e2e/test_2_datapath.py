@@ -1,6 +1,7 @@
 """The data path: Maglev on every MUX, VXLAN to hosts, NAT or floating IP, Direct Server Return."""
 import ipaddress
 import json
+import time
 
 import pytest
 
@@ -143,3 +144,20 @@ def test_full_size_tcp_transfer_both_ways(L):
     # full 1500-byte inner packets crossed the underlay unfragmented (1550 outer)
     assert max(p["inner"]["len"] for p in vx) == 1500
     assert max(p["len"] for p in vx) == 1550
+
+
+@pytest.mark.parametrize("node,agent", [("host2", "hostagent.agent"), ("mux1", "mux.agent")])
+def test_agent_restart_rebuilds_state_idempotently_and_keeps_flows(L, node, agent):
+    def kernel_state():
+        return L.sh(node, "ip rule; ip route show table all | grep -v '^local\\|^broadcast\\|^multicast\\|fe80\\|ff00'; "
+                          "bridge fdb show | grep -c permanent; nft list ruleset | grep -v 'packets [0-9]'").stdout
+
+    before = kernel_state()
+    hold = L.hold(conns=24, duration=6)
+    from muxlab.lab import docker_exec
+    docker_exec(L.ref, node, ["pkill", "-9", "-f", agent])  # its supervisor starts a fresh agent, which re-applies all
+    time.sleep(1)
+    L.wait_for(f"{agent} back", lambda: docker_exec(L.ref, node, ["pgrep", "-f", agent], check=False).stdout.strip(), timeout=10)
+    run = hold.result()
+    assert all(c["broken_at"] is None for c in run["conns"]), run["conns"]
+    assert kernel_state() == before  # nothing duplicated, nothing lost

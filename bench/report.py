@@ -1,0 +1,63 @@
+"""Write bench/RESULTS.md from the JSON results under bench/results/."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def load(name: str) -> dict | None:
+    p = HERE / "results" / f"{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def s(x: dict | None, unit: str = "s") -> str:
+    return "-" if not x else f"{x['median']} {unit} (max {x['max']}, n={x['n']})"
+
+
+def main() -> None:
+    out = ["# Benchmark results", "",
+           "Measured on the project's machine (2 cores, 24 GiB) by the scripts in this folder; the raw JSON is in",
+           "`results/`. Regenerate with `python -m bench.<name>` then `python -m bench.report`.", ""]
+    lab = load("lab")
+    if lab:
+        out += ["## Lab (`bench.lab_bench`)", f"_{lab['machine']['when']}_", "",
+                "| what | result |", "|---|---|"]
+        if "cold" in lab:
+            c = lab["cold"]
+            out.append(f"| deploy, cold images (router + node built with `--no-cache`, base present) | {c['total_s']} s (build {c['build_s']} s + deploy {c['deploy_s']} s) |")
+        out.append(f"| deploy, warm images (`muxlab up` until BGP + ECMP converged) | {s(lab['warm_deploy_s'])} |")
+        out.append(f"| `docker kill` of a MUX until its next hop leaves the edge's kernel (polled every {lab['kill_poll_interval_ms']} ms) | {s(lab['kill_nexthop_removal_s'])} |")
+        out.append("")
+    dp = load("datapath")
+    if dp:
+        out += ["## Data path (`bench.datapath_bench`)", f"_{dp['machine']['when']}_", "",
+                "client1 to vm1 through the load balancer (VIP 203.0.113.30: edge, MUX, VXLAN, host NAT, DSR reply)",
+                "against the direct routed path (edge, host) to vm1's DIP, in the same run. Medians.", "",
+                "| metric | load-balanced | direct | ratio |", "|---|---|---|---|"]
+        names = {"tcp_gbit_s": "iperf3 TCP, Gbit/s", "udp64_pps": "iperf3 UDP 64-byte payload, packets/s received",
+                 "new_conns_per_s": "new TCP connections/s (16 workers; LB to all six DIPs)"}
+        for k, label in names.items():
+            r = dp[k]
+            out.append(f"| {label} | {r['load_balanced']['median']} | {r['direct']['median']} | **{r['ratio_lb_over_direct']}** |")
+        out.append("")
+    fo = load("failover")
+    if fo:
+        out += ["## Failover (`bench.failover_bench`)", f"_{fo['machine']['when']}_", "",
+                f"Client: {fo['client']}. Recovery = time from the fault until new connections are all served again.", "",
+                "| MUX failure | recovery | established connections broken | unserved attempts |", "|---|---|---|---|"]
+        for mode in ("kill", "pause", "link-down", "drain"):
+            r = fo[mode]
+            never = f", {r['never_recovered']} never recovered" if r["never_recovered"] else ""
+            out.append(f"| {mode} | {s(r['recovery_s'])}{never} | {r['broken_share']['max'] * 100:.0f} % (worst run) | {s(r['unserved_attempts'], '')} |")
+        p = fo["probe"]
+        out += ["", f"VM service stopped until it leaves mux1's tables: {s(fo['vm_service_stop_to_removal_s'])}; "
+                f"started again until it returns: {s(fo['vm_service_start_to_return_s'])} "
+                f"(probe every {p['interval_s']} s, timeout {p['timeout_s']} s, out after {p['unhealthy_threshold']}, back after {p['healthy_threshold']}).", ""]
+    (HERE / "RESULTS.md").write_text("\n".join(out))
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

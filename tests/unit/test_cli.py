@@ -1,0 +1,54 @@
+"""CLI errors that need no containers: a bad model is refused before anything is deployed."""
+import shutil
+import subprocess
+import sys
+
+import yaml
+
+from tests.unit.conftest import REPO
+
+
+def muxlab(*args):
+    return subprocess.run([sys.executable, "-m", "muxlab", *args], capture_output=True, text=True, timeout=60)
+
+
+def lab_folder(tmp_path, mutate):
+    shutil.copy(REPO / "containerlab" / "muxlab.clab.yml", tmp_path / "muxlab.clab.yml")
+    raw = yaml.safe_load((REPO / "containerlab" / "lab.yml").read_text())
+    mutate(raw)
+    (tmp_path / "lab.yml").write_text(yaml.safe_dump(raw))
+    return tmp_path / "muxlab.clab.yml"
+
+
+def test_up_with_port_clash_names_field_and_deploys_nothing(tmp_path):
+    topo = lab_folder(tmp_path, lambda raw: raw["vips"]["web"]["rules"].append({"protocol": "udp", "port": 53, "pool": "web"}))
+    p = muxlab("up", "--topology", str(topo), "--name", "muxlab-never")
+    assert p.returncode == 2
+    assert "vips.web.rules[2].port: 53: udp/53 on this VIP is already taken by vips.web.rules[1]" in p.stderr
+    assert not (tmp_path / "clab-muxlab-never").exists() and not (tmp_path / ".labs").exists()
+
+
+def test_render_refuses_bad_model_and_writes_nothing(tmp_path):
+    topo = lab_folder(tmp_path, lambda raw: raw["vms"]["vm1"].update(ip="300.1.1.1"))
+    before = topo.read_text()
+    p = muxlab("render", "--topology", str(topo))
+    assert p.returncode == 2 and "vms.vm1.ip: '300.1.1.1'" in p.stderr
+    assert topo.read_text() == before and not (tmp_path / "configs").exists()
+
+
+def test_missing_topology_and_model(tmp_path):
+    p = muxlab("status", "--topology", str(tmp_path / "nope.clab.yml"))
+    assert p.returncode == 1 and "no such file" in p.stderr
+    (tmp_path / "x.clab.yml").write_text("name: x\n")
+    p = muxlab("status", "--topology", str(tmp_path / "x.clab.yml"))
+    assert p.returncode == 1 and "lab.yml is missing" in p.stderr
+
+
+def test_traffic_unknown_vip_is_named():
+    p = muxlab("traffic", "--vip", "203.0.113.99", "--port", "80")
+    assert p.returncode == 1 and "unknown VIP '203.0.113.99'" in p.stderr and "web (203.0.113.10)" in p.stderr
+
+
+def test_fail_refuses_unknown_mode():
+    p = muxlab("fail", "mux1", "--mode", "explode")
+    assert p.returncode == 2 and "invalid choice" in p.stderr
