@@ -41,6 +41,7 @@ def render_nft(lab: Lab, host: str) -> str:
     nat = ", ".join(f"{m:#010x} . {vip} . {p} . {port} : {dip} . {bport}" for m, vip, p, port, dip, bport, fip in rules if not fip)
     fips = ", ".join(f"{m:#010x} . {vip} . {p} . {port}" for m, vip, p, port, dip, bport, fip in rules if fip)
     muxes = ", ".join(str(m.address) for m in lab.muxes)
+    vips = ", ".join(str(v.address) for v in lab.vips)
 
     def elems(s: str) -> str:
         return f" elements = {{ {s} }};" if s else ""
@@ -62,6 +63,14 @@ def render_nft(lab: Lab, host: str) -> str:
         f"  set muxes {{ type ipv4_addr;{elems(muxes)} }}",
         f"  map nat_rules {{ type mark . ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service;{elems(nat)} }}",
         f"  set floating_rules {{ type mark . ipv4_addr . inet_proto . inet_service;{elems(fips)} }}",
+        f"  set vips {{ type ipv4_addr;{elems(vips)} }}",
+        # A VM calling a VIP: its packet leaves through this host and may come back through
+        # a MUX to a VM here. Tracked on the way out, the return (same tuple) would match that
+        # entry and skip the NAT; so it is tracked, and NATed, only on the way back.
+        "  chain raw {",
+        "    type filter hook prerouting priority raw; policy accept;",
+        f'    iifname "{BRIDGE}" ip daddr @vips notrack',
+        "  }",
         "  chain input {",
         "    type filter hook input priority filter; policy accept;",
         "    udp dport 4789 ip saddr != @muxes counter name spoofed_vxlan drop",

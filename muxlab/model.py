@@ -264,29 +264,25 @@ class _Checker:
             return False
         return value
 
-    def address(self, value: Any, path: str) -> ipaddress.IPv4Address | None:
+    def _parsed(self, value: Any, path: str, ctor, msg: str):
         try:
-            return ipaddress.IPv4Address(value)
+            return ctor(value)
         except (ValueError, TypeError):
-            self.bad(path, value, "must be an IPv4 address like 203.0.113.10")
+            self.bad(path, value, msg)
             return None
+
+    def address(self, value: Any, path: str) -> ipaddress.IPv4Address | None:
+        return self._parsed(value, path, ipaddress.IPv4Address, "must be an IPv4 address like 203.0.113.10")
 
     def interface(self, value: Any, path: str) -> ipaddress.IPv4Interface | None:
-        if not isinstance(value, str) or "/" not in value:
-            self.bad(path, value, "must be an IPv4 address with prefix length, like 10.0.1.1/31")
+        msg = "must be an IPv4 address with prefix length, like 10.0.1.1/31"
+        if not isinstance(value, str) or "/" not in value:  # a bare address would silently mean /32
+            self.bad(path, value, msg)
             return None
-        try:
-            return ipaddress.IPv4Interface(value)
-        except ValueError:
-            self.bad(path, value, "must be an IPv4 address with prefix length, like 10.0.1.1/31")
-            return None
+        return self._parsed(value, path, ipaddress.IPv4Interface, msg)
 
     def network(self, value: Any, path: str) -> ipaddress.IPv4Network | None:
-        try:
-            return ipaddress.IPv4Network(value)
-        except (ValueError, TypeError):
-            self.bad(path, value, "must be an IPv4 network like 10.1.1.0/24 (host bits zero)")
-            return None
+        return self._parsed(value, path, ipaddress.IPv4Network, "must be an IPv4 network like 10.1.1.0/24 (host bits zero)")
 
 
 TOP_FIELDS = {"name", "bgp", "bfd", "overlay", "hashing", "muxes", "hosts", "vms", "clients", "probes", "pools", "vips"}

@@ -91,7 +91,11 @@ def configure_network(plan: NodePlan) -> None:
         if plan.default_via:
             # Docker's default route points at the management network; lab traffic must never
             # leave that way, so the default route goes into the lab instead.
-            ipr.route("replace", dst="0.0.0.0/0", gateway=plan.default_via)
+            if plan.default_onlink:
+                port = plan.addresses[0][0]
+                ipr.route("replace", dst="0.0.0.0/0", gateway=plan.default_via, oif=idx(port), flags=4)  # RTNH_F_ONLINK
+            else:
+                ipr.route("replace", dst="0.0.0.0/0", gateway=plan.default_via)
 
 
 def bring_up(plan: NodePlan) -> None:

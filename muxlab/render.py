@@ -64,6 +64,7 @@ class NodePlan:
     role: str
     addresses: list[tuple[str, str]] = field(default_factory=list)   # (ifname, cidr)
     default_via: str | None = None                                    # replaces Docker's default route
+    default_onlink: bool = False                                      # gateway outside the interface's prefix
     bridge: tuple[str, list[str], str] | None = None                  # (name, ports, cidr) on hosts
     loopback: list[str] = field(default_factory=list)                 # /32s on lo (floating-IP VIPs)
     interfaces: list[str] = field(default_factory=list)               # lab ports to wait for
@@ -85,9 +86,13 @@ def node_plan(lab: Lab, name: str) -> NodePlan:
         plan.default_via = str(h.edge_address)
         plan.bridge = ("br0", [p for p in ports if p != "eth1"], str(h.vm_gateway))
     elif role == "vm":
+        # A /32 and an on-link gateway, as a cloud vSwitch does it: every packet of a VM,
+        # even to its neighbour on the same host, is routed by the host (and so passes its
+        # NAT); VMs are never bridged to each other.
         vm = lab.vm(name)
         h = lab.host(vm.host)
-        plan.addresses.append(("eth1", f"{vm.ip}/{h.vm_subnet.prefixlen}"))
+        plan.addresses.append(("eth1", f"{vm.ip}/32"))
+        plan.default_onlink = True
         plan.default_via = str(h.vm_gateway.ip)
         plan.loopback = sorted({f"{vip.address}/32" for vip in lab.vips for r in vip.rules
                                 if r.floating_ip and name in lab.pools[r.pool]})
@@ -217,7 +222,8 @@ def render_topology(lab: Lab) -> str:
             out.append("      sysctls:")
             out += [f"        {k}: {v}" for k, v in sysctls.items()]
     out += ["", "  nodes:", "    edge:", "      group: edge", f"      image: {versions.ROUTER_IMAGE}",
-            "      binds:", "        - configs/edge/frr.conf:/etc/frr/frr.conf:ro"]
+            "      binds:", "        - configs/edge/frr.conf:/etc/frr/frr.conf:ro",
+            "        - configs/edge/edge.nft:/etc/muxlab/edge.nft:ro"]
     for m in lab.muxes:
         out += [f"    {m.name}:", "      group: mux", "      binds:",
                 f"        - configs/{m.name}/exabgp.conf:/etc/exabgp/exabgp.conf:ro"]
@@ -230,9 +236,30 @@ def render_topology(lab: Lab) -> str:
     return "\n".join(out) + "\n"
 
 
+def render_edge_nft(lab: Lab) -> str:
+    """Ingress filtering on the edge's internet ports (BCP 38): nothing from the internet may
+    claim a lab-internal source (underlay, VM subnets) or a VIP. DSR over tunnels cannot run
+    strict reverse-path filtering inside the lab (seed 004); this is the filter it can keep."""
+    internet = ", ".join(f'"{edge_port(lab, c.name)}"' for c in lab.clients)
+    internal = [m.underlay.network for m in lab.muxes] + [h.underlay.network for h in lab.hosts] + [h.vm_subnet for h in lab.hosts]
+    internal_txt = ", ".join(str(n) for n in ipaddress.collapse_addresses(internal))
+    vips = ", ".join(str(v.address) for v in lab.vips)
+    return GENERATED + "\n".join([
+        "table ip muxlab_edge", "delete table ip muxlab_edge", "table ip muxlab_edge {",
+        "  counter spoofed_from_internet {}",
+        f"  set internet_ports {{ type ifname; elements = {{ {internet} }}; }}",
+        f"  set internal {{ type ipv4_addr; flags interval; elements = {{ {internal_txt} }}; }}",
+        f"  set vips {{ type ipv4_addr; elements = {{ {vips} }}; }}" if vips else "  set vips { type ipv4_addr; }",
+        "  chain forward {", "    type filter hook forward priority filter; policy accept;",
+        "    iifname @internet_ports ip saddr @internal counter name spoofed_from_internet drop",
+        "    iifname @internet_ports ip saddr @vips counter name spoofed_from_internet drop",
+        "  }", "}", ""])
+
+
 def render_lab_files(lab: Lab, model_text: str) -> dict[str, str]:
     """All files of a lab folder, by path relative to it."""
-    files = {"lab.yml": model_text, "muxlab.clab.yml": render_topology(lab), "configs/edge/frr.conf": render_frr(lab)}
+    files = {"lab.yml": model_text, "muxlab.clab.yml": render_topology(lab), "configs/edge/frr.conf": render_frr(lab),
+             "configs/edge/edge.nft": render_edge_nft(lab)}
     for m in lab.muxes:
         files[f"configs/{m.name}/exabgp.conf"] = render_exabgp(lab, m.name)
     return files

@@ -10,6 +10,8 @@ for _ in $(seq 1 1500); do
 done
 echo "muxlab-router: $have of $want lab interfaces present"
 ip route del default 2>/dev/null || true
+# ingress filtering of the internet ports (rendered from the lab model)
+[ -f /etc/muxlab/edge.nft ] && nft -f /etc/muxlab/edge.nft && echo "muxlab-router: loaded edge.nft"
 mkdir -p /var/log/frr /var/run/frr && chown frr:frr /var/log/frr /var/run/frr
 touch /var/log/frr/frr.log && chown frr:frr /var/log/frr/frr.log
 /usr/lib/frr/frrinit.sh start

@@ -161,3 +161,18 @@ def test_agent_restart_rebuilds_state_idempotently_and_keeps_flows(L, node, agen
     run = hold.result()
     assert all(c["broken_at"] is None for c in run["conns"]), run["conns"]
     assert kernel_state() == before  # nothing duplicated, nothing lost
+
+
+def test_vxlan_forging_a_mux_source_is_stopped_at_the_edge(L):
+    """A client that forges a MUX's address would pass the host's check; the edge's ingress
+    filter (no lab-internal source from the internet) stops it first (seed 004)."""
+    def counter(node, table, name):
+        return json.loads(L.sh(node, f"nft -j list counter ip {table} {name}").stdout)["nftables"][1]["counter"]["packets"]
+
+    edge_before = counter("edge", "muxlab_edge", "spoofed_from_internet")
+    scapy = ("from scapy.all import *; from scapy.layers.vxlan import VXLAN; "
+             "inner=Ether(dst='02:00:0a:01:01:0b')/IP(src='192.0.2.10',dst='203.0.113.10')/TCP(sport=55556,dport=80,flags='S'); "
+             "send(IP(src='10.0.1.1',dst='10.0.2.1')/UDP(sport=12345,dport=4789)/VXLAN(vni=4242,flags=8)/inner, count=5, verbose=0)")
+    _, caps = L.capture("vm1", "tcp port 55556 or tcp port 8080", lambda: L.sh("client1", f'python -c "{scapy}"'))
+    assert not [p for p in caps["vm1"] if p.get("sport") == 55556]
+    assert counter("edge", "muxlab_edge", "spoofed_from_internet") >= edge_before + 5

@@ -74,12 +74,13 @@ needs_nft = pytest.mark.skipif(not shutil.which("nft") or not shutil.which("unsh
 
 
 @needs_nft
-@pytest.mark.parametrize("which", ["mux", "host"])
+@pytest.mark.parametrize("which", ["mux", "host", "edge"])
 def test_rulesets_load_in_the_kernel(which):
     """nft parses and the kernel accepts the rendered rulesets (in a throwaway network namespace)."""
     lab = load_lab(DEFAULT_MODEL)
-    text = mux_dp.render_nft(snap()) if which == "mux" else host_dp.render_nft(lab, "host1")
-    script = "ip link add vxlan4242 type vxlan id 4242 dstport 4789 && nft -f - && nft -f - < /dev/stdin"
+    from muxlab.render import render_edge_nft
+    text = {"mux": lambda: mux_dp.render_nft(snap()), "host": lambda: host_dp.render_nft(lab, "host1"),
+            "edge": lambda: render_edge_nft(lab)}[which]()
     proc = subprocess.run(["unshare", "--net", "sh", "-c", "ip link add vxlan4242 type vxlan id 4242 dstport 4789 && nft -f /dev/stdin"],
                           input=text + text, text=True, capture_output=True)  # applied twice: idempotent replace
     assert proc.returncode == 0, proc.stderr

@@ -3,7 +3,7 @@ import yaml
 
 from muxlab.lab import render_folder
 from muxlab.model import load_lab
-from muxlab.render import links, node_plan, render_exabgp, render_frr, render_lab_files, render_topology
+from muxlab.render import links, node_plan, render_edge_nft, render_exabgp, render_frr, render_lab_files, render_topology
 from tests.unit.conftest import DEFAULT_MODEL, REPO
 
 
@@ -22,7 +22,7 @@ def test_committed_lab_folder_is_up_to_date():
 def test_render_folder_writes_only_changes(tmp_path):
     (tmp_path / "lab.yml").write_text(DEFAULT_MODEL.read_text())
     first = render_folder(tmp_path)
-    assert {p.name for p in first} == {"muxlab.clab.yml", "frr.conf", "exabgp.conf"}
+    assert {p.name for p in first} == {"muxlab.clab.yml", "frr.conf", "exabgp.conf", "edge.nft"}
     assert render_folder(tmp_path) == []
 
 
@@ -74,8 +74,15 @@ def test_node_plans():
     host = node_plan(l, "host2")
     assert host.bridge == ("br0", ["eth2", "eth3"], "10.1.2.1/24") and host.default_via == "10.0.2.2"
     vm = node_plan(l, "vm4")
-    assert vm.addresses == [("eth1", "10.1.2.14/24")] and vm.default_via == "10.1.2.1"
+    assert vm.addresses == [("eth1", "10.1.2.14/32")] and vm.default_via == "10.1.2.1" and vm.default_onlink
     assert vm.loopback == ["203.0.113.20/32"]  # vm4 serves the floating-IP VIP
     assert node_plan(l, "vm3").loopback == []
     client = node_plan(l, "client2")
     assert client.default_via == "198.51.100.1" and client.interfaces == ["eth1"]
+
+
+def test_edge_filters_internal_and_vip_sources_from_the_internet():
+    text = render_edge_nft(lab())
+    assert 'elements = { "eth7", "eth8" }' in text
+    assert "10.1.2.0/23" in text and "10.0.1.0/30" in text  # collapsed lab-internal space
+    assert "iifname @internet_ports ip saddr @vips counter name spoofed_from_internet drop" in text
