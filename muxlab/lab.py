@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from . import versions
@@ -29,8 +30,20 @@ class LabRef:
     def folder(self) -> Path:
         return self.topology.parent
 
-    @property
+    @cached_property
     def store(self) -> Path:
+        """The lab's live-state directory: where its running nodes have it mounted (a lab
+        deployed with plain containerlab uses the topology's `store/`), else where `muxlab up`
+        will put it."""
+        for node in ("edge", *(m.name for m in self.lab.muxes)):
+            proc = subprocess.run(["docker", "inspect", "-f", '{{range .Mounts}}{{if eq .Destination "/var/lib/muxlab"}}'
+                                   '{{.Source}}{{end}}{{end}}', self.container(node)], capture_output=True, text=True)
+            if proc.returncode == 0 and proc.stdout.strip():
+                return Path(proc.stdout.strip())
+        return self.default_store
+
+    @property
+    def default_store(self) -> Path:
         return self.folder / ".labs" / self.name / "store"
 
     def container(self, node: str) -> str:
@@ -107,10 +120,11 @@ def up(ref: LabRef, wait: float = 180) -> None:
     if ref.topology.read_text().startswith(GENERATED):
         for path in render_folder(ref.folder):
             print(f"muxlab: re-rendered {path.relative_to(ref.folder)} from lab.yml")
-    if ref.store.exists():
-        shutil.rmtree(ref.store)
-    ref.store.mkdir(parents=True)
-    env = dict(__import__("os").environ, MUXLAB_STORE=str(ref.store))
+    store = ref.default_store
+    if store.exists():
+        shutil.rmtree(store)
+    store.mkdir(parents=True)
+    env = dict(__import__("os").environ, MUXLAB_STORE=str(store))
     print(f"muxlab: deploying lab {ref.name!r} from {ref.topology}", flush=True)
     proc = run(["containerlab", "deploy", "-t", str(ref.topology), "--name", ref.name], timeout=900, check=False, env=env)
     if proc.returncode != 0:
@@ -120,12 +134,18 @@ def up(ref: LabRef, wait: float = 180) -> None:
 
 
 def down(ref: LabRef) -> None:
+    store = ref.store  # ask the running nodes before they go
     if shutil.which("containerlab"):
         run(["containerlab", "destroy", "-t", str(ref.topology), "--name", ref.name, "--cleanup"], timeout=300, check=False)
     # containerlab removes what it knows; make sure nothing of this lab is left either way
     for c in containers(ref.name):
         run(["docker", "rm", "-f", c["container"]], check=False)
     shutil.rmtree(ref.folder / ".labs" / ref.name, ignore_errors=True)
+    # a lab deployed with plain containerlab keeps its store in the topology's folder: empty it
+    if store.is_dir():
+        for entry in store.iterdir():
+            if entry.name != ".gitignore":
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     shutil.rmtree(ref.folder / f"clab-{ref.name}", ignore_errors=True)
 
 

@@ -32,7 +32,7 @@ def test_mux_failure_breaks_no_connection(L, mode):
         if mode != "crash-bgp":
             faults.heal(L.ref, "mux2")
     assert r["broken"] == 0, r
-    assert r["recovery_s"] is not None and r["recovery_s"] < 5, r   # new connections succeed again
+    assert r["recovery_s"] is not None, r   # new connections are all served again (how fast: bench/)
     assert len(r["dips_of_new_connections"]) == 6
     L.converged()
     L.assert_mux_tables_identical()
@@ -74,16 +74,21 @@ def test_stopped_vm_service_leaves_rotation_and_returns(L):
 
 
 def test_host_failure_removes_its_dips_from_every_mux(L):
+    """host1 vanishes: vm1 and vm2 leave every MUX's tables, and the bench VIP, whose only
+    DIP is vm1, is withdrawn by every MUX (the edge then blackholes it)."""
     from muxlab.state import STALE_AFTER
-    t = fault(L, "host3", "pause")  # the host vanishes: its agent stops reporting
+    fault(L, "host1", "pause")  # its agent stops reporting
     try:
-        L.wait_for("host3's DIPs to leave every MUX", lambda: all(
-            "vm5" not in t_["svc_web_http"] and "vm6" not in t_["svc_web_http"] for t_ in L.mux_tables().values()),
+        L.wait_for("host1's DIPs to leave every MUX", lambda: all(
+            "vm1" not in t["svc_web_http"] and "vm2" not in t["svc_web_http"] for t in L.mux_tables().values()),
             timeout=STALE_AFTER + 5)
         tables = L.assert_mux_tables_identical()
-        assert {"vm5", "vm6"}.isdisjoint(tables["svc_web_dns"]) and {"vm6"}.isdisjoint(tables["svc_direct_app"])
+        assert {"vm1", "vm2"}.isdisjoint(tables["svc_web_dns"]) and set(tables["svc_bench_iperf"]) == {None}
+        L.wait_for("the bench VIP withdrawn", lambda: vip_nexthops(L.ref)["203.0.113.30"] == [], timeout=10)
+        assert vip_nexthops(L.ref)["203.0.113.10"] == ["mux1", "mux2", "mux3"]
         res = L.flows("client1", "web", 80, 300)
-        assert res["failures"] == 0 and set(res["by_dip"]) == {"vm1", "vm2", "vm3", "vm4"}
+        assert res["failures"] == 0 and set(res["by_dip"]) == {"vm3", "vm4", "vm5", "vm6"}
     finally:
-        faults.heal(L.ref, "host3")
-    L.wait_for("host3's DIPs back", lambda: "vm5" in L.assert_mux_tables_identical()["svc_web_http"], timeout=15)
+        faults.heal(L.ref, "host1")
+    L.wait_for("host1's DIPs back", lambda: "vm1" in L.assert_mux_tables_identical()["svc_web_http"], timeout=15)
+    L.converged()
