@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from muxlab import lab as labmod
 
 from .common import down, save, sh, summary, up
 

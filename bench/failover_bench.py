@@ -13,7 +13,7 @@ from muxlab import faults
 from muxlab.failover import analyse
 from muxlab.lab import vip_nexthops
 
-from .common import down, save, sh, summary, up
+from .common import down, save, summary, up
 
 MUXES = ["mux1", "mux2", "mux3"]
 

@@ -8,7 +8,7 @@ import time
 
 from muxlab import images, versions
 
-from .common import BENCH_LAB, cli, down, save, sh, summary, up
+from .common import BENCH_LAB, cli, down, save, summary, up
 
 
 def deploy_once() -> float:

@@ -125,7 +125,3 @@ def dip_routes(lab: Lab) -> list[DipRoute]:
     """A route to every VM, pooled or not: a DIP that leaves a pool keeps serving the flows
     its conntrack marks still pin to it."""
     return [DipRoute(dip_mark(vm.ip), str(vm.ip), vm.mac, str(lab.host(vm.host).address)) for vm in lab.vms]
-
-
-def bucket_owner(svc: Service, bucket: int) -> str | None:
-    return svc.table[bucket]

@@ -114,7 +114,7 @@ def _go_build_containerlab(dest: Path) -> None:
         if _MODULES_PATCH[0] not in text:
             raise MuxlabError(f"containerlab {version}: the /proc/modules fix no longer applies; see muxlab/bootstrap.py")
         kmod.write_text(text.replace(_MODULES_PATCH[0], _MODULES_PATCH[1], 1))
-        gomod += f"\nreplace github.com/srl-labs/containerlab => ./containerlab-src\n"
+        gomod += "\nreplace github.com/srl-labs/containerlab => ./containerlab-src\n"
         label += "+" + NO_MODULES_MARK
         say("this kernel has no /proc/modules (no loadable-module support): building containerlab "
             f"{version} with the one-line fix that treats that as 'built in'")

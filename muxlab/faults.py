@@ -13,7 +13,6 @@ Modes:
 from __future__ import annotations
 
 import json
-import subprocess
 
 from .errors import MuxlabError
 from .lab import LabRef, containers, docker_exec, run

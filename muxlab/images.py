@@ -21,9 +21,10 @@ def image_exists(ref: str) -> bool:
     return subprocess.run(["docker", "image", "inspect", ref], capture_output=True).returncode == 0
 
 
-def ensure_base(no_cache: bool = False) -> None:
+def ensure_base() -> None:
+    """The base image is a bootstrap, not a layer to refresh: `--no-cache` leaves it alone."""
     ref = versions.BASE_IMAGE
-    if image_exists(ref) and not no_cache:
+    if image_exists(ref):
         say(f"base {ref} present")
         return
     pull = subprocess.run(["docker", "pull", ref], capture_output=True, text=True)
@@ -88,6 +89,6 @@ def build(kind: str, no_cache: bool = False) -> None:
 
 
 def build_all(no_cache: bool = False) -> None:
-    ensure_base(no_cache=False)  # the base is a bootstrap, not a layer to refresh
+    ensure_base()
     build("router", no_cache)
     build("node", no_cache)

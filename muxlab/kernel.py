@@ -27,12 +27,6 @@ def nft_apply(ruleset: str) -> None:
         raise KernelError(f"nft rejected the ruleset: {proc.stderr.strip()}")
 
 
-def nft_counter(table: str, name: str, family: str = "ip") -> int:
-    proc = subprocess.run(["nft", "list", "counter", family, table, name], text=True, capture_output=True)
-    words = proc.stdout.split()
-    return int(words[words.index("packets") + 1]) if "packets" in words else 0
-
-
 def ifindex(ipr: IPRoute, name: str) -> int | None:
     found = ipr.link_lookup(ifname=name)
     return found[0] if found else None

@@ -170,9 +170,6 @@ class Lab:
                 return role
         raise KeyError(f"no node named {name!r} in lab {self.name!r}")
 
-    def mux_by_address(self) -> dict[str, Mux]:
-        return {str(m.address): m for m in self.muxes}
-
     def effective_table_size(self, pool: str) -> int:
         return self.table_size or smallest_prime_at_least(100 * max(1, len(self.pools[pool])))
 

@@ -263,13 +263,3 @@ def render_lab_files(lab: Lab, model_text: str) -> dict[str, str]:
     for m in lab.muxes:
         files[f"configs/{m.name}/exabgp.conf"] = render_exabgp(lab, m.name)
     return files
-
-
-def vip_prefixes(lab: Lab) -> list[str]:
-    return [f"{v.address}/32" for v in lab.vips]
-
-
-def lab_space(lab: Lab) -> list[ipaddress.IPv4Network]:
-    nets = [m.underlay.network for m in lab.muxes] + [h.underlay.network for h in lab.hosts]
-    nets += [h.vm_subnet for h in lab.hosts] + [c.address.network for c in lab.clients]
-    return nets

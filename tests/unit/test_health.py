@@ -9,7 +9,7 @@ from mux import datapath
 from mux.bfd import DOWN, INIT, UP, Packet, Session
 from muxlab.failover import analyse
 from muxlab.model import Probe, load_lab
-from muxlab.state import Snapshot, StateSource
+from muxlab.state import StateSource
 from tests.unit.conftest import DEFAULT_MODEL
 
 
