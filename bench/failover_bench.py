@@ -14,6 +14,7 @@ from muxlab.failover import analyse
 from muxlab.lab import vip_nexthops
 
 from .common import down, save, summary, up
+from .lab_bench import POLL
 
 MUXES = ["mux1", "mux2", "mux3"]
 
@@ -38,7 +39,10 @@ def wait_full(ref, timeout=60):
 
 
 def one(ref, mode: str, mux: str) -> dict:
+    addr = str(next(m.address for m in ref.lab.muxes if m.name == mux))
     p = hold(ref, 8.0)
+    poller = subprocess.Popen(["docker", "exec", ref.container("edge"), "sh", "-c", POLL.format(addr=addr)],
+                              stdout=subprocess.PIPE, text=True)
     time.sleep(2.0)
     t = time.time()
     if mode == "drain":
@@ -47,6 +51,8 @@ def one(ref, mode: str, mux: str) -> dict:
         faults.fail(ref, mux, mode)
     out, _ = p.communicate(timeout=120)
     r = analyse(json.loads(out), t)
+    gone = poller.communicate(timeout=60)[0].strip()
+    r["nexthop_removed_s"] = None if gone == "timeout" else round(int(gone) / 1e9 - t, 3)
     if mode == "drain":
         faults.drain(ref, mux, False)
     else:
@@ -87,7 +93,8 @@ def main() -> None:
             result[mode] = {"recovery_s": summary(rec) if rec else None,
                             "never_recovered": sum(1 for r in runs if r["recovery_s"] is None),
                             "broken_share": summary([r["broken_share"] for r in runs]),
-                            "unserved_attempts": summary([r["unserved_after_fault"] for r in runs])}
+                            "unserved_attempts": summary([r["unserved_after_fault"] for r in runs]),
+                            "nexthop_removed_s": summary([r["nexthop_removed_s"] for r in runs if r["nexthop_removed_s"] is not None])}
             print(mode, json.dumps(result[mode]["recovery_s"]), "broken", result[mode]["broken_share"]["max"], flush=True)
         lab = ref.lab
         probe = lab.probes["http-health"]

@@ -46,11 +46,12 @@ def main() -> None:
     if fo:
         out += ["## Failover (`bench.failover_bench`)", f"_{fo['machine']['when']}_", "",
                 f"Client: {fo['client']}. Recovery = time from the fault until new connections are all served again.", "",
-                "| MUX failure | recovery | established connections broken | unserved attempts |", "|---|---|---|---|"]
+                "| MUX failure | next hop leaves the edge's kernel | recovery | established connections broken | unserved attempts |",
+                "|---|---|---|---|---|"]
         for mode in ("kill", "pause", "link-down", "drain"):
             r = fo[mode]
             never = f", {r['never_recovered']} never recovered" if r["never_recovered"] else ""
-            out.append(f"| {mode} | {s(r['recovery_s'])}{never} | {r['broken_share']['max'] * 100:.0f} % (worst run) | {s(r['unserved_attempts'], '')} |")
+            out.append(f"| {mode} | {s(r.get('nexthop_removed_s'))} | {s(r['recovery_s'])}{never} | {r['broken_share']['max'] * 100:.0f} % (worst run) | {s(r['unserved_attempts'], '')} |")
         p = fo["probe"]
         out += ["", f"VM service stopped until it leaves mux1's tables: {s(fo['vm_service_stop_to_removal_s'])}; "
                 f"started again until it returns: {s(fo['vm_service_start_to_return_s'])} "

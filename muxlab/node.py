@@ -19,6 +19,8 @@ from .render import NodePlan, node_plan
 from .state import MODEL_PATH, RUN_DIR
 
 PY = sys.executable
+NETWORK_RECHECK = 2.0  # seconds between re-applications of the node's network plan
+
 
 def role_processes(lab, plan: NodePlan) -> list[tuple[str, list[str]]]:
     """The long-running processes of a node, by name (names are what fault injection holds down)."""
@@ -34,6 +36,7 @@ def role_processes(lab, plan: NodePlan) -> list[tuple[str, list[str]]]:
         return [("vm-service", [PY, "-m", "muxlab.vmservice"]), ("iperf3", ["iperf3", "--server", "--port", "5201"])]
     return []
 
+
 EXABGP_ENV = {
     # Helpers program netlink, so ExaBGP must not drop root; stay in the foreground.
     "exabgp_daemon_user": "root",
@@ -43,9 +46,6 @@ EXABGP_ENV = {
     "exabgp_api_cli": "false",
     "exabgp_api_ack": "true",
 }
-
-
-NETWORK_RECHECK = 2.0  # seconds
 
 
 def log(msg: str) -> None:
