@@ -43,7 +43,7 @@ def main() -> None:
     me = socket.gethostname()
     source = StateSource()
     prober = Prober()
-    applied, targets, lab = None, {}, None
+    applied, targets, lab, ports = None, {}, None, []
     next_report = 0.0
     report_path = source.store / "health" / f"{me}.json"
     while True:
@@ -57,8 +57,8 @@ def main() -> None:
                     print(f"[host-agent {me}] data path programmed for {[v.name for v in lab.vms_on(me)]}", flush=True)
                 targets = probe_targets(lab, me)
                 prober.sync(targets)
-            ports = node_plan(lab, me).bridge[1]
-            if any(not os.path.exists(f"/sys/class/net/{p}/master") for p in ports):
+                ports = node_plan(lab, me).bridge[1]  # the VM-facing ports of this host's vswitch
+            if any(os.path.exists(f"/sys/class/net/{p}") and not os.path.exists(f"/sys/class/net/{p}/master") for p in ports):
                 with IPRoute() as ipr:
                     fixed = ensure_bridge_ports(ipr, datapath.BRIDGE, ports)
                 if fixed:

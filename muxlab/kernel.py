@@ -53,6 +53,11 @@ def ensure_bridge_ports(ipr: IPRoute, bridge: str, ports: list[str]) -> list[str
             continue
         ipr.link("set", index=ifindex(ipr, port), master=br, state="up")
         fixed.append(port)
+    if fixed:
+        # the VM behind a re-plugged port is a new interface with a new MAC: forget what this
+        # host had cached, or it keeps sending to the old MAC until the entry times out (~45 s)
+        for n in ipr.get_neighbours(family=2, ifindex=br):
+            ipr.neigh("del", ifindex=br, dst=n.get_attr("NDA_DST"))
     return fixed
 
 

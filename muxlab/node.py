@@ -77,6 +77,9 @@ def configure_network(plan: NodePlan) -> None:
             br, ports, cidr = plan.bridge
             if not ipr.link_lookup(ifname=br):
                 ipr.link("add", ifname=br, kind="bridge")
+            # A fixed MAC: a bridge otherwise takes its lowest port's, which changes when a VM
+            # port is re-plugged, and the other VMs' cached gateway MAC would go stale.
+            ipr.link("set", index=idx(br), address=gateway_mac(cidr))
             for p in ports:
                 if ipr.link_lookup(ifname=p):
                     ipr.link("set", index=idx(p), master=idx(br), state="up")
@@ -96,6 +99,11 @@ def configure_network(plan: NodePlan) -> None:
                 ipr.route("replace", dst="0.0.0.0/0", gateway=plan.default_via, oif=idx(port), flags=4)  # RTNH_F_ONLINK
             else:
                 ipr.route("replace", dst="0.0.0.0/0", gateway=plan.default_via)
+
+
+def gateway_mac(cidr: str) -> str:
+    """02:01 + the gateway's IPv4 bytes: stable, locally administered, unique in the lab."""
+    return "02:01:" + ":".join(f"{int(b):02x}" for b in cidr.split("/")[0].split("."))
 
 
 def bring_up(plan: NodePlan) -> None:

@@ -92,3 +92,17 @@ def test_host_failure_removes_its_dips_from_every_mux(L):
         faults.heal(L.ref, "host1")
     L.wait_for("host1's DIPs back", lambda: "vm1" in L.assert_mux_tables_identical()["svc_web_http"], timeout=15)
     L.converged()
+
+
+def test_killed_vm_heals_back_into_rotation(L):
+    """kill takes the VM and its link away; heal restarts it and re-plugs the link, the host
+    agent puts the new port back into its vswitch, probes pass, and it serves again."""
+    fault(L, "vm4", "kill")
+    try:
+        L.wait_for("vm4 out of rotation", lambda: "vm4" not in L.assert_mux_tables_identical()["svc_web_http"], timeout=15)
+        assert L.flows("client1", "web", 80, 200)["failures"] == 0
+    finally:
+        faults.heal(L.ref, "vm4")
+    L.wait_for("vm4 back in rotation", lambda: "vm4" in L.assert_mux_tables_identical()["svc_web_http"], timeout=30)
+    res = L.flows("client1", "web", 80, 300)
+    assert res["failures"] == 0 and "vm4" in res["by_dip"]

@@ -86,3 +86,9 @@ def test_edge_filters_internal_and_vip_sources_from_the_internet():
     assert 'elements = { "eth7", "eth8" }' in text
     assert "10.1.2.0/23" in text and "10.0.1.0/30" in text  # collapsed lab-internal space
     assert "iifname @internet_ports ip saddr @vips counter name spoofed_from_internet drop" in text
+
+
+def test_bridge_gateway_mac_is_fixed_and_local():
+    from muxlab.node import gateway_mac
+    assert gateway_mac("10.1.2.1/24") == "02:01:0a:01:02:01"
+    assert int(gateway_mac("10.1.3.1/24").split(":")[0], 16) & 0x02  # locally administered
