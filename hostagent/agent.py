@@ -41,7 +41,7 @@ def apply(state: tuple) -> None:
 
 def main() -> None:
     me = socket.gethostname()
-    source = StateSource()
+    source = StateSource(watch_reports=False)
     prober = Prober()
     applied, targets, lab, ports = None, {}, None, []
     next_report = 0.0

@@ -58,12 +58,13 @@ def check(probe: Probe, address: str) -> tuple[bool, str]:
 
 
 class Prober:
-    """Probes every (VM, probe) pair of one host on their own intervals, from one thread."""
+    """Probes every (VM, probe) pair of one host on their own intervals; the checks that are
+    due run side by side, so one dead VM's timeouts do not delay the others."""
 
     def __init__(self):
         self.states: dict[tuple[str, str], ProbeState] = {}
         self.due: dict[tuple[str, str], float] = {}
-        self.pool = ThreadPoolExecutor(max_workers=16)  # a dead VM's timeouts must not delay the rest
+        self.pool = ThreadPoolExecutor(max_workers=16)
 
     def sync(self, targets: dict[tuple[str, str], tuple[Probe, str]]) -> None:
         """Follow model changes: new pairs start up and due now; removed pairs go."""

@@ -25,13 +25,13 @@ UPLINK = "eth1"  # the MUX's link to the edge (muxlab.render.links)
 PERIOD = 0.25
 
 
-def desired(snap: Snapshot, me: str) -> tuple:
+def desired(snap: Snapshot, me: str, svcs: list[datapath.Service]) -> tuple:
     lab = snap.lab
     mux = next(m for m in lab.muxes if m.name == me)
     dev = datapath.vxlan_ifname(lab)
     routes = tuple(PolicyRoute(r.mark, r.dip, dev, UPLINK, r.mac, r.host_vtep) for r in datapath.dip_routes(lab))
     blackholes = tuple(f"{v.address}/32" for v in lab.vips)
-    return (dev, lab.vni, str(mux.address)), routes, blackholes, datapath.render_nft(snap)
+    return (dev, lab.vni, str(mux.address)), routes, blackholes, datapath.render_nft(snap, svcs)
 
 
 def apply(state: tuple) -> None:
@@ -44,8 +44,8 @@ def apply(state: tuple) -> None:
     nft_apply(ruleset)
 
 
-def tables_report(snap: Snapshot) -> dict:
-    tables = {s.chain: list(s.table) for s in datapath.services(snap)}
+def tables_report(svcs: list[datapath.Service]) -> dict:
+    tables = {s.chain: list(s.table) for s in svcs}
     digest = hashlib.sha256(json.dumps(tables, sort_keys=True).encode()).hexdigest()[:16]
     return {"digest": digest, "tables": tables, "at": time.time()}
 
@@ -57,14 +57,15 @@ def main() -> None:
     while True:
         try:
             snap = source.read()
-            want = desired(snap, me)
+            svcs = datapath.services(snap)  # the Maglev tables, computed once per cycle
+            want = desired(snap, me, svcs)
             if want != applied:
                 apply(want)
                 applied = want
-                report = tables_report(snap)
+                report = tables_report(svcs)
                 write_atomic(TABLES_FILE, json.dumps(report, sort_keys=True))
                 print(f"[mux-agent {me}] data path programmed (tables {report['digest']})", flush=True)
-            vips = datapath.announceable_vips(snap, me)
+            vips = datapath.announceable_vips(snap, me, svcs)
             if vips != announced:
                 write_atomic(ANNOUNCE_FILE, json.dumps({"vips": vips, "at": time.time()}))
                 announced = vips

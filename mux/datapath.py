@@ -59,17 +59,18 @@ def services(snap: Snapshot) -> list[Service]:
     return out
 
 
-def announceable_vips(snap: Snapshot, mux: str) -> list[str]:
-    """VIPs this MUX should announce: not drained, and some rule has a healthy DIP."""
+def announceable_vips(snap: Snapshot, mux: str, svcs: list[Service] | None = None) -> list[str]:
+    """VIPs this MUX should announce: not drained, and some rule has a healthy DIP.
+    (`svcs`: the snapshot's services, when the caller has computed them already.)"""
     if mux in snap.drained:
         return []
-    live = {s.vip.name for s in services(snap) if any(s.table)}
+    live = {s.vip.name for s in (svcs if svcs is not None else services(snap)) if any(s.table)}
     return [f"{v.address}/32" for v in snap.lab.vips if v.name in live]
 
 
-def render_nft(snap: Snapshot) -> str:
+def render_nft(snap: Snapshot, svcs: list[Service] | None = None) -> str:
     lab = snap.lab
-    svcs = services(snap)
+    svcs = svcs if svcs is not None else services(snap)
     vips = ", ".join(str(v.address) for v in lab.vips)
     lines = [
         # create-then-delete-then-define in one transaction: an atomic replace, so a

@@ -195,15 +195,9 @@ def mux_tables(ref: LabRef, running: set[str]) -> dict[str, str | None]:
 
 def probes(ref: LabRef) -> dict:
     """Per VM: its host's liveness and each probe's state, as the host agents report them."""
-    from .state import read_health
-    health_dir = ref.store / "health"
-    reports = {}
-    for f in sorted(health_dir.glob("*.json")) if health_dir.is_dir() else []:
-        try:
-            reports[f.stem] = json.loads(f.read_text())
-        except ValueError:
-            pass
-    _, alive = read_health(ref.store, time.time())
+    from .state import fresh_hosts, health_reports
+    reports = health_reports(ref.store)
+    alive = fresh_hosts(reports, time.time())
     out = {}
     for vm in ref.lab.vms:
         states = reports.get(vm.host, {}).get("vms", {}).get(vm.name, {})

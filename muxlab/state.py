@@ -53,14 +53,17 @@ def write_atomic(path: Path, text: str) -> None:
 class StateSource:
     """Reads the current Snapshot; `changed()` says whether anything moved since the last read."""
 
-    def __init__(self, model_path: Path = MODEL_PATH, store: Path = STORE_DIR):
+    def __init__(self, model_path: Path = MODEL_PATH, store: Path = STORE_DIR, watch_reports: bool = True):
         self.model_path = model_path
         self.store = store
+        # health reports and drains change every second; a reader that only needs the
+        # model (a host agent) should not re-parse it for each of them
+        self.watch_reports = watch_reports
         self._stamp: tuple | None = None
 
     def _files(self) -> list[Path]:
         files = [self.model_path, self.store / "lab.yml"]
-        for sub in ("health", "drain"):
+        for sub in ("health", "drain") if self.watch_reports else ():
             d = self.store / sub
             if d.is_dir():
                 files += sorted(d.iterdir())
@@ -94,18 +97,26 @@ class StateSource:
         return Snapshot(lab, health, drained, frozenset(h.name for h in lab.hosts) - alive)
 
 
-def read_health(store: Path, now: float) -> tuple[dict[str, dict[str, bool]], set[str]]:
-    """Probe results of every host agent, and the hosts whose report is fresh."""
-    health: dict[str, dict[str, bool]] = {}
-    alive: set[str] = set()
+def health_reports(store: Path) -> dict[str, dict]:
+    """Host -> the health report its agent last wrote (unreadable ones skipped)."""
+    reports = {}
     hdir = store / "health"
     for f in sorted(hdir.glob("*.json")) if hdir.is_dir() else []:
         try:
             report = json.loads(f.read_text())
         except (OSError, ValueError):
             continue
-        if now - report.get("at", 0) <= STALE_AFTER:
-            alive.add(report.get("host", f.stem))
-        for vm, probes in report.get("vms", {}).items():
-            health[vm] = {p: bool(st.get("up", True)) for p, st in probes.items()}
-    return health, alive
+        reports[report.get("host", f.stem)] = report
+    return reports
+
+
+def fresh_hosts(reports: dict[str, dict], now: float) -> set[str]:
+    return {host for host, report in reports.items() if now - report.get("at", 0) <= STALE_AFTER}
+
+
+def read_health(store: Path, now: float) -> tuple[dict[str, dict[str, bool]], set[str]]:
+    """Probe results of every host agent, and the hosts whose report is fresh."""
+    reports = health_reports(store)
+    health = {vm: {p: bool(st.get("up", True)) for p, st in probes.items()}
+              for report in reports.values() for vm, probes in report.get("vms", {}).items()}
+    return health, fresh_hosts(reports, now)

@@ -130,3 +130,14 @@ def test_analyse_recovery_and_breakage():
     assert r["recovery_s"] == pytest.approx(0.9) and r["unserved_after_fault"] == 2
     assert analyse({"conns": [], "attempts": [[10.2, True, 0.01, "vm1"]]}, 10.0)["recovery_s"] == 0.0
     assert analyse({"conns": [], "attempts": [[10.2, False, 1, "x"]]}, 10.0)["recovery_s"] is None
+
+
+def test_model_only_reader_ignores_heartbeats(tmp_path):
+    src = StateSource(DEFAULT_MODEL, tmp_path, watch_reports=False)
+    src.read()
+    write_report(tmp_path, "host1", 0.0)
+    assert not src.changed()  # a host agent does not re-parse the model for every heartbeat
+    full = StateSource(DEFAULT_MODEL, tmp_path)
+    full.read()
+    write_report(tmp_path, "host2", 0.0)
+    assert full.changed()
