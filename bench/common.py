@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from muxlab import lab as labmod
+from muxlab.cli import lab as labmod
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BENCH_LAB = "muxlab-bench"

@@ -28,7 +28,7 @@ def iperf(ref, target: str, udp: bool, seconds: int) -> dict:
 
 
 def conns(ref, target: str, port: int, n: int) -> float:
-    out = json.loads(sh(ref, "client1", f"python -m muxlab.flows --vip {target} --port {port} --flows {n} --workers 16", timeout=300))
+    out = json.loads(sh(ref, "client1", f"python -m muxlab.node.flows --vip {target} --port {port} --flows {n} --workers 16", timeout=300))
     if out["failures"]:
         raise RuntimeError(f"{out['failures']} connections failed: {out['errors']}")
     return out["flows_per_second"]

@@ -9,9 +9,9 @@ import json
 import subprocess
 import time
 
-from muxlab import faults
-from muxlab.failover import analyse
-from muxlab.lab import vip_nexthops
+from muxlab.cli import faults
+from muxlab.cli.failover import analyse
+from muxlab.cli.lab import vip_nexthops
 
 from .common import down, save, summary, up
 from .lab_bench import POLL
@@ -20,7 +20,7 @@ MUXES = ["mux1", "mux2", "mux3"]
 
 
 def hold(ref, duration: float) -> subprocess.Popen:
-    p = subprocess.Popen(["docker", "exec", ref.container("client1"), "python", "-m", "muxlab.holdclient",
+    p = subprocess.Popen(["docker", "exec", ref.container("client1"), "python", "-m", "muxlab.node.holdclient",
                           "--vip", "203.0.113.10", "--port", "80", "--conns", "24", "--duration", str(duration),
                           "--every", "0.02", "--new-timeout", "1.0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = p.stderr.readline()

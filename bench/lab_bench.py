@@ -6,7 +6,8 @@ import argparse
 import subprocess
 import time
 
-from muxlab import images, versions
+from muxlab import versions
+from muxlab.cli import images
 
 from .common import BENCH_LAB, cli, down, save, summary, up
 

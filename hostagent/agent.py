@@ -1,11 +1,12 @@
 """Host agent: programs this host's VXLAN termination, NAT and routes to its VMs from the
-desired state, probes its VMs, and reports their health (a heartbeat every second).
+load balancers in the managers' OVSDB, probes its VMs, and writes the results there
+(Backend_Health), with a heartbeat every second (Chassis) that tells MUXes it is alive.
 
 Restart-safe: every step is idempotent and the nft tables are replaced atomically, so
-conntrack's NAT bindings (established flows) survive a restart of the agent."""
+conntrack's NAT bindings (established flows) survive a restart of the agent. With every
+manager unreachable it keeps its data path and goes on probing; it reports when one answers."""
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -14,21 +15,29 @@ import traceback
 
 from pyroute2 import IPRoute
 
-from muxlab.kernel import PolicyRoute, ensure_bridge_ports, ensure_vxlan, nft_apply, reconcile_policy_routes
-from muxlab.render import node_plan
-from muxlab.state import StateSource, write_atomic
-from mux.datapath import RULE_PRIORITY, dip_mark, vxlan_ifname
+from muxlab.model.compiled import Services
+from muxlab.model.conventions import RULE_PRIORITY, dip_mark, vxlan_ifname
+from muxlab.model.fabric import Lab, load_lab
+from muxlab.model.render import node_plan
+from muxlab.node.desired import HEARTBEAT_S, LB_COLUMNS, ServicesCache, nb_cfg
+from muxlab.node.kernel import PolicyRoute, ensure_bridge_ports, ensure_vxlan, nft_apply, reconcile_policy_routes
+from muxlab.node.ovsdb import Db, manager_addresses, remotes
+from muxlab.node.runtime import FABRIC_PATH
 
 from . import datapath
 from .probes import Prober, probe_targets
 
-HEARTBEAT = 1.0
+TABLES = {**LB_COLUMNS, "Backend_Health": None, "Chassis": ["name", "heartbeat", "nb_cfg", "synced_at"]}
+# this agent writes these and need not be woken when anybody does
+QUIET = ([("Backend_Health", c) for c in ("host", "vm", "probe", "up", "reason", "since")]
+         + [("Chassis", c) for c in ("heartbeat", "nb_cfg", "synced_at")])
 
 
-def desired(lab, me: str) -> tuple:
-    host = lab.host(me)
-    routes = tuple(PolicyRoute(dip_mark(vm.ip), str(vm.ip), datapath.BRIDGE, vxlan_ifname(lab)) for vm in lab.vms_on(me))
-    return (vxlan_ifname(lab), lab.vni, str(host.address)), routes, datapath.render_nft(lab, me)
+def desired(fabric: Lab, svc: Services, me: str) -> tuple:
+    host = fabric.host(me)
+    dev = vxlan_ifname(fabric.vni)
+    routes = tuple(PolicyRoute(dip_mark(vm.ip), str(vm.ip), datapath.BRIDGE, dev) for vm in fabric.vms_on(me))
+    return (dev, fabric.vni, str(host.address)), routes, datapath.render_nft(fabric, svc, me)
 
 
 def apply(state: tuple) -> None:
@@ -39,42 +48,100 @@ def apply(state: tuple) -> None:
     nft_apply(ruleset)
 
 
+class HostAgent:
+    def __init__(self, me: str, fabric: Lab, db: Db):
+        self.me, self.fabric, self.db = me, fabric, db
+        self.compiled = ServicesCache(fabric)
+        self.prober = Prober()
+        self.targets: dict = {}
+        self.applied = None
+        self.svc: Services | None = None
+        self.ports = node_plan(fabric, me).bridge[1]  # the VM-facing ports of this host's vswitch
+        self.next_beat = 0.0
+        self.beat = 0
+
+    def converge(self) -> None:
+        svc = self.compiled.read(self.db)
+        if svc is self.svc:
+            return
+        want = desired(self.fabric, svc, self.me)
+        if want != self.applied:
+            apply(want)
+            self.applied = want
+            print(f"[host-agent {self.me}] data path programmed ({len(datapath.local_rules(self.fabric, svc, self.me))} "
+                  "local rule bindings)", flush=True)
+        self.targets = probe_targets(self.fabric, svc, self.me)
+        self.prober.sync(self.targets)
+        self.svc = svc
+
+    def replug(self) -> None:
+        if any(os.path.exists(f"/sys/class/net/{p}") and not os.path.exists(f"/sys/class/net/{p}/master") for p in self.ports):
+            with IPRoute() as ipr:
+                fixed = ensure_bridge_ports(ipr, datapath.BRIDGE, self.ports)
+            if fixed:
+                print(f"[host-agent {self.me}] re-attached {fixed} to {datapath.BRIDGE}", flush=True)
+
+    def report(self, force_beat: bool) -> None:
+        """Write probe results that differ from what the database holds, and the heartbeat."""
+        db = self.db
+        states = {key: st for key, st in self.prober.states.items() if key in self.targets}
+        stale = [r for r in db.rows("Backend_Health") if r.host == self.me and (r.vm, r.probe) not in states]
+        changed = []
+        for (vm, probe), st in states.items():
+            r = db.row("Backend_Health", vm=vm, probe=probe)
+            if r is None or r.up != st.up or r.reason != st.last_error and not st.up or r.host != self.me:
+                changed.append(((vm, probe), st))
+        if not (changed or stale or force_beat):
+            return
+
+        def build(txn):
+            for r in stale:
+                r.delete()
+            for (vm, probe), st in changed:
+                db.upsert(txn, "Backend_Health", {"vm": vm, "probe": probe}, host=self.me, up=st.up,
+                          reason="" if st.up else (st.last_error or "probe failed"), since=st.since)
+            db.upsert(txn, "Chassis", {"name": self.me}, heartbeat=self.beat + 1, nb_cfg=nb_cfg(db), synced_at=time.time())
+
+        status, _ = db.transact(build, timeout_s=2.0)
+        if status in ("success", "unchanged"):
+            self.beat += 1
+
+    def step(self, now: float) -> None:
+        if self.db.synced:
+            self.converge()
+        self.replug()
+        changed = self.prober.run_due(self.targets)
+        if changed:
+            down = sorted(f"{vm}/{p}" for (vm, p), st in self.prober.states.items() if not st.up)
+            print(f"[host-agent {self.me}] rotation changed; out of rotation: {down or 'none'}", flush=True)
+        beat = now >= self.next_beat
+        if self.db.synced and (changed or beat):
+            if beat:
+                self.next_beat = now + HEARTBEAT_S
+                row = self.db.row("Chassis", name=self.me)
+                self.beat = max(self.beat, row.heartbeat if row else 0)
+            self.report(force_beat=beat)
+
+    def next_wakeup(self, now: float) -> float:
+        due = min(self.prober.due.values(), default=now + 1.0)
+        return max(0.0, min(due, self.next_beat, now + 0.5) - now)
+
+
 def main() -> None:
     me = socket.gethostname()
-    source = StateSource(watch_reports=False)
-    prober = Prober()
-    applied, targets, lab, ports = None, {}, None, []
-    next_report = 0.0
-    report_path = source.store / "health" / f"{me}.json"
+    fabric = load_lab(FABRIC_PATH)
+    db = Db(remotes(manager_addresses(len(fabric.managers))), TABLES, quiet=QUIET)
+    agent = HostAgent(me, fabric, db)
+    print(f"[host-agent {me}] watching the managers' OVSDB", flush=True)
     while True:
         try:
-            if source.changed() or lab is None:
-                lab = source.read().lab
-                want = desired(lab, me)
-                if want != applied:
-                    apply(want)
-                    applied = want
-                    print(f"[host-agent {me}] data path programmed for {[v.name for v in lab.vms_on(me)]}", flush=True)
-                targets = probe_targets(lab, me)
-                prober.sync(targets)
-                ports = node_plan(lab, me).bridge[1]  # the VM-facing ports of this host's vswitch
-            if any(os.path.exists(f"/sys/class/net/{p}") and not os.path.exists(f"/sys/class/net/{p}/master") for p in ports):
-                with IPRoute() as ipr:
-                    fixed = ensure_bridge_ports(ipr, datapath.BRIDGE, ports)
-                if fixed:
-                    print(f"[host-agent {me}] re-attached {fixed} to {datapath.BRIDGE}", flush=True)
-            changed = prober.run_due(targets)
-            if changed:
-                down = sorted(f"{vm}/{p}" for (vm, p), st in prober.states.items() if not st.up)
-                print(f"[host-agent {me}] rotation changed; out of rotation: {down or 'none'}", flush=True)
-            if changed or time.monotonic() >= next_report:
-                write_atomic(report_path, json.dumps({"host": me, "at": time.time(), "vms": prober.report()}))
-                next_report = time.monotonic() + HEARTBEAT
+            db.wait(agent.next_wakeup(time.monotonic()))
+            db.run()
+            agent.step(time.monotonic())
         except Exception:
             traceback.print_exc(file=sys.stdout)
             sys.stdout.flush()
             time.sleep(1)
-        time.sleep(0.05)
 
 
 if __name__ == "__main__":

@@ -12,36 +12,37 @@ edge by the host's default route: Direct Server Return, never through a MUX.
 """
 from __future__ import annotations
 
-from muxlab.model import Lab
-from mux.datapath import dip_mark, vxlan_ifname
+from muxlab.model.compiled import Services
+from muxlab.model.conventions import dip_mac, dip_mark, vxlan_ifname
+from muxlab.model.fabric import Lab
 
 TABLE = "muxlab_host"
 OVERLAY_TABLE = "muxlab_overlay"
 BRIDGE = "br0"
 
 
-def local_rules(lab: Lab, host: str) -> list[tuple[int, str, str, int, str, int, bool]]:
-    """(mark, vip, proto, port, dip, backend_port, floating) for every rule served here."""
-    local = {vm.name: vm for vm in lab.vms_on(host)}
+def local_rules(fabric: Lab, svc: Services, host: str) -> list[tuple[int, str, str, int, str, int, bool]]:
+    """(mark, vip, proto, port, dip, backend_port, floating) for every rule served here.
+    Every pool member counts, in rotation or not: a backend out of rotation still serves
+    the flows the MUXes have pinned to it."""
+    local = {vm.name for vm in fabric.vms_on(host)}
     out = []
-    for vip in lab.vips:
-        for r in vip.rules:
-            for member in lab.pools[r.pool]:
-                if member in local:
-                    vm = local[member]
-                    out.append((dip_mark(vm.ip), str(vip.address), r.protocol, r.port, str(vm.ip), r.backend_port, r.floating_ip))
+    for r in svc.rules:
+        for b in r.backends:
+            if b.vm in local:
+                out.append((dip_mark(b.ip), str(r.vip), r.protocol, r.port, b.ip, r.backend_port, r.floating_ip))
     return sorted(set(out))
 
 
-def render_nft(lab: Lab, host: str) -> str:
-    dev = vxlan_ifname(lab)
-    vms = lab.vms_on(host)
-    macs = ", ".join(f"{vm.mac} : {dip_mark(vm.ip):#010x}" for vm in vms)
-    rules = local_rules(lab, host)
+def render_nft(fabric: Lab, svc: Services, host: str) -> str:
+    dev = vxlan_ifname(fabric.vni)
+    vms = fabric.vms_on(host)
+    macs = ", ".join(f"{dip_mac(vm.ip)} : {dip_mark(vm.ip):#010x}" for vm in vms)
+    rules = local_rules(fabric, svc, host)
     nat = ", ".join(f"{m:#010x} . {vip} . {p} . {port} : {dip} . {bport}" for m, vip, p, port, dip, bport, fip in rules if not fip)
     fips = ", ".join(f"{m:#010x} . {vip} . {p} . {port}" for m, vip, p, port, dip, bport, fip in rules if fip)
-    muxes = ", ".join(str(m.address) for m in lab.muxes)
-    vips = ", ".join(str(v.address) for v in lab.vips)
+    muxes = ", ".join(str(m.address) for m in fabric.muxes)
+    vips = ", ".join(str(v) for v in svc.vips)
 
     def elems(s: str) -> str:
         return f" elements = {{ {s} }};" if s else ""

@@ -12,7 +12,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from muxlab.model import Probe
+from muxlab.model.compiled import Probe, Services
+from muxlab.model.fabric import Lab
 
 
 @dataclass
@@ -95,14 +96,13 @@ class Prober:
         return out
 
 
-def probe_targets(lab, host: str) -> dict[tuple[str, str], tuple[Probe, str]]:
-    """(VM, probe name) -> (probe, DIP) for every probe a rule attaches to a VM on this host."""
-    local = {vm.name: vm for vm in lab.vms_on(host)}
+def probe_targets(fabric: Lab, svc: Services, host: str) -> dict[tuple[str, str], tuple[Probe, str]]:
+    """(VM, probe key) -> (probe, DIP) for every probe a rule attaches to a VM on this host."""
+    local = {vm.name for vm in fabric.vms_on(host)}
     out = {}
-    for vip in lab.vips:
-        for rule in vip.rules:
-            if rule.probe:
-                for member in lab.pools[rule.pool]:
-                    if member in local:
-                        out[(member, rule.probe)] = (lab.probes[rule.probe], str(local[member].ip))
+    for rule in svc.rules:
+        if rule.probe:
+            for b in rule.backends:
+                if b.vm in local:
+                    out[(b.vm, rule.probe.key)] = (rule.probe, b.ip)
     return out

@@ -1,8 +1,10 @@
-"""MUX agent: keeps this MUX's kernel data path equal to the desired state, then tells the
-BGP helper which VIPs it may announce. Never touches packets itself.
+"""MUX agent: keeps this MUX's kernel data path equal to the desired state in the managers'
+OVSDB, then tells the BGP helper which VIPs it may announce. Never touches packets itself.
 
-It re-reads the desired state every 250 ms (host liveness is a matter of time, not only of
-file changes) and touches the kernel only when what it would program differs."""
+It monitors the tables it needs (load balancers, probe results, host heartbeats, its own
+drain flag) and sleeps until the server sends a change; a half-second timer only checks
+whether a host went silent. When every manager is unreachable it keeps the data path and
+announcements it has, and converges when one answers again."""
 from __future__ import annotations
 
 import hashlib
@@ -14,68 +16,118 @@ import traceback
 
 from pyroute2 import IPRoute
 
-from muxlab.kernel import PolicyRoute, ensure_vxlan, nft_apply, reconcile_blackholes, reconcile_policy_routes
-from muxlab.state import RUN_DIR, Snapshot, StateSource, write_atomic
+from muxlab.model.conventions import RULE_PRIORITY, vxlan_ifname
+from muxlab.model.fabric import Lab, load_lab
+from muxlab.node.desired import LB_COLUMNS, Liveness, ServicesCache, nb_cfg
+from muxlab.node.kernel import PolicyRoute, ensure_vxlan, nft_apply, reconcile_blackholes, reconcile_policy_routes
+from muxlab.node.ovsdb import Db, manager_addresses, ok, remotes
+from muxlab.node.runtime import FABRIC_PATH, RUN_DIR, write_atomic
 
 from . import datapath
 
 ANNOUNCE_FILE = RUN_DIR / "announce.json"
 TABLES_FILE = RUN_DIR / "tables.json"
-UPLINK = "eth1"  # the MUX's link to the edge (muxlab.render.links)
-PERIOD = 0.25
+UPLINK = "eth1"  # the MUX's link to the edge (muxlab.model.render.links)
+TICK = 0.5       # host-liveness check; everything else is driven by OVSDB updates
+
+TABLES = {**LB_COLUMNS, "Backend_Health": ["vm", "probe", "up"], "Chassis": ["name", "heartbeat"],
+          "Mux": ["name", "drained", "nb_cfg", "synced_at", "tables_digest", "announced"]}
+# columns this agent writes, or that change every second: no wake-up for them
+QUIET = [("Chassis", "heartbeat")] + [("Mux", c) for c in ("nb_cfg", "synced_at", "tables_digest", "announced")]
 
 
-def desired(snap: Snapshot, me: str, svcs: list[datapath.Service]) -> tuple:
-    lab = snap.lab
-    mux = next(m for m in lab.muxes if m.name == me)
-    dev = datapath.vxlan_ifname(lab)
-    routes = tuple(PolicyRoute(r.mark, r.dip, dev, UPLINK, r.mac, r.host_vtep) for r in datapath.dip_routes(lab))
-    blackholes = tuple(f"{v.address}/32" for v in lab.vips)
-    return (dev, lab.vni, str(mux.address)), routes, blackholes, datapath.render_nft(snap, svcs)
+def desired(fabric: Lab, me: str, vips, svcs: list[datapath.Service]) -> tuple:
+    mux = next(m for m in fabric.muxes if m.name == me)
+    dev = vxlan_ifname(fabric.vni)
+    routes = tuple(PolicyRoute(r.mark, r.dip, dev, UPLINK, r.mac, r.host_vtep) for r in datapath.dip_routes(fabric))
+    blackholes = tuple(f"{v}/32" for v in vips)
+    return (dev, fabric.vni, str(mux.address)), routes, blackholes, datapath.render_nft(fabric, vips, svcs)
 
 
 def apply(state: tuple) -> None:
     (dev, vni, local), routes, blackholes, ruleset = state
     with IPRoute() as ipr:
         ensure_vxlan(ipr, dev, vni, local)
-        reconcile_policy_routes(ipr, list(routes), datapath.RULE_PRIORITY)
+        reconcile_policy_routes(ipr, list(routes), RULE_PRIORITY)
         # a VIP packet that no rule claims must die here, not bounce back to the edge
         reconcile_blackholes(ipr, list(blackholes))
     nft_apply(ruleset)
 
 
 def tables_report(svcs: list[datapath.Service]) -> dict:
-    tables = {s.chain: list(s.table) for s in svcs}
+    tables = {s.rule.key: list(s.table) for s in svcs}
     digest = hashlib.sha256(json.dumps(tables, sort_keys=True).encode()).hexdigest()[:16]
     return {"digest": digest, "tables": tables, "at": time.time()}
 
 
+class MuxAgent:
+    def __init__(self, me: str, fabric: Lab, db: Db):
+        self.me, self.fabric, self.db = me, fabric, db
+        self.compiled = ServicesCache(fabric)
+        self.liveness = Liveness([h.name for h in fabric.hosts])
+        self.inputs = None            # what the last computation was made from
+        self.applied = None
+        self.announced: list[str] | None = None
+        self.digest = ""
+        self.reported: tuple | None = None
+
+    def health(self) -> datapath.Health:
+        me = self.db.row("Mux", name=self.me)
+        probes = {(r.vm, r.probe): r.up for r in self.db.rows("Backend_Health")}
+        return datapath.Health(probes, self.liveness.dead(self.db), bool(me and me.drained))
+
+    def step(self) -> None:
+        svc = self.compiled.read(self.db)
+        health = self.health()
+        inputs = (id(svc), tuple(sorted(health.probes.items())), health.dead_hosts, health.drained)
+        if inputs != self.inputs:
+            svcs = datapath.services(self.fabric, svc, health)
+            want = desired(self.fabric, self.me, svc.vips, svcs)
+            if want != self.applied:
+                apply(want)
+                self.applied = want
+                report = tables_report(svcs)
+                self.digest = report["digest"]
+                write_atomic(TABLES_FILE, json.dumps(report, sort_keys=True))
+                print(f"[mux-agent {self.me}] data path programmed (tables {self.digest})", flush=True)
+            vips = datapath.announceable_vips(svcs, health)
+            if vips != self.announced:
+                write_atomic(ANNOUNCE_FILE, json.dumps({"vips": vips, "at": time.time()}))
+                self.announced = vips
+                print(f"[mux-agent {self.me}] announcing {vips}", flush=True)
+            self.inputs = inputs
+        self.report(nb_cfg(self.db))
+
+    def report(self, cfg: int) -> None:
+        """Tell the managers what this MUX has applied (its nb_cfg: `muxlab status`, and how
+        the API knows a change reached the data path)."""
+        state = (cfg, self.digest, tuple(self.announced or ()))
+        if state == self.reported:
+            return
+        status, _ = self.db.transact(lambda txn: self.db.upsert(
+            txn, "Mux", {"name": self.me}, nb_cfg=cfg, synced_at=time.time(), tables_digest=self.digest,
+            announced=list(self.announced or ())))
+        if ok(status):
+            self.reported = state
+
+
 def main() -> None:
     me = socket.gethostname()
-    source = StateSource()
-    applied, announced = None, None
+    fabric = load_lab(FABRIC_PATH)
+    db = Db(remotes(manager_addresses(len(fabric.managers))), TABLES, quiet=QUIET)
+    agent = MuxAgent(me, fabric, db)
+    print(f"[mux-agent {me}] watching the managers' OVSDB", flush=True)
     while True:
         try:
-            snap = source.read()
-            svcs = datapath.services(snap)  # the Maglev tables, computed once per cycle
-            want = desired(snap, me, svcs)
-            if want != applied:
-                apply(want)
-                applied = want
-                report = tables_report(svcs)
-                write_atomic(TABLES_FILE, json.dumps(report, sort_keys=True))
-                print(f"[mux-agent {me}] data path programmed (tables {report['digest']})", flush=True)
-            vips = datapath.announceable_vips(snap, me, svcs)
-            if vips != announced:
-                write_atomic(ANNOUNCE_FILE, json.dumps({"vips": vips, "at": time.time()}))
-                announced = vips
-                print(f"[mux-agent {me}] announcing {vips}", flush=True)
+            db.wait(TICK)
+            db.run()
+            if db.synced:  # else: keep forwarding with what we have
+                agent.step()
         except Exception:
             # keep the last good data path and announcement on a transient error
             traceback.print_exc(file=sys.stdout)
             sys.stdout.flush()
             time.sleep(1)
-        time.sleep(PERIOD)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from muxlab.state import RUN_DIR
+from muxlab.node.runtime import RUN_DIR
 
 ANNOUNCE_FILE = RUN_DIR / "announce.json"
 

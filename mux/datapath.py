@@ -5,8 +5,10 @@ Per packet (all in the kernel, see docs/datapath.md):
               conntrack would call the next ACK invalid); the flow is pinned from its
               first non-SYN packet on.
   prerouting: a packet of a pinned flow takes its DIP from the conntrack mark; otherwise
-              (VIP, proto, port) picks the service, jhash(5-tuple) mod M picks a Maglev
+              (VIP, proto, port) picks the service, jhash(fields) mod M picks a Maglev
               bucket, and the bucket's DIP becomes the packet mark (= the DIP as a u32).
+              The hashed fields are the rule's loadDistribution: Default the 5-tuple,
+              SourceIP (client, VIP), SourceIPProtocol (client, VIP, protocol).
   routing:    `ip rule fwmark DIP lookup DIP` -> `default via DIP dev vxlan<VNI> onlink`;
               the DIP's neighbour entry holds its overlay MAC and the VXLAN FDB maps that
               MAC to the DIP's host: the host learns the chosen DIP from the inner MAC.
@@ -14,76 +16,87 @@ Per packet (all in the kernel, see docs/datapath.md):
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
-from muxlab import maglev
-from muxlab.model import Lab, Rule, Vip
-from muxlab.state import Snapshot
+from muxlab.model import maglev
+from muxlab.model.compiled import Backend, Rule, Services
+from muxlab.model.conventions import dip_mac, dip_mark, vxlan_ifname
+from muxlab.model.fabric import Lab
 
 TABLE = "muxlab_mux"
-RULE_PRIORITY = 100  # ip rule preference of our fwmark rules (both MUX and host)
+
+HASH_FIELDS = {
+    "Default": "ip saddr . th sport . ip daddr . th dport",
+    "SourceIP": "ip saddr . ip daddr",
+    "SourceIPProtocol": "ip saddr . ip daddr . meta l4proto",
+}
 
 
-def dip_mark(ip: ipaddress.IPv4Address | str) -> int:
-    return int(ipaddress.IPv4Address(ip))
+@dataclass(frozen=True)
+class Health:
+    """What decides rotation, besides the load balancers: probe results reported by host
+    agents, hosts whose agent went silent, and whether this MUX is drained."""
+    probes: dict[tuple[str, str], bool] = field(default_factory=dict, hash=False)   # (vm, probe key) -> up
+    dead_hosts: frozenset[str] = frozenset()
+    drained: bool = False
 
 
-def vxlan_ifname(lab: Lab) -> str:
-    return f"vxlan{lab.vni}"
+def in_rotation(fabric: Lab, health: Health, rule: Rule, b: Backend) -> bool:
+    """May this backend get new flows of this rule? adminState Down: never; a dead host:
+    never; adminState Up: yes whatever the probe says; else the probe decides (no probe: yes)."""
+    if b.admin == "Down" or fabric.vm(b.vm).host in health.dead_hosts:
+        return False
+    if b.admin == "Up" or rule.probe is None:
+        return True
+    return health.probes.get((b.vm, rule.probe.key), True)
 
 
 @dataclass(frozen=True)
 class Service:
-    vip: Vip
     rule: Rule
     size: int
-    table: tuple[str | None, ...]     # Maglev table of VM names (None: no healthy backend)
+    table: tuple[str | None, ...]     # Maglev table of VM names (None: no backend in rotation)
 
     @property
     def chain(self) -> str:
-        return f"svc_{self.vip.name}_{self.rule.name}".replace("-", "_")
+        return "svc_" + re.sub(r"[^A-Za-z0-9]", "_", self.rule.key)
 
 
-def healthy_backends(snap: Snapshot, rule: Rule) -> list[str]:
-    return [vm for vm in snap.lab.pools[rule.pool] if snap.healthy(vm, rule.probe)]
-
-
-def services(snap: Snapshot) -> list[Service]:
+def services(fabric: Lab, svc: Services, health: Health) -> list[Service]:
     out = []
-    for vip in snap.lab.vips:
-        for rule in vip.rules:
-            # Size from the whole pool, not the healthy part: a table that keeps its size
-            # only moves the buckets of the backends that left.
-            size = snap.lab.effective_table_size(rule.pool)
-            out.append(Service(vip, rule, size, tuple(maglev.lookup_table(healthy_backends(snap, rule), size))))
+    for rule in svc.rules:
+        # Size from the whole pool, not the healthy part: a table that keeps its size only
+        # moves the buckets of the backends that left.
+        size = fabric.effective_table_size(len(rule.backends))
+        names = [b.vm for b in rule.backends if in_rotation(fabric, health, rule, b)]
+        out.append(Service(rule, size, tuple(maglev.lookup_table(names, size))))
     return out
 
 
-def announceable_vips(snap: Snapshot, mux: str, svcs: list[Service] | None = None) -> list[str]:
-    """VIPs this MUX should announce: not drained, and some rule has a healthy DIP.
-    (`svcs`: the snapshot's services, when the caller has computed them already.)"""
-    if mux in snap.drained:
+def announceable_vips(svcs: list[Service], health: Health) -> list[str]:
+    """VIPs this MUX should announce: not drained, and some rule has a backend in rotation."""
+    if health.drained:
         return []
-    live = {s.vip.name for s in (svcs if svcs is not None else services(snap)) if any(s.table)}
-    return [f"{v.address}/32" for v in snap.lab.vips if v.name in live]
+    live = {s.rule.vip for s in svcs if any(s.table)}
+    return [f"{v}/32" for v in sorted(live)]
 
 
-def render_nft(snap: Snapshot, svcs: list[Service] | None = None) -> str:
-    lab = snap.lab
-    svcs = svcs if svcs is not None else services(snap)
-    vips = ", ".join(str(v.address) for v in lab.vips)
+def render_nft(fabric: Lab, vips: tuple[ipaddress.IPv4Address, ...], svcs: list[Service]) -> str:
+    vm_ip = {vm.name: vm.ip for vm in fabric.vms}
+    vip_list = ", ".join(str(v) for v in vips)
     lines = [
         # create-then-delete-then-define in one transaction: an atomic replace, so a
         # re-apply never leaves a window without rules (and conntrack keeps its marks)
         f"table ip {TABLE}", f"delete table ip {TABLE}", f"table ip {TABLE} {{",
         "  counter vip_packets {}", "  counter no_service {}", "  counter no_backend {}",
-        f"  set vips {{ type ipv4_addr; elements = {{ {vips} }}; }}" if vips else "  set vips { type ipv4_addr; }",
+        f"  set vips {{ type ipv4_addr; elements = {{ {vip_list} }}; }}" if vip_list else "  set vips { type ipv4_addr; }",
     ]
     if svcs:
-        entries = ", ".join(f"{s.vip.address} . {s.rule.protocol} . {s.rule.port} : goto {s.chain}" for s in svcs)
+        entries = ", ".join(f"{s.rule.vip} . {s.rule.protocol} . {s.rule.port} : goto {s.chain}" for s in svcs)
         lines.append(f"  map services {{ type ipv4_addr . inet_proto . inet_service : verdict; elements = {{ {entries} }}; }}")
     for s in svcs:
-        elems = ", ".join(f"{i} : {dip_mark(lab.vm(vm).ip):#010x}" for i, vm in enumerate(s.table) if vm)
+        elems = ", ".join(f"{i} : {dip_mark(vm_ip[vm]):#010x}" for i, vm in enumerate(s.table) if vm)
         body = f" elements = {{ {elems} }};" if elems else ""
         lines.append(f"  map {s.chain}_table {{ typeof numgen inc mod 2 : meta mark;{body} }}")
     lines += [
@@ -100,14 +113,15 @@ def render_nft(snap: Snapshot, svcs: list[Service] | None = None) -> str:
     for s in svcs:
         lines += [
             f"  chain {s.chain} {{",
-            f"    meta mark set jhash ip saddr . th sport . ip daddr . th dport mod {s.size} seed {lab.hash_seed:#x} map @{s.chain}_table ct mark set meta mark accept",
+            f"    meta mark set jhash {HASH_FIELDS[s.rule.distribution]} mod {s.size} seed {fabric.hash_seed:#x} "
+            f"map @{s.chain}_table ct mark set meta mark accept",
             "    counter name no_backend drop", "  }",
         ]
     lines += [
         "  chain forward {", "    type filter hook forward priority filter; policy accept;",
         # belt and braces: the underlay is jumbo, but never let a SYN promise more than
         # the overlay carries
-        f'    oifname "{vxlan_ifname(lab)}" tcp flags syn tcp option maxseg size set rt mtu', "  }",
+        f'    oifname "{vxlan_ifname(fabric.vni)}" tcp flags syn tcp option maxseg size set rt mtu', "  }",
         "}",
     ]
     return "\n".join(lines) + "\n"
@@ -122,7 +136,7 @@ class DipRoute:
     host_vtep: str
 
 
-def dip_routes(lab: Lab) -> list[DipRoute]:
+def dip_routes(fabric: Lab) -> list[DipRoute]:
     """A route to every VM, pooled or not: a DIP that leaves a pool keeps serving the flows
     its conntrack marks still pin to it."""
-    return [DipRoute(dip_mark(vm.ip), str(vm.ip), vm.mac, str(lab.host(vm.host).address)) for vm in lab.vms]
+    return [DipRoute(dip_mark(vm.ip), str(vm.ip), dip_mac(vm.ip), str(fabric.host(vm.host).address)) for vm in fabric.vms]

@@ -5,6 +5,10 @@ EXABGP = "4.2.25"
 PYROUTE2 = "0.7.12"
 SCAPY = "2.6.1"
 PYYAML = "6.0.2"
+PYDANTIC = "2.14.3"
+FASTAPI = "0.165.0"
+UVICORN = "0.54.0"
+OVS_PYTHON = "4.0.0"    # the OVSDB IDL; the server is Debian bookworm's openvswitch-common (3.1)
 # FRR comes from Debian bookworm; the apt version glob pins the 8.4 series.
 FRR_APT = "8.4.*"
 DEBIAN_SUITE = "bookworm"
@@ -18,6 +22,10 @@ NODE_PYTHON_REQUIREMENTS = [
     f"pyroute2=={PYROUTE2}",
     f"scapy=={SCAPY}",
     f"PyYAML=={PYYAML}",
+    f"pydantic=={PYDANTIC}",
+    f"fastapi=={FASTAPI}",
+    f"uvicorn=={UVICORN}",
+    f"ovs=={OVS_PYTHON}",
     # builds the project wheel offline in the last image layer
     "wheel==0.45.1",
 ]

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from muxlab import lab as labmod
-from muxlab.traffic import run_flows
+from muxlab.cli import lab as labmod
+from muxlab.cli.traffic import run_flows
 
 E2E_LAB = os.environ.get("MUXLAB_E2E_LAB", "muxlab-e2e")
 MUXLAB = [sys.executable, "-m", "muxlab"]
@@ -67,12 +67,12 @@ class Lab:
         finally:
             for node in nodes:
                 self.sh(node, "pkill -INT tcpdump; sleep 0.3", check=False)
-        packets = {node: json.loads(self.sh(node, f"python -m muxlab.capture {pcap}; rm -f {pcap}", timeout=120).stdout)
+        packets = {node: json.loads(self.sh(node, f"python -m muxlab.node.capture {pcap}; rm -f {pcap}", timeout=120).stdout)
                    for node in nodes}
         return result, packets
 
     def hold(self, vip="203.0.113.10", port=80, conns=24, duration=10.0, every=0.02, source="client1"):
-        """Start the failure-watching client (muxlab.holdclient); returns a Hold once its
+        """Start the failure-watching client (muxlab.node.holdclient); returns a Hold once its
         long-lived connections are all open."""
         return Hold(self.ref, source, vip, port, conns, duration, every)
 
@@ -111,7 +111,7 @@ class Lab:
 
 class Hold:
     def __init__(self, ref, source, vip, port, conns, duration, every):
-        argv = ["docker", "exec", ref.container(source), "python", "-m", "muxlab.holdclient", "--vip", vip,
+        argv = ["docker", "exec", ref.container(source), "python", "-m", "muxlab.node.holdclient", "--vip", vip,
                 "--port", str(port), "--conns", str(conns), "--duration", str(duration), "--every", str(every)]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stderr.readline()

@@ -1,5 +1,5 @@
 """The lab stands up: nodes, BGP sessions, one ECMP next hop per MUX for every VIP."""
-from muxlab import lab as labmod
+from muxlab.cli import lab as labmod
 
 
 def test_every_node_running(lab):

@@ -154,7 +154,7 @@ def test_agent_restart_rebuilds_state_idempotently_and_keeps_flows(L, node, agen
 
     before = kernel_state()
     hold = L.hold(conns=24, duration=6)
-    from muxlab.lab import docker_exec
+    from muxlab.cli.lab import docker_exec
     docker_exec(L.ref, node, ["pkill", "-9", "-f", agent])  # its supervisor starts a fresh agent, which re-applies all
     time.sleep(1)
     L.wait_for(f"{agent} back", lambda: docker_exec(L.ref, node, ["pgrep", "-f", agent], check=False).stdout.strip(), timeout=10)

@@ -4,9 +4,9 @@ import time
 
 import pytest
 
-from muxlab import faults
-from muxlab.lab import vip_nexthops
-from muxlab.failover import analyse
+from muxlab.cli import faults
+from muxlab.cli.lab import vip_nexthops
+from muxlab.cli.failover import analyse
 
 
 def fault(L, node, mode):

@@ -2,7 +2,7 @@
 (A killed container loses its containerlab links, so nothing after this may need it.)"""
 import subprocess
 
-from muxlab import lab as labmod
+from muxlab.cli import lab as labmod
 
 
 def test_killed_mux_leaves_ecmp_others_remain(lab, L):

@@ -5,10 +5,32 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL = REPO / "containerlab" / "lab.yml"
+DEFAULT_MODEL = REPO / "containerlab" / "lab.yml"             # the fabric
+DEFAULT_LBS = REPO / "containerlab" / "loadbalancers.yml"     # the load balancers a lab starts with
 
 
 @pytest.fixture
 def raw_model():
-    """The default lab model as a plain mapping, to mutate per test."""
+    """The default fabric as a plain mapping, to mutate per test."""
     return copy.deepcopy(yaml.safe_load(DEFAULT_MODEL.read_text()))
+
+
+@pytest.fixture
+def raw_lbs():
+    """The default load balancers as plain mappings (name -> body), to mutate per test."""
+    return copy.deepcopy(yaml.safe_load(DEFAULT_LBS.read_text())["loadBalancers"])
+
+
+def fabric():
+    from muxlab.model.fabric import load_lab
+    return load_lab(DEFAULT_MODEL)
+
+
+def default_lbs():
+    from muxlab.model.service import load_document
+    return load_document(DEFAULT_LBS)
+
+
+def services(lbs=None):
+    from muxlab.model.compiled import compile_services
+    return compile_services(lbs if lbs is not None else default_lbs(), fabric())

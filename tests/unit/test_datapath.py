@@ -1,4 +1,5 @@
-"""MUX and host-agent kernel state computed from a snapshot (pure), and checked by nft."""
+"""MUX and host-agent kernel state computed from the fabric, the load balancers and health
+(pure), and checked by nft."""
 import shutil
 import subprocess
 
@@ -6,46 +7,85 @@ import pytest
 
 from hostagent import datapath as host_dp
 from mux import datapath as mux_dp
-from muxlab.model import load_lab
-from muxlab.state import Snapshot
-from tests.unit.conftest import DEFAULT_MODEL
+from tests.unit.conftest import default_lbs, fabric, services
+
+HEALTHY = mux_dp.Health()
 
 
-def snap(**kw):
-    return Snapshot(load_lab(DEFAULT_MODEL), **kw)
+def svcs(health=HEALTHY, lbs=None):
+    return {s.rule.key: s for s in mux_dp.services(fabric(), services(lbs), health)}
+
+
+def ruleset(health=HEALTHY, lbs=None):
+    svc = services(lbs)
+    return mux_dp.render_nft(fabric(), svc.vips, mux_dp.services(fabric(), svc, health))
+
+
+def sick(*vms, probe="web/http-health"):
+    return mux_dp.Health(probes={(vm, probe): False for vm in vms})
 
 
 def test_every_mux_computes_the_same_tables():
-    a, b = mux_dp.services(snap()), mux_dp.services(snap())
-    assert [s.table for s in a] == [s.table for s in b]
-    assert mux_dp.render_nft(snap()) == mux_dp.render_nft(snap())
+    assert [s.table for s in svcs().values()] == [s.table for s in svcs().values()]
+    assert ruleset() == ruleset()
 
 
 def test_table_size_is_prime_and_fixed_by_pool_not_health():
-    s = {x.chain: x for x in mux_dp.services(snap())}["svc_web_http"]
-    assert s.size == 601 and None not in s.table
-    sick = {x.chain: x for x in mux_dp.services(snap(health={"vm3": {"http-health": False}}))}["svc_web_http"]
-    assert sick.size == 601 and "vm3" not in sick.table
+    s = svcs()["web/http"]
+    assert s.size == 601 and None not in s.table and s.chain == "svc_web_http"
+    sick_ = svcs(sick("vm3"))["web/http"]
+    assert sick_.size == 601 and "vm3" not in sick_.table
     # only vm3's buckets (and Maglev's small slack) moved
-    changed = sum(1 for x, y in zip(s.table, sick.table) if x != y)
+    changed = sum(1 for x, y in zip(s.table, sick_.table) if x != y)
     assert changed < s.table.count("vm3") * 1.2
 
 
 def test_unhealthy_probe_only_affects_rules_using_it():
-    s = {x.chain: x for x in mux_dp.services(snap(health={"vm3": {"http-health": False}}))}
-    assert "vm3" not in s["svc_web_http"].table and "vm3" in s["svc_web_dns"].table
+    s = svcs(sick("vm3"))
+    assert "vm3" not in s["web/http"].table and "vm3" in s["web/dns"].table
 
 
 def test_announce_follows_health_and_drain():
-    assert mux_dp.announceable_vips(snap(), "mux1") == ["203.0.113.10/32", "203.0.113.20/32", "203.0.113.30/32"]
-    assert mux_dp.announceable_vips(snap(drained=frozenset({"mux1"})), "mux1") == []
-    assert len(mux_dp.announceable_vips(snap(drained=frozenset({"mux1"})), "mux2")) == 3
-    down = {vm: {"http-health": False, "tcp-dns": False} for vm in ("vm1", "vm2", "vm3", "vm4", "vm5", "vm6")}
-    assert "203.0.113.10/32" not in mux_dp.announceable_vips(snap(health=down), "mux1")
+    def announce(health):
+        return mux_dp.announceable_vips(mux_dp.services(fabric(), services(), health), health)
+    assert announce(HEALTHY) == ["203.0.113.10/32", "203.0.113.20/32", "203.0.113.30/32"]
+    assert announce(mux_dp.Health(drained=True)) == []
+    down = mux_dp.Health(probes={(vm, p): False for vm in ("vm1", "vm2", "vm3", "vm4", "vm5", "vm6")
+                                 for p in ("web/http-health", "web/tcp-dns")})
+    assert "203.0.113.10/32" not in announce(down)
+
+
+def with_backend(state, vm="vm3"):
+    lbs = default_lbs()
+    web = lbs["web"].model_copy(deep=True)
+    for b in web.properties.backendAddressPools[0].properties.loadBalancerBackendAddresses:
+        if b.name == vm:
+            b.properties.adminState = state
+    return {**lbs, "web": web}
+
+
+def test_admin_state_down_leaves_the_table_up_overrides_the_probe():
+    assert "vm3" not in svcs(lbs=with_backend("Down"))["web/http"].table
+    assert "vm3" in svcs(sick("vm3"), lbs=with_backend("Up"))["web/http"].table
+    assert "vm3" not in svcs(sick("vm3"), lbs=with_backend("None"))["web/http"].table
+    # a dead host wins over adminState Up: nobody is there to answer
+    dead = mux_dp.Health(dead_hosts=frozenset({"host2"}))
+    assert "vm3" not in svcs(dead, lbs=with_backend("Up"))["web/http"].table
+
+
+@pytest.mark.parametrize("mode,fields", [("Default", "ip saddr . th sport . ip daddr . th dport"),
+                                         ("SourceIP", "ip saddr . ip daddr"),
+                                         ("SourceIPProtocol", "ip saddr . ip daddr . meta l4proto")])
+def test_load_distribution_picks_the_hashed_fields(mode, fields):
+    lbs = default_lbs()
+    web = lbs["web"].model_copy(deep=True)
+    web.properties.loadBalancingRules[0].properties.loadDistribution = mode
+    text = ruleset(lbs={**lbs, "web": web})
+    assert f"meta mark set jhash {fields} mod 601 seed 0x4d55584c map @svc_web_http_table" in text
 
 
 def test_mux_ruleset_shape():
-    text = mux_dp.render_nft(snap())
+    text = ruleset()
     assert "203.0.113.10 . tcp . 80 : goto svc_web_http" in text
     assert "jhash ip saddr . th sport . ip daddr . th dport mod 601 seed 0x4d55584c map @svc_web_http_table" in text
     assert "tcp flags & (syn | ack) == syn notrack" in text
@@ -54,14 +94,13 @@ def test_mux_ruleset_shape():
 
 
 def test_dip_routes_carry_overlay_mac_and_host():
-    r = {x.dip: x for x in mux_dp.dip_routes(load_lab(DEFAULT_MODEL))}
+    r = {x.dip: x for x in mux_dp.dip_routes(fabric())}
     assert r["10.1.2.14"].mac == "02:00:0a:01:02:0e" and r["10.1.2.14"].host_vtep == "10.0.2.3"
     assert r["10.1.2.14"].mark == 0x0A01020E
 
 
 def test_host_ruleset_only_local_rules():
-    lab = load_lab(DEFAULT_MODEL)
-    text = host_dp.render_nft(lab, "host1")
+    text = host_dp.render_nft(fabric(), services(), "host1")
     assert "0x0a01010b . 203.0.113.10 . tcp . 80 : 10.1.1.11 . 8080" in text
     assert "10.1.2.13" not in text
     assert "0x0a01010c . 203.0.113.20 . tcp . 7000" in text  # vm2 floating IP
@@ -74,13 +113,23 @@ needs_nft = pytest.mark.skipif(not shutil.which("nft") or not shutil.which("unsh
 
 
 @needs_nft
+@pytest.mark.parametrize("mode", ["SourceIP", "SourceIPProtocol"])
+def test_distribution_rulesets_load_in_the_kernel(mode):
+    lbs = default_lbs()
+    web = lbs["web"].model_copy(deep=True)
+    web.properties.loadBalancingRules[0].properties.loadDistribution = mode
+    proc = subprocess.run(["unshare", "--net", "sh", "-c", "ip link add vxlan4242 type vxlan id 4242 dstport 4789 && nft -f /dev/stdin"],
+                          input=ruleset(lbs={**lbs, "web": web}), text=True, capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@needs_nft
 @pytest.mark.parametrize("which", ["mux", "host", "edge"])
 def test_rulesets_load_in_the_kernel(which):
     """nft parses and the kernel accepts the rendered rulesets (in a throwaway network namespace)."""
-    lab = load_lab(DEFAULT_MODEL)
-    from muxlab.render import render_edge_nft
-    text = {"mux": lambda: mux_dp.render_nft(snap()), "host": lambda: host_dp.render_nft(lab, "host1"),
-            "edge": lambda: render_edge_nft(lab)}[which]()
+    from muxlab.model.render import render_edge_nft
+    text = {"mux": lambda: ruleset(), "host": lambda: host_dp.render_nft(fabric(), services(), "host1"),
+            "edge": lambda: render_edge_nft(fabric())}[which]()
     proc = subprocess.run(["unshare", "--net", "sh", "-c", "ip link add vxlan4242 type vxlan id 4242 dstport 4789 && nft -f /dev/stdin"],
                           input=text + text, text=True, capture_output=True)  # applied twice: idempotent replace
     assert proc.returncode == 0, proc.stderr

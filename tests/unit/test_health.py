@@ -1,5 +1,4 @@
 """BFD state machine, probe thresholds, host liveness, failover analysis: pure logic."""
-import json
 import time
 
 import pytest
@@ -7,10 +6,10 @@ import pytest
 from hostagent.probes import ProbeState, probe_targets
 from mux import datapath
 from mux.bfd import DOWN, INIT, UP, Packet, Session
-from muxlab.failover import analyse
-from muxlab.model import Probe, load_lab
-from muxlab.state import StateSource
-from tests.unit.conftest import DEFAULT_MODEL
+from muxlab.cli.failover import analyse
+from muxlab.model.compiled import Probe
+from muxlab.node.desired import STALE_AFTER, Liveness
+from tests.unit.conftest import fabric, services
 
 
 # ---------------------------------------------------------------- BFD
@@ -61,7 +60,7 @@ def test_bfd_detection_time_uses_peer_interval():
 
 # ---------------------------------------------------------------- probes
 
-PROBE = Probe("p", "http", 8080, "/health", 1.0, 0.5, unhealthy_threshold=2, healthy_threshold=3)
+PROBE = Probe("lb/p", "http", 8080, "/health", 1.0, 0.5, unhealthy_threshold=2, healthy_threshold=3)
 
 
 def test_probe_thresholds():
@@ -76,46 +75,53 @@ def test_probe_thresholds():
 
 
 def test_probe_targets_are_local_vms_with_probes():
-    lab = load_lab(DEFAULT_MODEL)
-    t = probe_targets(lab, "host2")
-    assert set(t) == {("vm3", "http-health"), ("vm3", "tcp-dns"), ("vm4", "http-health"), ("vm4", "tcp-dns")}
-    assert t[("vm4", "http-health")][1] == "10.1.2.14"
+    t = probe_targets(fabric(), services(), "host2")
+    assert set(t) == {("vm3", "web/http-health"), ("vm3", "web/tcp-dns"), ("vm4", "web/http-health"), ("vm4", "web/tcp-dns")}
+    assert t[("vm4", "web/http-health")][1] == "10.1.2.14"
 
 
 # ---------------------------------------------------------------- host liveness
 
-def write_report(store, host, age, vms=None):
-    (store / "health").mkdir(parents=True, exist_ok=True)
-    (store / "health" / f"{host}.json").write_text(json.dumps({"host": host, "at": time.time() - age, "vms": vms or {}}))
+
+class FakeRow:
+    def __init__(self, name, heartbeat):
+        self.name, self.heartbeat = name, heartbeat
 
 
-def test_stale_or_missing_host_report_takes_its_dips_out(tmp_path):
-    write_report(tmp_path, "host1", 0.2, {"vm1": {"http-health": {"up": False}}})
-    write_report(tmp_path, "host2", 10)  # stale: host2 is gone
-    snap = StateSource(DEFAULT_MODEL, tmp_path).read()
-    assert snap.dead_hosts == {"host2", "host3"}  # host3 never reported
-    web = {s.chain: s for s in datapath.services(snap)}["svc_web_http"]
-    assert set(web.table) == {"vm2"}  # vm1's probe is down; host2's and host3's VMs are gone
-    dns = {s.chain: s for s in datapath.services(snap)}["svc_web_dns"]
-    assert set(dns.table) == {"vm1", "vm2"}  # the http probe does not gate the dns rule
+class Replica:
+    """The two things Liveness reads from an OVSDB replica: Chassis rows, connection epoch."""
+
+    def __init__(self):
+        self.beats, self.connected_since = {}, 0.0
+
+    def rows(self, table):
+        assert table == "Chassis"
+        return [FakeRow(h, v) for h, v in self.beats.items()]
 
 
-def test_no_healthy_dip_withdraws_only_that_vip(tmp_path):
-    write_report(tmp_path, "host1", 0.1)
-    write_report(tmp_path, "host2", 0.1)
-    snap = StateSource(DEFAULT_MODEL, tmp_path).read()
-    # host3 gone: direct's pool (vm2, vm4, vm6) still has vm2, vm4; bench (vm1) fine
-    assert datapath.announceable_vips(snap, "mux1") == ["203.0.113.10/32", "203.0.113.20/32", "203.0.113.30/32"]
-    write_report(tmp_path, "host1", 10)
-    snap = StateSource(DEFAULT_MODEL, tmp_path).read()
-    assert "203.0.113.30/32" not in datapath.announceable_vips(snap, "mux1")  # bench = [vm1] on dead host1
+def test_silent_host_is_dead_and_reconnect_restarts_every_clock(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    db, live = Replica(), Liveness(["host1", "host2", "host3"])
+    db.connected_since = 100.0
+    db.beats = {"host1": 1, "host2": 1}
+    assert live.dead(db) == frozenset()                    # everyone gets a grace period
+    clock[0] += STALE_AFTER + 0.5
+    db.beats = {"host1": 5, "host2": 1}                    # host2 stopped beating, host3 never did
+    assert live.dead(db) == {"host2", "host3"}
+    clock[0] += 60                                         # managers unreachable: nothing moves...
+    db.connected_since = clock[0]                          # ...until the replica reconnects
+    assert live.dead(db) == frozenset()
 
 
-def test_drain_flag_from_store(tmp_path):
-    (tmp_path / "drain").mkdir()
-    (tmp_path / "drain" / "mux2").touch()
-    snap = StateSource(DEFAULT_MODEL, tmp_path).read()
-    assert snap.drained == {"mux2"} and datapath.announceable_vips(snap, "mux2") == []
+def test_dead_host_takes_its_dips_out_and_empty_pool_withdraws_its_vip():
+    health = datapath.Health(probes={("vm1", "web/http-health"): False}, dead_hosts=frozenset({"host2", "host3"}))
+    s = {x.rule.key: x for x in datapath.services(fabric(), services(), health)}
+    assert set(s["web/http"].table) == {"vm2"}        # vm1's probe is down; host2's and host3's VMs are gone
+    assert set(s["web/dns"].table) == {"vm1", "vm2"}  # the http probe does not gate the dns rule
+    health = datapath.Health(dead_hosts=frozenset({"host1"}))
+    vips = datapath.announceable_vips(datapath.services(fabric(), services(), health), health)
+    assert "203.0.113.30/32" not in vips and "203.0.113.10/32" in vips  # bench = [vm1] on dead host1
 
 
 # ---------------------------------------------------------------- failover analysis
@@ -130,14 +136,3 @@ def test_analyse_recovery_and_breakage():
     assert r["recovery_s"] == pytest.approx(0.9) and r["unserved_after_fault"] == 2
     assert analyse({"conns": [], "attempts": [[10.2, True, 0.01, "vm1"]]}, 10.0)["recovery_s"] == 0.0
     assert analyse({"conns": [], "attempts": [[10.2, False, 1, "x"]]}, 10.0)["recovery_s"] is None
-
-
-def test_model_only_reader_ignores_heartbeats(tmp_path):
-    src = StateSource(DEFAULT_MODEL, tmp_path, watch_reports=False)
-    src.read()
-    write_report(tmp_path, "host1", 0.0)
-    assert not src.changed()  # a host agent does not re-parse the model for every heartbeat
-    full = StateSource(DEFAULT_MODEL, tmp_path)
-    full.read()
-    write_report(tmp_path, "host2", 0.0)
-    assert full.changed()

@@ -1,7 +1,8 @@
-"""Lab model validation: good input parses; every bad input names its field and value."""
+"""Fabric validation: good input parses; every bad input names its field and value."""
 import pytest
 
-from muxlab.model import ModelError, dip_mac, load_lab, parse_lab, peer_of, smallest_prime_at_least
+from muxlab.model.conventions import dip_mac
+from muxlab.model.fabric import ModelError, load_lab, parse_lab, peer_of, smallest_prime_at_least
 from tests.unit.conftest import DEFAULT_MODEL
 
 
@@ -10,7 +11,8 @@ def test_default_model_parses():
     assert [m.name for m in lab.muxes] == ["mux1", "mux2", "mux3"]
     assert [h.name for h in lab.hosts] == ["host1", "host2", "host3"]
     assert all(len(lab.vms_on(h.name)) == 2 for h in lab.hosts)
-    assert {str(v.address) for v in lab.vips} >= {"203.0.113.10", "203.0.113.20"}
+    assert lab.managers == ("manager1", "manager2", "manager3") and lab.role_of("manager2") == "manager"
+    assert str(lab.public_vips) == "203.0.113.0/24" and str(lab.vnet) == "10.1.0.0/16"
     assert str(lab.muxes[0].edge_address) == "10.0.1.0"
     assert str(lab.hosts[0].vm_gateway) == "10.1.1.1/24"
     assert lab.vm("vm1").mac == "02:00:0a:01:01:0b"
@@ -28,45 +30,11 @@ def only_error(raw):
     return problems[0]
 
 
-def test_port_clash_on_a_vip_is_named(raw_model):
-    raw_model["vips"]["web"]["rules"].append({"protocol": "tcp", "port": 80, "pool": "web"})
-    path, value, msg = only_error(raw_model)
-    assert path == "vips.web.rules[2].port" and value == 80 and "already taken" in msg
 
 
-def test_same_port_other_protocol_is_fine(raw_model):
-    raw_model["vips"]["web"]["rules"].append({"protocol": "udp", "port": 80, "pool": "web"})
-    parse_lab(raw_model)
 
 
-def test_unknown_pool_is_named(raw_model):
-    raw_model["vips"]["web"]["rules"][0]["pool"] = "nosuch"
-    path, value, msg = only_error(raw_model)
-    assert (path, value) == ("vips.web.rules[0].pool", "nosuch") and "no such pool" in msg
 
-
-def test_port_out_of_range(raw_model):
-    raw_model["vips"]["web"]["rules"][0]["port"] = 70000
-    path, value, _ = errors_of(raw_model)[0]
-    assert (path, value) == ("vips.web.rules[0].port", 70000)
-
-
-def test_vip_outside_documentation_range(raw_model):
-    raw_model["vips"]["web"]["address"] = "8.8.8.8"
-    path, value, msg = only_error(raw_model)
-    assert (path, value) == ("vips.web.address", "8.8.8.8") and "203.0.113.0/24" in msg
-
-
-def test_duplicate_vip_address(raw_model):
-    raw_model["vips"]["direct"]["address"] = "203.0.113.10"
-    path, _, msg = only_error(raw_model)
-    assert path == "vips.direct.address" and "vips.web" in msg
-
-
-def test_floating_ip_needs_equal_ports(raw_model):
-    raw_model["vips"]["direct"]["rules"][0]["backend_port"] = 7001
-    path, value, msg = only_error(raw_model)
-    assert (path, value) == ("vips.direct.rules[0].backend_port", 7001) and "floating" in msg
 
 
 def test_vm_ip_outside_its_host_subnet(raw_model):
@@ -80,11 +48,6 @@ def test_vm_on_unknown_host_reported_once(raw_model):
     path, value, msg = only_error(raw_model)
     assert (path, value) == ("vms.vm1.host", "host9") and "host1" in msg
 
-
-def test_pool_member_that_is_not_a_vm(raw_model):
-    raw_model["pools"]["web"].append("vm9")
-    path, value, _ = only_error(raw_model)
-    assert (path, value) == ("pools.web[6]", "vm9")
 
 
 def test_overlapping_underlay_links(raw_model):
@@ -100,16 +63,10 @@ def test_not_point_to_point(raw_model):
 
 
 def test_unknown_field_named(raw_model):
-    raw_model["vips"]["web"]["rules"][0]["prot"] = "tcp"
+    raw_model["muxes"]["mux1"]["undrelay"] = "10.0.1.1/31"
     path, value, msg = only_error(raw_model)
-    assert path == "vips.web.rules[0].prot" and "unknown field" in msg
+    assert path == "muxes.mux1.undrelay" and "unknown field" in msg
 
-
-def test_bad_protocol_and_probe(raw_model):
-    raw_model["vips"]["web"]["rules"][0]["protocol"] = "sctp"
-    raw_model["vips"]["web"]["rules"][1]["probe"] = "nosuch"
-    problems = {p: v for p, v, _ in errors_of(raw_model)}
-    assert problems == {"vips.web.rules[0].protocol": "sctp", "vips.web.rules[1].probe": "nosuch"}
 
 
 def test_hold_time_below_exabgp_minimum(raw_model):
@@ -143,14 +100,14 @@ def test_not_a_mapping():
 
 def test_missing_required_sections():
     paths = {p for p, _, _ in errors_of({"name": "x"})}
-    assert {"muxes", "hosts", "vms", "clients", "pools", "vips"} <= paths
+    assert {"muxes", "hosts", "vms", "clients"} <= paths
 
 
 def test_error_message_names_field_and_value(raw_model):
-    raw_model["vips"]["web"]["rules"][0]["port"] = "eighty"
+    raw_model["bgp"]["keepalive"] = "eighty"
     with pytest.raises(ModelError) as exc:
         parse_lab(raw_model)
-    assert "vips.web.rules[0].port: 'eighty'" in str(exc.value)
+    assert "bgp.keepalive: 'eighty'" in str(exc.value)
 
 
 def test_unreadable_and_invalid_yaml(tmp_path):
@@ -160,6 +117,19 @@ def test_unreadable_and_invalid_yaml(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(ModelError, match="not valid YAML"):
         load_lab(bad)
+
+
+def test_manager_count_and_vm_subnet_inside_vnet(raw_model):
+    raw_model["managers"] = 0
+    raw_model["hosts"]["host1"]["vm_subnet"] = "10.9.1.0/24"
+    problems = {p: v for p, v, _ in errors_of(raw_model)}
+    assert problems["managers"] == 0 and problems["hosts.host1.vm_subnet"] == "10.9.1.0/24"
+
+
+def test_public_range_must_be_documentation_space(raw_model):
+    raw_model["addressing"]["public_vips"] = "8.8.8.0/24"
+    path, value, msg = only_error(raw_model)
+    assert (path, value) == ("addressing.public_vips", "8.8.8.0/24") and "RFC 5737" in msg
 
 
 def test_helpers():

@@ -10,8 +10,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from . import versions
-from .model import Lab
+from .. import versions
+from ..model.fabric import Lab
 
 GENERATED = "# Generated from lab.yml by `muxlab render`; edit lab.yml and re-render, not this file.\n"
 
@@ -66,7 +66,6 @@ class NodePlan:
     default_via: str | None = None                                    # replaces Docker's default route
     default_onlink: bool = False                                      # gateway outside the interface's prefix
     bridge: tuple[str, list[str], str] | None = None                  # (name, ports, cidr) on hosts
-    loopback: list[str] = field(default_factory=list)                 # /32s on lo (floating-IP VIPs)
     interfaces: list[str] = field(default_factory=list)               # lab ports to wait for
 
 
@@ -94,8 +93,6 @@ def node_plan(lab: Lab, name: str) -> NodePlan:
         plan.addresses.append(("eth1", f"{vm.ip}/32"))
         plan.default_onlink = True
         plan.default_via = str(h.vm_gateway.ip)
-        plan.loopback = sorted({f"{vip.address}/32" for vip in lab.vips for r in vip.rules
-                                if r.floating_ip and name in lab.pools[r.pool]})
     elif role == "client":
         c = next(c for c in lab.clients if c.name == name)
         plan.addresses.append(("eth1", str(c.address)))
@@ -204,17 +201,31 @@ GROUP_SYSCTLS = {
     "host": {"net.ipv4.ip_forward": 1, "net.ipv4.conf.all.rp_filter": 0, "net.ipv4.conf.default.rp_filter": 0},
     "vm": {},
     "client": {},
+    "manager": {},
 }
+
+# The management network: a Docker bridge per lab that carries only control traffic
+# (agents <-> managers' OVSDB, the operator <-> the managers' API). `muxlab up` picks a free
+# /24 per lab and passes it in these variables; plain `containerlab deploy` gets the defaults.
+MGMT_DEFAULTS = {"MUXLAB_MGMT_NET": "muxlab-mgmt", "MUXLAB_MGMT_SUBNET": "172.30.1.0/24",
+                 "MUXLAB_MGMT_RANGE": "172.30.1.0/25", "MUXLAB_MGMT_PREFIX": "172.30.1"}
+
+
+def env(var: str) -> str:
+    return "${%s:=%s}" % (var, MGMT_DEFAULTS[var])
 
 
 def render_topology(lab: Lab) -> str:
     out = [GENERATED.rstrip(), "# Read docs/addressing.md for the plan; `muxlab up` deploys it.", f"name: {lab.name}", "",
+           "# Control traffic only: agents reach the managers' OVSDB, the operator their API (port 8080).",
+           "mgmt:", f"  network: {env('MUXLAB_MGMT_NET')}", f"  ipv4-subnet: {env('MUXLAB_MGMT_SUBNET')}",
+           "  # dynamic addresses from the lower half; managers are pinned at .201, .202, ...",
+           f"  ipv4-range: {env('MUXLAB_MGMT_RANGE')}", "",
            "topology:", "  defaults:", "    kind: linux", f"    image: {versions.NODE_IMAGE}",
            "    # Unprivileged with explicit capabilities: enough for netlink, nftables and FRR.",
            "    privileged: false", "    cap-add: [" + ", ".join(CAPS) + "]",
            "    binds:", "      - lab.yml:/etc/muxlab/lab.yml:ro",
-           "      # live state shared by MUXes and host agents (health, drains); one per lab",
-           "      - ${MUXLAB_STORE:=store}:/var/lib/muxlab", "", "  groups:"]
+           "    env:", f"      MUXLAB_MGMT_SUBNET: {env('MUXLAB_MGMT_SUBNET')}", "", "  groups:"]
     for group, sysctls in GROUP_SYSCTLS.items():
         out.append(f"    {group}:")
         out.append(f"      labels: {{muxlab-role: {group}}}")
@@ -224,6 +235,11 @@ def render_topology(lab: Lab) -> str:
     out += ["", "  nodes:", "    edge:", "      group: edge", f"      image: {versions.ROUTER_IMAGE}",
             "      binds:", "        - configs/edge/frr.conf:/etc/frr/frr.conf:ro",
             "        - configs/edge/edge.nft:/etc/muxlab/edge.nft:ro"]
+    for i, name in enumerate(lab.managers, start=1):
+        out += [f"    {name}:", "      group: manager", f"      mgmt-ipv4: {env('MUXLAB_MGMT_PREFIX')}.{200 + i}",
+                "      binds:", "        - lab.yml:/etc/muxlab/lab.yml:ro",
+                "        # the load balancers a new cluster starts with (manager1 stores them once)",
+                "        - loadbalancers.yml:/etc/muxlab/loadbalancers.yml:ro"]
     for m in lab.muxes:
         out += [f"    {m.name}:", "      group: mux", "      binds:",
                 f"        - configs/{m.name}/exabgp.conf:/etc/exabgp/exabgp.conf:ro"]
@@ -238,18 +254,18 @@ def render_topology(lab: Lab) -> str:
 
 def render_edge_nft(lab: Lab) -> str:
     """Ingress filtering on the edge's internet ports (BCP 38): nothing from the internet may
-    claim a lab-internal source (underlay, VM subnets) or a VIP. DSR over tunnels cannot run
+    claim a lab-internal source (underlay, VM subnets) or a public VIP (the whole range:
+    VIPs come and go with the load balancers, this file is static). DSR over tunnels cannot run
     strict reverse-path filtering inside the lab (seed 004); this is the filter it can keep."""
     internet = ", ".join(f'"{edge_port(lab, c.name)}"' for c in lab.clients)
     internal = [m.underlay.network for m in lab.muxes] + [h.underlay.network for h in lab.hosts] + [h.vm_subnet for h in lab.hosts]
     internal_txt = ", ".join(str(n) for n in ipaddress.collapse_addresses(internal))
-    vips = ", ".join(str(v.address) for v in lab.vips)
     return GENERATED + "\n".join([
         "table ip muxlab_edge", "delete table ip muxlab_edge", "table ip muxlab_edge {",
         "  counter spoofed_from_internet {}",
         f"  set internet_ports {{ type ifname; elements = {{ {internet} }}; }}",
         f"  set internal {{ type ipv4_addr; flags interval; elements = {{ {internal_txt} }}; }}",
-        f"  set vips {{ type ipv4_addr; elements = {{ {vips} }}; }}" if vips else "  set vips { type ipv4_addr; }",
+        f"  set vips {{ type ipv4_addr; flags interval; elements = {{ {lab.public_vips} }}; }}",
         "  chain forward {", "    type filter hook forward priority filter; policy accept;",
         "    iifname @internet_ports ip saddr @internal counter name spoofed_from_internet drop",
         "    iifname @internet_ports ip saddr @vips counter name spoofed_from_internet drop",

@@ -6,10 +6,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from . import versions
-from .errors import MuxlabError
+from .. import versions
+from ..errors import MuxlabError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HOST_CA_BUNDLES = ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"]
 
 
@@ -68,7 +68,7 @@ def _context(kind: str) -> tempfile.TemporaryDirectory:
         src = ctx / "src"
         src.mkdir()
         shutil.copy(REPO / "pyproject.toml", src)
-        for pkg in ("muxlab", "mux", "hostagent"):
+        for pkg in ("muxlab", "mux", "hostagent", "manager"):
             shutil.copytree(REPO / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return tmp
 

@@ -1,4 +1,5 @@
-"""Deploy, destroy and inspect a lab: containerlab and docker as subprocesses."""
+"""Deploy, destroy and inspect a lab: containerlab and docker as subprocesses, the managers'
+API for the load balancers and what the agents report."""
 from __future__ import annotations
 
 import ipaddress
@@ -10,18 +11,20 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from . import versions
-from .errors import MuxlabError
-from .model import Lab, load_lab
-from .render import GENERATED, render_lab_files
+from .. import versions
+from ..errors import MuxlabError
+from ..model.conventions import API_PORT
+from ..model.fabric import Lab, load_lab
+from ..model.render import GENERATED, MGMT_DEFAULTS, render_lab_files
+from .api import Api
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_TOPOLOGY = REPO / "containerlab" / "muxlab.clab.yml"
 
 
 @dataclass(frozen=True)
 class LabRef:
-    """A deployed (or deployable) lab: its topology file, model and name."""
+    """A deployed (or deployable) lab: its topology file, fabric and name."""
     topology: Path
     name: str
     lab: Lab
@@ -30,24 +33,51 @@ class LabRef:
     def folder(self) -> Path:
         return self.topology.parent
 
-    @cached_property
-    def store(self) -> Path:
-        """The lab's live-state directory: where its running nodes have it mounted (a lab
-        deployed with plain containerlab uses the topology's `store/`), else where `muxlab up`
-        will put it."""
-        for node in ("edge", *(m.name for m in self.lab.muxes)):
-            proc = subprocess.run(["docker", "inspect", "-f", '{{range .Mounts}}{{if eq .Destination "/var/lib/muxlab"}}'
-                                   '{{.Source}}{{end}}{{end}}', self.container(node)], capture_output=True, text=True)
-            if proc.returncode == 0 and proc.stdout.strip():
-                return Path(proc.stdout.strip())
-        return self.default_store
-
     @property
-    def default_store(self) -> Path:
-        return self.folder / ".labs" / self.name / "store"
+    def state_dir(self) -> Path:
+        """The operator's notes about this lab (faults injected); never seen by its nodes."""
+        return self.folder / ".labs" / self.name
 
     def container(self, node: str) -> str:
         return f"clab-{self.name}-{node}"
+
+    @property
+    def mgmt_network(self) -> str:
+        return MGMT_DEFAULTS["MUXLAB_MGMT_NET"] + ("" if self.name == DEFAULT_LAB_NAME else f"-{self.name}")
+
+    def manager_urls(self) -> list[str]:
+        """The managers' API, at their management addresses (as Docker gave them)."""
+        urls = []
+        for m in self.lab.managers:
+            proc = subprocess.run(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+                                   self.container(m)], capture_output=True, text=True)
+            addr = proc.stdout.split()[0] if proc.returncode == 0 and proc.stdout.split() else None
+            if addr:
+                urls.append(f"http://{addr}:{API_PORT}")
+        return urls
+
+    def api(self, timeout: float = 15.0) -> Api:
+        return Api(self.manager_urls(), timeout)
+
+
+DEFAULT_LAB_NAME = "muxlab"
+
+
+def mgmt_env(ref: LabRef) -> dict[str, str]:
+    """The management network of a lab: the topology's defaults for the default lab (so plain
+    containerlab deploys the same thing), else the first free 172.30.N.0/24."""
+    if ref.name == DEFAULT_LAB_NAME:
+        return dict(MGMT_DEFAULTS)
+    used = set()
+    for net in run(["docker", "network", "ls", "-q"]).stdout.split():
+        proc = run(["docker", "network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", net], check=False)
+        used |= set(proc.stdout.split())
+    for n in range(2, 255):
+        subnet = f"172.30.{n}.0/24"
+        if subnet not in used:
+            return {"MUXLAB_MGMT_NET": ref.mgmt_network, "MUXLAB_MGMT_SUBNET": subnet,
+                    "MUXLAB_MGMT_RANGE": f"172.30.{n}.0/25", "MUXLAB_MGMT_PREFIX": f"172.30.{n}"}
+    raise MuxlabError("no free /24 left in 172.30.0.0/16 for the lab's management network")
 
 
 def resolve(topology: str | Path | None, name: str | None) -> LabRef:
@@ -56,7 +86,7 @@ def resolve(topology: str | Path | None, name: str | None) -> LabRef:
         raise MuxlabError(f"topology {topo}: no such file")
     model = topo.parent / "lab.yml"
     if not model.is_file():
-        raise MuxlabError(f"topology {topo}: its lab model {model} is missing")
+        raise MuxlabError(f"topology {topo}: its fabric {model} is missing")
     lab = load_lab(model)  # raises ModelError naming field and value: nothing deployed
     return LabRef(topo, name or lab.name, lab)
 
@@ -120,11 +150,7 @@ def up(ref: LabRef, wait: float = 180) -> None:
     if ref.topology.read_text().startswith(GENERATED):
         for path in render_folder(ref.folder):
             print(f"muxlab: re-rendered {path.relative_to(ref.folder)} from lab.yml")
-    store = ref.default_store
-    if store.exists():
-        shutil.rmtree(store)
-    store.mkdir(parents=True)
-    env = dict(__import__("os").environ, MUXLAB_STORE=str(store))
+    env = dict(__import__("os").environ, **mgmt_env(ref))
     print(f"muxlab: deploying lab {ref.name!r} from {ref.topology}", flush=True)
     proc = run(["containerlab", "deploy", "-t", str(ref.topology), "--name", ref.name], timeout=900, check=False, env=env)
     if proc.returncode != 0:
@@ -134,18 +160,13 @@ def up(ref: LabRef, wait: float = 180) -> None:
 
 
 def down(ref: LabRef) -> None:
-    store = ref.store  # ask the running nodes before they go
     if shutil.which("containerlab"):
         run(["containerlab", "destroy", "-t", str(ref.topology), "--name", ref.name, "--cleanup"], timeout=300, check=False)
     # containerlab removes what it knows; make sure nothing of this lab is left either way
     for c in containers(ref.name):
         run(["docker", "rm", "-f", c["container"]], check=False)
-    shutil.rmtree(ref.folder / ".labs" / ref.name, ignore_errors=True)
-    # a lab deployed with plain containerlab keeps its store in the topology's folder: empty it
-    if store.is_dir():
-        for entry in store.iterdir():
-            if entry.name != ".gitignore":
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    run(["docker", "network", "rm", ref.mgmt_network], check=False)
+    shutil.rmtree(ref.state_dir, ignore_errors=True)
     shutil.rmtree(ref.folder / f"clab-{ref.name}", ignore_errors=True)
 
 
@@ -166,12 +187,15 @@ def bgp_sessions(ref: LabRef) -> dict[str, str]:
         m.name: "Down" for m in ref.lab.muxes if str(m.address) not in peers}
 
 
-def vip_nexthops(ref: LabRef) -> dict[str, list[str]]:
-    """VIP -> MUX names its kernel route on the edge points to (empty: no route)."""
+def vip_nexthops(ref: LabRef, vips: list[str] | None = None) -> dict[str, list[str]]:
+    """VIP -> MUX names its kernel route on the edge points to (empty: no route). `vips`:
+    the frontend addresses to report (default: every one the managers hold)."""
+    if vips is None:
+        vips = frontends(ref.api().load_balancers())
     proc = docker_exec(ref, "edge", ["ip", "-j", "route", "show", "proto", "bgp"], check=False)
     routes = json.loads(proc.stdout or "[]") if proc.returncode == 0 else []
     by_addr = {str(m.address): m.name for m in ref.lab.muxes}
-    out = {str(v.address): [] for v in ref.lab.vips}
+    out = {v: [] for v in vips}
     for r in routes:
         dst = r.get("dst", "")
         if dst not in out:
@@ -193,30 +217,85 @@ def mux_tables(ref: LabRef, running: set[str]) -> dict[str, str | None]:
     return out
 
 
-def probes(ref: LabRef) -> dict:
-    """Per VM: its host's liveness and each probe's state, as the host agents report them."""
-    from .state import fresh_hosts, health_reports
-    reports = health_reports(ref.store)
-    alive = fresh_hosts(reports, time.time())
-    out = {}
-    for vm in ref.lab.vms:
-        states = reports.get(vm.host, {}).get("vms", {}).get(vm.name, {})
-        out[vm.name] = {"host": vm.host, "host_alive": vm.host in alive,
-                        "probes": {p: {"up": st["up"], "fail_streak": st["fail_streak"], "ok_streak": st["ok_streak"],
-                                       "last_error": st["last_error"]} for p, st in states.items()}}
+def frontends(lbs: dict[str, dict], with_rules: bool = False) -> list[str]:
+    """Frontend addresses of load balancers as the API returns them (with_rules: only those
+    some load-balancing rule uses, the ones MUXes announce while a backend is up)."""
+    out = set()
+    for lb in lbs.values():
+        p = lb["properties"]
+        used = {r["properties"]["frontendIPConfiguration"]["id"].rstrip("/").split("/")[-1]
+                for r in p.get("loadBalancingRules", [])}
+        for fe in p["frontendIPConfigurations"]:
+            if with_rules and fe["name"] not in used:
+                continue
+            fp = fe["properties"]
+            addr = fp.get("privateIPAddress") or fp.get("publicIPAddress", {}).get("properties", {}).get("ipAddress")
+            if addr:
+                out.add(addr)
+    return sorted(out, key=ipaddress.IPv4Address)
+
+
+def vip_address(lbs: dict[str, dict], vip: str) -> tuple[str, str]:
+    """(load balancer, address) for a load balancer's name or one of its frontend addresses."""
+    for name, lb in sorted(lbs.items()):
+        addrs = frontends({name: lb})
+        if vip == name and addrs:
+            return name, addrs[0]
+        if vip in addrs:
+            return name, vip
+    known = ", ".join(f"{n} ({', '.join(frontends({n: lb}))})" for n, lb in sorted(lbs.items()))
+    raise MuxlabError(f"unknown VIP {vip!r}: give a load balancer's name or frontend address; known: {known or 'none'}")
+
+
+def manager_view(ref: LabRef) -> dict:
+    """Each manager's Raft role (or why it does not answer) and the managers' status."""
+    out = {"managers": {}, "status": None}
+    for m, url in zip(ref.lab.managers, ref.manager_urls()):
+        try:
+            out["managers"][m] = {"url": url, **Api([url], timeout=3).get("/cluster")}
+        except MuxlabError as exc:
+            out["managers"][m] = {"url": url, "role": None, "status": f"not answering ({exc})"[:120]}
+    try:
+        out["status"] = ref.api(timeout=5).get("/status")
+    except MuxlabError:
+        pass
     return out
+
+
+def probes(ref: LabRef, status: dict | None) -> dict:
+    """Per VM: its host's liveness and each probe's state, as the host agents report them."""
+    if not status:
+        return {}
+    now = status["now"]
+    alive = {h["name"] for h in status["hosts"] if now - (h["synced_at"] or 0) <= 3.0}
+    by_vm: dict[str, dict] = {}
+    for h in status["health"]:
+        by_vm.setdefault(h["vm"], {})[h["probe"]] = {"up": h["up"], "last_error": h["reason"]}
+    return {vm.name: {"host": vm.host, "host_alive": vm.host in alive, "probes": by_vm.get(vm.name, {})}
+            for vm in ref.lab.vms}
 
 
 def status(ref: LabRef) -> dict:
     nodes = containers(ref.name)
     running = {c["node"] for c in nodes if c["state"] == "running"}
+    mv = manager_view(ref) if any(m in running for m in ref.lab.managers) else {"managers": {}, "status": None}
+    st = mv["status"]
+    urls = [m["url"] for m in mv["managers"].values() if m.get("role")]
     result = {"lab": ref.name, "topology": str(ref.topology), "nodes": nodes, "bgp": {}, "vips": {},
-              "drained": sorted(p.name for p in (ref.store / "drain").glob("*")),
-              "faults": sorted(p.stem for p in (ref.store / "faults").glob("*.json")),
-              "probes": probes(ref), "mux_tables": mux_tables(ref, running)}
+              "manager_url": urls[0] if urls else None, "managers": mv["managers"],
+              "load_balancers": st["load_balancers"] if st else [], "nb_cfg": st["nb_cfg"] if st else None,
+              "agents": ({m["name"]: {"role": "mux", "nb_cfg": m["nb_cfg"], "synced_at": m["synced_at"]} for m in st["muxes"]}
+                         | {h["name"]: {"role": "host", "nb_cfg": h["nb_cfg"], "synced_at": h["synced_at"]}
+                            for h in st["hosts"]}) if st else {},
+              "drained": sorted(m["name"] for m in st["muxes"] if m["drained"]) if st else [],
+              "faults": sorted(p.stem for p in (ref.state_dir / "faults").glob("*.json")),
+              "probes": probes(ref, st), "mux_tables": mux_tables(ref, running)}
     if "edge" in running:
         result["bgp"] = bgp_sessions(ref)
-        result["vips"] = vip_nexthops(ref)
+        try:
+            result["vips"] = vip_nexthops(ref)
+        except MuxlabError:
+            result["vips"] = {}
     return result
 
 
@@ -224,11 +303,18 @@ def wait_converged(ref: LabRef, timeout: float) -> dict:
     """Until every node runs, every MUX session is up and every VIP has one next hop per MUX."""
     deadline = time.monotonic() + timeout
     want = sorted(m.name for m in ref.lab.muxes)
+    agents = want + [h.name for h in ref.lab.hosts]
     while True:
         st = status(ref)
+        announced = []
+        try:
+            announced = frontends(ref.api(timeout=5).load_balancers(), with_rules=True)
+        except MuxlabError:
+            pass
         ok = (len(st["nodes"]) == len(ref.lab.node_names()) and all(n["state"] == "running" for n in st["nodes"])
+              and st["nb_cfg"] and all(st["agents"].get(a, {}).get("nb_cfg", -1) >= st["nb_cfg"] for a in agents)
               and all(st["bgp"].get(m) == "Established" for m in want)
-              and all(h == want for h in st["vips"].values()))
+              and all(st["vips"].get(v) == want for v in announced))
         if ok:
             return st
         if time.monotonic() > deadline:
@@ -239,6 +325,20 @@ def wait_converged(ref: LabRef, timeout: float) -> dict:
 def format_status(st: dict) -> str:
     lines = [f"lab {st['lab']}  ({st['topology']})", "", f"{'NODE':<10} {'CONTAINER':<28} STATE"]
     lines += [f"{n['node']:<10} {n['container']:<28} {n['state']}" for n in st["nodes"]] or ["(no containers)"]
+    if st.get("managers"):
+        lines += ["", f"{'MANAGER':<10} {'API':<28} RAFT ROLE"]
+        for m, info in st["managers"].items():
+            role = info.get("role") or "-"
+            leader = "  (leader: self)" if info.get("leader") == "self" else ""
+            lines.append(f"{m:<10} {info['url']:<28} {role}{leader}{'' if info.get('role') else '  ' + str(info.get('status'))}")
+        lines.append(f"load balancers: {', '.join(st['load_balancers']) or '(none)'}   configuration nb_cfg {st['nb_cfg']}")
+    if st.get("agents"):
+        now = time.time()
+        lines += ["", f"{'AGENT':<10} {'ROLE':<6} LAST SYNC (configuration applied)"]
+        for a, info in sorted(st["agents"].items()):
+            ago = f"{now - info['synced_at']:.1f} s ago" if info.get("synced_at") else "never"
+            behind = "" if info["nb_cfg"] >= (st["nb_cfg"] or 0) else f"  BEHIND (at {info['nb_cfg']})"
+            lines.append(f"{a:<10} {info['role']:<6} {ago}, nb_cfg {info['nb_cfg']}{behind}")
     if st["bgp"]:
         lines += ["", f"{'MUX':<10} BGP SESSION ON THE EDGE"]
         lines += [f"{m:<10} {s}" for m, s in sorted(st["bgp"].items())]
@@ -261,21 +361,3 @@ def format_status(st: dict) -> str:
     if st.get("faults"):
         lines += ["", "injected faults (muxlab heal NODE): " + ", ".join(st["faults"])]
     return "\n".join(lines)
-
-
-def apply_model(ref: LabRef, model_path: str | Path) -> Lab:
-    """Validate a new LB model and hand it to the running lab's MUXes and host agents.
-
-    Only the load-balancer part (VIPs, rules, pools, probes, hashing) can change live; nodes
-    and addressing are the topology and need a redeploy. Nothing is written unless valid."""
-    new = load_lab(model_path)
-    old = ref.lab
-    for attr in ("muxes", "hosts", "vms", "clients", "vni", "edge_asn", "mux_asn"):
-        if getattr(new, attr) != getattr(old, attr):
-            raise MuxlabError(f"{model_path}: field {attr!r} differs from the deployed lab's; "
-                              "nodes and addressing need `muxlab down` and `muxlab up`")
-    if not containers(ref.name):
-        raise MuxlabError(f"lab {ref.name!r} is not running")
-    from .state import write_atomic
-    write_atomic(ref.store / "lab.yml", Path(model_path).read_text())
-    return new

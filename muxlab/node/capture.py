@@ -1,4 +1,4 @@
-"""Summarise a pcap as JSON, inside a lab container: `python -m muxlab.capture FILE`.
+"""Summarise a pcap as JSON, inside a lab container: `python -m muxlab.node.capture FILE`.
 
 One record per IPv4 packet: outer addresses and ports, and for VXLAN the VNI, the inner
 Ethernet destination and the inner IPv4/L4 header. Tests and people read headers, not text.

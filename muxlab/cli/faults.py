@@ -1,6 +1,6 @@
 """Fault injection: `muxlab fail NODE --mode ...` and `muxlab heal NODE`.
 
-Each fault is recorded in the lab's store (faults/NODE.json) so `heal` knows what to undo.
+Each fault is recorded on the operator's machine (.labs/LAB/faults/NODE.json) so `heal` knows what to undo.
 Modes:
   kill          docker kill: the container and its links vanish (heal: docker start, then
                 `containerlab tools veth create` re-plugs each of its links)
@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import json
 
-from .errors import MuxlabError
+from ..errors import MuxlabError
 from .lab import LabRef, containers, docker_exec, run
-from .render import links
-from .state import write_atomic
+from ..model.render import links
+from ..node.runtime import write_atomic
 
 MODES = ("kill", "pause", "link-down", "stop-service", "crash")
-SERVICE = {"vm": "vm-service", "mux": "exabgp", "host": "host-agent"}
+SERVICE = {"vm": "vm-service", "mux": "exabgp", "host": "host-agent", "manager": "ovsdb-server"}
 
 
 def _record(ref: LabRef, node: str):
-    return ref.store / "faults" / f"{node}.json"
+    return ref.state_dir / "faults" / f"{node}.json"
 
 
 def fail(ref: LabRef, node: str, mode: str) -> str:
@@ -58,8 +58,9 @@ def fail(ref: LabRef, node: str, mode: str) -> str:
         did, undo = f"stopped {svc} on {node} and hold it down", f"muxlab heal {node}   (the supervisor starts it again)"
     else:
         svc = SERVICE[role]
-        docker_exec(ref, node, ["pkill", "-9", "-f", {"exabgp": "exabgp", "vm-service": "muxlab.vmservice",
-                                                     "host-agent": "hostagent.agent"}[svc]], check=False)
+        docker_exec(ref, node, ["pkill", "-9", "-f", {"exabgp": "exabgp", "vm-service": "muxlab.node.vmservice",
+                                                     "host-agent": "hostagent.agent", "ovsdb-server": "ovsdb-server"}[svc]],
+                    check=False)
         return f"crashed {svc} on {node} (kill -9); its supervisor restarts it within a second. Nothing to heal."
     write_atomic(rec, json.dumps({"mode": mode}))
     return f"{did}.\nundo: {undo}"
@@ -91,11 +92,8 @@ def heal(ref: LabRef, node: str) -> str:
 def drain(ref: LabRef, mux: str, on: bool) -> str:
     if ref.lab.role_of(mux) != "mux":
         raise MuxlabError(f"{mux} is a {ref.lab.role_of(mux)}; only MUXes drain")
-    flag = ref.store / "drain" / mux
+    ref.api().put(f"/muxes/{mux}", {"drained": on})
     if on:
-        flag.parent.mkdir(parents=True, exist_ok=True)
-        flag.touch()
         return (f"{mux} drained: it withdraws its VIPs; the edge moves its flows to the other MUXes, which map them to "
                 f"the same DIPs.\nundo: muxlab undrain {mux}")
-    flag.unlink(missing_ok=True)
     return f"{mux} undrained: it announces its VIPs again"

@@ -13,7 +13,7 @@ import hashlib
 from collections import Counter
 from typing import Mapping, Sequence
 
-from .model import is_prime
+from .fabric import is_prime
 
 
 def _h(data: str, salt: bytes) -> int:

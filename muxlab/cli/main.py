@@ -5,12 +5,12 @@ import argparse
 import json
 import sys
 
-from .errors import MuxlabError
-from .model import ModelError
+from ..errors import MuxlabError
+from ..model.fabric import ModelError
 
 
 def _lab_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--topology", "-t", help="containerlab topology (default: containerlab/muxlab.clab.yml); its lab.yml is the model")
+    p.add_argument("--topology", "-t", help="containerlab topology (default: containerlab/muxlab.clab.yml); its lab.yml is the fabric")
     p.add_argument("--name", help="lab name (default: the model's name); containers are clab-NAME-NODE")
 
 
@@ -60,11 +60,37 @@ def cmd_status(a) -> None:
 
 
 def cmd_apply(a) -> None:
-    from . import lab
+    from . import lab, tenant
+    print(tenant.apply(lab.resolve(a.topology, a.name), a.file, a.yes, a.prune))
+
+
+def cmd_lb(a) -> None:
+    from . import lab, tenant
     ref = lab.resolve(a.topology, a.name)
-    new = lab.apply_model(ref, a.model)
-    print(f"applied {a.model} to lab {ref.name!r}: {len(new.vips)} VIPs, "
-          f"{sum(len(v.rules) for v in new.vips)} rules; MUXes and host agents reprogram within a second")
+    print({"list": lambda: tenant.lb_list(ref), "show": lambda: tenant.lb_show(ref, a.lb),
+           "delete": lambda: tenant.lb_delete(ref, a.lb)}[a.lb_cmd]())
+
+
+def cmd_pool(a) -> None:
+    from . import lab, tenant
+    print(tenant.pool_change(lab.resolve(a.topology, a.name), a.lb, a.pool, a.vms, add=a.pool_cmd == "add"))
+
+
+def cmd_backend(a) -> None:
+    from . import lab, tenant
+    state = "Down" if a.backend_cmd == "drain" else "None"
+    print(tenant.admin_state(lab.resolve(a.topology, a.name), a.lb, a.vm, state, a.pool))
+
+
+def cmd_swap(a) -> None:
+    from . import lab, tenant
+    print(tenant.swap(lab.resolve(a.topology, a.name), a.lb_a, a.lb_b))
+
+
+def cmd_health(a) -> None:
+    from . import lab, tenant
+    h = tenant.health(lab.resolve(a.topology, a.name), a.lb, a.rule)
+    print(json.dumps(h, indent=2) if a.json else tenant.format_health(h))
 
 
 def cmd_fail(a) -> None:
@@ -101,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = isub.add_parser("build", help="build base (if needed), router and node images")
     b.add_argument("--no-cache", action="store_true", help="rebuild every layer")
     b.set_defaults(fn=cmd_images)
-    p = sub.add_parser("render", help="re-render the topology and configs from lab.yml")
+    p = sub.add_parser("render", help="re-render the topology and configs from lab.yml (the fabric)")
     p.add_argument("--topology", "-t")
     p.set_defaults(fn=cmd_render)
     p = sub.add_parser("up", help="deploy a lab and wait until BGP/ECMP converged")
@@ -115,10 +141,49 @@ def build_parser() -> argparse.ArgumentParser:
     _lab_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_status)
-    p = sub.add_parser("apply", help="validate a changed lab model and apply its VIPs/rules/pools live")
-    p.add_argument("model", help="lab model YAML (same nodes and addressing as the running lab)")
+    p = sub.add_parser("apply", help="show the difference, then create or replace the file's load balancers live")
+    p.add_argument("file", help="load balancers: YAML or JSON (muxlab's loadBalancers file, one LB, or an ARM template)")
+    p.add_argument("--yes", "-y", action="store_true", help="apply without asking (scripts)")
+    p.add_argument("--prune", action="store_true", help="also delete load balancers the file does not name")
     _lab_args(p)
     p.set_defaults(fn=cmd_apply)
+    p = sub.add_parser("lb", help="list, show or delete load balancers")
+    lsub = p.add_subparsers(dest="lb_cmd", required=True)
+    for verb in ("list", "show", "delete"):
+        q = lsub.add_parser(verb)
+        if verb != "list":
+            q.add_argument("lb")
+        _lab_args(q)
+        q.set_defaults(fn=cmd_lb)
+    p = sub.add_parser("pool", help="scale a backend pool out (add) or in (remove)")
+    psub = p.add_subparsers(dest="pool_cmd", required=True)
+    for verb in ("add", "remove"):
+        q = psub.add_parser(verb)
+        q.add_argument("lb")
+        q.add_argument("pool")
+        q.add_argument("vms", nargs="+", metavar="VM", help="VM name or address")
+        _lab_args(q)
+        q.set_defaults(fn=cmd_pool)
+    p = sub.add_parser("backend", help="adminState of a backend: drain (Down: no new flows) or undrain")
+    bsub = p.add_subparsers(dest="backend_cmd", required=True)
+    for verb in ("drain", "undrain"):
+        q = bsub.add_parser(verb)
+        q.add_argument("lb")
+        q.add_argument("vm")
+        q.add_argument("--pool", help="only in this pool (default: every pool of the LB that has it)")
+        _lab_args(q)
+        q.set_defaults(fn=cmd_backend)
+    p = sub.add_parser("swap", help="VIP swap: two load balancers exchange their frontends")
+    p.add_argument("lb_a")
+    p.add_argument("lb_b")
+    _lab_args(p)
+    p.set_defaults(fn=cmd_swap)
+    p = sub.add_parser("health", help="per backend of a rule: Up or Down, and why")
+    p.add_argument("lb")
+    p.add_argument("rule")
+    p.add_argument("--json", action="store_true")
+    _lab_args(p)
+    p.set_defaults(fn=cmd_health)
     from .faults import MODES
     p = sub.add_parser("fail", help="inject a fault: kill, pause, link-down, stop-service or crash a node")
     p.add_argument("node")

@@ -3,24 +3,28 @@ from __future__ import annotations
 
 import json
 
-from .errors import MuxlabError
-from .lab import LabRef, docker_exec
+from ..errors import MuxlabError
+from ..model.compiled import compile_services
+from ..model.service import LoadBalancer
+from .lab import LabRef, docker_exec, vip_address
 
 
 def run_flows(ref: LabRef, source: str, vip: str, port: int, flows: int, udp: bool = False,
               sport: int = 0, timeout: float = 2.0, keep_results: bool = False) -> dict:
     if ref.lab.role_of(source) not in ("client", "vm"):
         raise MuxlabError(f"--from {source}: traffic starts at a client (or a VM), not a {ref.lab.role_of(source)}")
-    v = ref.lab.vip(vip)  # KeyError names the known VIPs
+    lbs = ref.api().load_balancers()
+    lb, address = vip_address(lbs, vip)  # names the known VIPs when unknown
+    rules = [r for r in compile_services({lb: LoadBalancer.model_validate(lbs[lb])}, ref.lab).rules if str(r.vip) == address]
     proto = "udp" if udp else "tcp"
-    if not any(r.protocol == proto and r.port == port for r in v.rules):
-        rules = ", ".join(f"{r.protocol}/{r.port}" for r in v.rules)
-        raise MuxlabError(f"--port {port}: VIP {v.name} ({v.address}) has no {proto} rule on that port (rules: {rules})")
-    argv = ["python", "-m", "muxlab.flows", "--vip", str(v.address), "--port", str(port), "--flows", str(flows),
+    if not any(r.protocol == proto and r.port == port for r in rules):
+        have = ", ".join(f"{r.protocol}/{r.port}" for r in rules) or "none"
+        raise MuxlabError(f"--port {port}: VIP {lb} ({address}) has no {proto} rule on that port (rules: {have})")
+    argv = ["python", "-m", "muxlab.node.flows", "--vip", address, "--port", str(port), "--flows", str(flows),
             "--timeout", str(timeout)] + (["--udp"] if udp else []) + (["--sport", str(sport)] if sport else [])
     proc = docker_exec(ref, source, argv, timeout=60 + flows * timeout)
     result = json.loads(proc.stdout)
-    result["vip_name"] = v.name
+    result["vip_name"] = lb
     result["from"] = source
     dips = {vm.name: str(vm.ip) for vm in ref.lab.vms}
     result["dips"] = {name: dips.get(name, "?") for name in result["by_dip"]}

@@ -1,6 +1,6 @@
 """Traffic generator that runs inside a client container: opens N flows to VIP:port and
 reports which backend answered each. Invoked by `muxlab traffic` and the tests as
-`python -m muxlab.flows ...`; prints one JSON document.
+`python -m muxlab.node.flows ...`; prints one JSON document.
 
 Each TCP flow: connect (own source port), send a line, read the VM's name, close with RST
 (no TIME_WAIT, so a test can reuse a source port). Each UDP flow: its own socket and source

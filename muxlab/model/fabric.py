@@ -1,22 +1,23 @@
-"""The lab model: nodes, addressing and the load-balancer model (VIPs, rules, pools, probes).
+"""The fabric: the lab's nodes and addressing (edge, managers, MUXes, hosts, VMs, clients).
 
-Pure logic only: parse a YAML mapping, validate every field, return frozen dataclasses.
-Every error names the field path and the offending value; a model with any error is
-rejected whole, so nothing downstream ever sees a half-valid model.
+The load balancers are not here: they are the tenant's configuration, held by the manager
+(muxlab.model.service). Pure logic only: parse a YAML mapping, validate every field, return
+frozen dataclasses. Every error names the field path and the offending value; a file with
+any error is rejected whole, so nothing downstream ever sees a half-valid fabric.
 """
 from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .conventions import dip_mac
+
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
-PROTOCOLS = ("tcp", "udp")
-PROBE_PROTOCOLS = ("tcp", "http")
 # Documentation ranges: the only "internet" addresses the lab may use (RFC 5737).
 DOC_RANGES = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
 
@@ -24,10 +25,14 @@ DOC_RANGES = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100
 class ModelError(ValueError):
     """A model that failed validation; `problems` lists (field path, value, message)."""
 
-    def __init__(self, problems: list[tuple[str, Any, str]]):
+    what = "lab model"
+
+    def __init__(self, problems: list[tuple[str, Any, str]], what: str | None = None):
         self.problems = problems
+        if what:
+            self.what = what
         lines = [f"{path}: {value!r}: {msg}" for path, value, msg in problems]
-        super().__init__("invalid lab model:\n  " + "\n  ".join(lines))
+        super().__init__(f"invalid {self.what}:\n  " + "\n  ".join(lines))
 
 
 @dataclass(frozen=True)
@@ -90,36 +95,6 @@ class Client:
 
 
 @dataclass(frozen=True)
-class Probe:
-    name: str
-    protocol: str
-    port: int
-    path: str = "/"
-    interval: float = 1.0
-    timeout: float = 0.5
-    unhealthy_threshold: int = 2
-    healthy_threshold: int = 2
-
-
-@dataclass(frozen=True)
-class Rule:
-    name: str
-    protocol: str
-    port: int           # frontend port on the VIP
-    backend_port: int   # port on the DIP (equal to port with floating IP)
-    pool: str
-    floating_ip: bool = False
-    probe: str | None = None
-
-
-@dataclass(frozen=True)
-class Vip:
-    name: str
-    address: ipaddress.IPv4Address
-    rules: tuple[Rule, ...]
-
-
-@dataclass(frozen=True)
 class Lab:
     name: str
     edge_asn: int
@@ -132,13 +107,13 @@ class Lab:
     vni: int
     hash_seed: int
     table_size: int | None  # None: per pool, the smallest prime >= 100 x backends
+    managers: tuple[str, ...]
     muxes: tuple[Mux, ...]
     hosts: tuple[Host, ...]
     vms: tuple[VM, ...]
     clients: tuple[Client, ...]
-    pools: dict[str, tuple[str, ...]] = field(hash=False)
-    probes: dict[str, Probe] = field(hash=False)
-    vips: tuple[Vip, ...] = ()
+    public_vips: ipaddress.IPv4Network = DOC_RANGES[2]   # where public frontends come from
+    vnet: ipaddress.IPv4Network = ipaddress.IPv4Network("10.1.0.0/16")  # internal frontends, VM subnets
 
     def vm(self, name: str) -> VM:
         return next(v for v in self.vms if v.name == name)
@@ -146,32 +121,29 @@ class Lab:
     def host(self, name: str) -> Host:
         return next(h for h in self.hosts if h.name == name)
 
-    def vip(self, name_or_address: str) -> Vip:
-        for v in self.vips:
-            if name_or_address in (v.name, str(v.address)):
-                return v
-        known = ", ".join(f"{v.name} ({v.address})" for v in self.vips)
-        raise KeyError(f"unknown VIP {name_or_address!r}; known VIPs: {known}")
-
     def vms_on(self, host: str) -> tuple[VM, ...]:
         return tuple(v for v in self.vms if v.host == host)
 
-    def pool_dips(self, pool: str) -> tuple[VM, ...]:
-        return tuple(self.vm(n) for n in self.pools[pool])
+    def vm_by_ip(self, ip: ipaddress.IPv4Address | str) -> VM | None:
+        ip = ipaddress.IPv4Address(ip)
+        return next((v for v in self.vms if v.ip == ip), None)
 
     def node_names(self) -> list[str]:
-        return ["edge"] + [n.name for group in (self.muxes, self.hosts, self.vms, self.clients) for n in group]
+        return ["edge", *self.managers] + [n.name for group in (self.muxes, self.hosts, self.vms, self.clients) for n in group]
 
     def role_of(self, name: str) -> str:
         if name == "edge":
             return "edge"
+        if name in self.managers:
+            return "manager"
         for role, group in (("mux", self.muxes), ("host", self.hosts), ("vm", self.vms), ("client", self.clients)):
             if any(n.name == name for n in group):
                 return role
         raise KeyError(f"no node named {name!r} in lab {self.name!r}")
 
-    def effective_table_size(self, pool: str) -> int:
-        return self.table_size or smallest_prime_at_least(100 * max(1, len(self.pools[pool])))
+    def effective_table_size(self, pool_size: int) -> int:
+        """Maglev table size of a pool: the fabric's, or the smallest prime >= 100 x pool size."""
+        return self.table_size or smallest_prime_at_least(100 * max(1, pool_size))
 
 
 def peer_of(iface: ipaddress.IPv4Interface) -> ipaddress.IPv4Address:
@@ -184,10 +156,6 @@ def peer_of(iface: ipaddress.IPv4Interface) -> ipaddress.IPv4Address:
     else:
         raise ValueError(f"{iface} is not a point-to-point /31 or /30")
     return b if iface.ip == a else a
-
-
-def dip_mac(ip: ipaddress.IPv4Address) -> str:
-    return "02:00:" + ":".join(f"{b:02x}" for b in ip.packed)
 
 
 def is_prime(n: int) -> bool:
@@ -282,7 +250,7 @@ class _Checker:
         return self._parsed(value, path, ipaddress.IPv4Network, "must be an IPv4 network like 10.1.1.0/24 (host bits zero)")
 
 
-TOP_FIELDS = {"name", "bgp", "bfd", "overlay", "hashing", "muxes", "hosts", "vms", "clients", "probes", "pools", "vips"}
+TOP_FIELDS = {"name", "bgp", "bfd", "overlay", "hashing", "addressing", "managers", "muxes", "hosts", "vms", "clients"}
 
 
 def load_lab(path: str | Path) -> Lab:
@@ -300,7 +268,7 @@ def load_lab(path: str | Path) -> Lab:
 
 def parse_lab(raw: Any) -> Lab:
     c = _Checker()
-    top = c.mapping(raw, "", TOP_FIELDS, {"name", "muxes", "hosts", "vms", "clients", "pools", "vips"})
+    top = c.mapping(raw, "", TOP_FIELDS, {"name", "muxes", "hosts", "vms", "clients"})
     name = c.name(top.get("name"), "name") if "name" in top else None
 
     bgp = c.mapping(top.get("bgp", {}), "bgp", {"edge_asn", "mux_asn", "keepalive", "hold_time", "router_id"})
@@ -330,7 +298,20 @@ def parse_lab(raw: Any) -> Lab:
         if table_size is not None and not is_prime(table_size):
             c.bad("hashing.table_size", table_size, "must be a prime number (Maglev needs it to walk every slot)")
 
-    seen_names: dict[str, str] = {"edge": "edge"}
+    addressing = c.mapping(top.get("addressing", {}), "addressing", {"public_vips", "vnet"})
+    public_vips = c.network(addressing.get("public_vips", "203.0.113.0/24"), "addressing.public_vips")
+    if public_vips is not None and not any(public_vips.subnet_of(r) for r in DOC_RANGES):
+        c.bad("addressing.public_vips", str(public_vips), "public addresses come from the RFC 5737 ranges: "
+              + ", ".join(str(r) for r in DOC_RANGES))
+    vnet = c.network(addressing.get("vnet", "10.1.0.0/16"), "addressing.vnet")
+    if vnet is not None and not vnet.is_private:
+        c.bad("addressing.vnet", str(vnet), "the VNet is private address space (RFC 1918)")
+
+    # managers: a count; they are named manager1..N (an odd number keeps a Raft majority)
+    n_managers = c.integer(top.get("managers", 3), "managers", 1, 7)
+    managers = tuple(f"manager{i}" for i in range(1, (n_managers or 0) + 1))
+
+    seen_names: dict[str, str] = {"edge": "edge", **{m: "managers" for m in managers}}
 
     def claim(node: str | None, path: str) -> bool:
         if node is None:
@@ -384,6 +365,9 @@ def parse_lab(raw: Any) -> Lab:
             if sub.prefixlen > 29:
                 c.bad(f"{path}.vm_subnet", h.get("vm_subnet"), "must be a /29 or larger")
                 sub = None
+            elif vnet is not None and not sub.subnet_of(vnet):
+                c.bad(f"{path}.vm_subnet", h.get("vm_subnet"), f"must lie inside addressing.vnet {vnet}")
+                sub = None
             else:
                 claim_subnet(sub, f"{path}.vm_subnet", h.get("vm_subnet"))
         if ul and sub:
@@ -432,114 +416,10 @@ def parse_lab(raw: Any) -> Lab:
         claim_subnet(addr.network, f"{path}.address", cl.get("address"))
         clients.append(Client(cname, addr))
 
-    probes: dict[str, Probe] = {}
-    for pname, praw in _items(c, top.get("probes", {}), "probes"):
-        path = f"probes.{pname}"
-        if c.name(pname, path) is None:
-            continue
-        p = c.mapping(praw, path, {"protocol", "port", "path", "interval", "timeout", "unhealthy_threshold", "healthy_threshold"}, {"protocol", "port"})
-        proto = c.choice(p.get("protocol"), f"{path}.protocol", PROBE_PROTOCOLS)
-        port = c.integer(p.get("port"), f"{path}.port", 1, 65535)
-        ppath = p.get("path", "/")
-        if proto == "tcp" and "path" in p:
-            c.bad(f"{path}.path", ppath, "only http probes have a path")
-        if not isinstance(ppath, str) or not ppath.startswith("/"):
-            c.bad(f"{path}.path", ppath, "must start with '/'")
-        interval = c.number(p.get("interval", 1.0), f"{path}.interval", 0.1, 300)
-        timeout = c.number(p.get("timeout", 0.5), f"{path}.timeout", 0.05, 300)
-        if interval and timeout and timeout > interval:
-            c.bad(f"{path}.timeout", timeout, f"must not exceed the interval ({interval})")
-        unh = c.integer(p.get("unhealthy_threshold", 2), f"{path}.unhealthy_threshold", 1, 100)
-        hea = c.integer(p.get("healthy_threshold", 2), f"{path}.healthy_threshold", 1, 100)
-        if None not in (proto, port, interval, timeout, unh, hea):
-            probes[pname] = Probe(pname, proto, port, ppath, interval, timeout, unh, hea)
-
-    # references check declared names, so a VM with a bad field is reported once, not again
-    # at every pool that lists it
-    vm_names = set(top["vms"]) if isinstance(top.get("vms"), dict) else set()
-    pools: dict[str, tuple[str, ...]] = {}
-    for pname, praw in _items(c, top.get("pools"), "pools"):
-        path = f"pools.{pname}"
-        if c.name(pname, path) is None:
-            continue
-        if not isinstance(praw, list) or not praw:
-            c.bad(path, praw, "must be a non-empty list of VM names")
-            continue
-        members = []
-        for i, member in enumerate(praw):
-            if member not in vm_names:
-                c.bad(f"{path}[{i}]", member, f"no such VM (vms: {', '.join(sorted(vm_names)) or 'none'})")
-            elif member in members:
-                c.bad(f"{path}[{i}]", member, "listed twice")
-            else:
-                members.append(member)
-        pools[pname] = tuple(members)
-
-    vips = []
-    vip_addrs: dict[ipaddress.IPv4Address, str] = {}
-    for vname, vraw in _items(c, top.get("vips"), "vips"):
-        path = f"vips.{vname}"
-        if c.name(vname, path) is None:
-            continue
-        v = c.mapping(vraw, path, {"address", "rules"}, {"address", "rules"})
-        addr = c.address(v.get("address"), f"{path}.address") if "address" in v else None
-        if addr is not None:
-            if addr not in DOC_RANGES[2]:
-                c.bad(f"{path}.address", str(addr), "public VIPs come from 203.0.113.0/24 (RFC 5737)")
-            elif addr in vip_addrs:
-                c.bad(f"{path}.address", str(addr), f"already used by {vip_addrs[addr]}")
-            else:
-                vip_addrs[addr] = path
-        rules = []
-        frontends: dict[tuple[str, int], str] = {}
-        raw_rules = v.get("rules")
-        if "rules" in v and (not isinstance(raw_rules, list) or not raw_rules):
-            c.bad(f"{path}.rules", raw_rules, "must be a non-empty list of rules")
-            raw_rules = []
-        for i, rraw in enumerate(raw_rules or []):
-            rpath = f"{path}.rules[{i}]"
-            r = c.mapping(rraw, rpath, {"name", "protocol", "port", "backend_port", "pool", "floating_ip", "probe"}, {"protocol", "port", "pool"})
-            proto = c.choice(r.get("protocol"), f"{rpath}.protocol", PROTOCOLS)
-            port = c.integer(r.get("port"), f"{rpath}.port", 1, 65535)
-            fip = c.boolean(r.get("floating_ip", False), f"{rpath}.floating_ip")
-            bport = c.integer(r.get("backend_port", port), f"{rpath}.backend_port", 1, 65535) if port is not None else None
-            if fip and bport is not None and port is not None and bport != port:
-                c.bad(f"{rpath}.backend_port", bport, f"a floating-IP rule delivers the packet untouched, so backend_port must equal port ({port})")
-            pool = r.get("pool")
-            if "pool" in r and pool not in pools:
-                c.bad(f"{rpath}.pool", pool, f"no such pool (pools: {', '.join(sorted(pools)) or 'none'})")
-            probe = r.get("probe")
-            if probe is not None and probe not in probes:
-                c.bad(f"{rpath}.probe", probe, f"no such probe (probes: {', '.join(sorted(probes)) or 'none'})")
-            rname = r.get("name", f"{proto}-{port}")
-            if proto and port is not None:
-                key = (proto, port)
-                if key in frontends:
-                    c.bad(f"{rpath}.port", port, f"{proto}/{port} on this VIP is already taken by {frontends[key]}")
-                    continue
-                frontends[key] = rpath
-            if None not in (proto, port, bport) and pool in pools:
-                rules.append(Rule(str(rname), proto, port, bport, pool, fip, probe))
-        if addr is not None:
-            vips.append(Vip(vname, addr, tuple(rules)))
-
-    # A DIP may serve a port either through NAT or floating IP, never both: the host could
-    # not tell which the MUX meant.
-    backend_uses: dict[tuple[str, str, int], tuple[str, bool]] = {}
-    for vip in vips:
-        for i, rule in enumerate(vip.rules):
-            for member in pools.get(rule.pool, ()):
-                key = (member, rule.protocol, rule.backend_port)
-                prev = backend_uses.get(key)
-                if prev and prev[1] != rule.floating_ip:
-                    c.bad(f"vips.{vip.name}.rules[{i}].floating_ip", rule.floating_ip,
-                          f"{member} {rule.protocol}/{rule.backend_port} is also used by {prev[0]} with floating_ip={prev[1]}")
-                backend_uses.setdefault(key, (f"vips.{vip.name}", rule.floating_ip))
-
     if c.problems:
         raise ModelError(c.problems)
     return Lab(name, edge_asn, mux_asn, keepalive, hold, router_id, bfd_interval, bfd_mult, vni, seed, table_size,
-               tuple(muxes), tuple(hosts), tuple(vms), tuple(clients), pools, probes, tuple(vips))
+               managers, tuple(muxes), tuple(hosts), tuple(vms), tuple(clients), public_vips, vnet)
 
 
 def _items(c: _Checker, raw: Any, path: str):

@@ -8,6 +8,10 @@ TCP, on every backend and probe port the model gives this VM:
   - anything else: each chunk is answered with `<name>\\n` (long-lived flows ping through it).
 UDP, on the UDP backend ports: each datagram is answered with `<name>\\n`.
 
+It is the lab's stand-in for the tenant's application and guest configuration: it follows
+the load balancers in the managers' OVSDB (read-only), opening and closing ports and adding
+or removing floating-IP VIPs on lo as they change.
+
 UDP sockets are bound per address (the DIP and every floating-IP VIP on lo), never to
 0.0.0.0: an unconnected wildcard socket answers from the primary address, so a floating-IP
 (DSR) reply would leave from the DIP instead of the VIP and the client would drop it.
@@ -18,21 +22,14 @@ import socket
 import socketserver
 import threading
 
-from .model import load_lab
-from .state import MODEL_PATH, RUN_DIR
+from muxlab.model.compiled import guest_config
+from muxlab.model.fabric import load_lab
 
+from .desired import LB_COLUMNS, ServicesCache
+from .ovsdb import Db, manager_addresses, remotes
+from .runtime import FABRIC_PATH, RUN_DIR
 
-def ports_for(lab, vm: str) -> tuple[set[int], set[int]]:
-    tcp, udp = set(), set()
-    for vip in lab.vips:
-        for r in vip.rules:
-            if vm in lab.pools[r.pool]:
-                (tcp if r.protocol == "tcp" else udp).add(r.backend_port)
-                if r.probe:
-                    tcp.add(lab.probes[r.probe].port)
-    tcp.discard(5201)  # iperf3 owns it
-    udp.discard(5201)
-    return tcp, udp
+IPERF_PORT = 5201  # iperf3 owns it
 
 
 def make_handlers(name: str):
@@ -94,21 +91,64 @@ class UDPServer(socketserver.ThreadingUDPServer):
     daemon_threads = True
 
 
+class Guest:
+    """Keeps one server per (protocol, port, address) the current state asks for."""
+
+    def __init__(self, name: str, dip: str):
+        self.name, self.dip = name, dip
+        self.tcp_handler, self.udp_handler = make_handlers(name)
+        self.servers: dict[tuple[str, int, str], socketserver.BaseServer] = {}
+        self.loopback: set[str] = set()
+
+    def converge(self, tcp: set[int], udp: set[int], fips: list[str]) -> None:
+        self.set_loopback(set(fips))
+        want = {("tcp", p, "0.0.0.0") for p in tcp - {IPERF_PORT}}
+        want |= {("udp", p, a) for p in udp - {IPERF_PORT} for a in [self.dip, *fips]}
+        for key in sorted(set(self.servers) - want):
+            server = self.servers.pop(key)
+            threading.Thread(target=server.shutdown, daemon=True).start()
+            server.server_close()
+        for key in sorted(want - set(self.servers)):
+            proto, port, addr = key
+            try:
+                server = (TCPServer((addr, port), self.tcp_handler) if proto == "tcp"
+                          else UDPServer((addr, port), self.udp_handler))
+            except OSError as exc:
+                print(f"[vm-service {self.name}] cannot serve {proto}/{port} on {addr}: {exc}", flush=True)
+                continue
+            self.servers[key] = server
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+        print(f"[vm-service {self.name}] tcp {sorted(tcp)} udp {sorted(udp)} floating IPs {fips}", flush=True)
+
+    def set_loopback(self, want: set[str]) -> None:
+        """Floating-IP VIPs live on lo (the guest configuration Azure asks for)."""
+        from pyroute2 import IPRoute
+        if want == self.loopback:
+            return
+        with IPRoute() as ipr:
+            lo = ipr.link_lookup(ifname="lo")[0]
+            have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=lo, family=socket.AF_INET)} - {"127.0.0.1"}
+            for addr in sorted(want - have):
+                ipr.addr("add", index=lo, address=addr, prefixlen=32)
+            for addr in sorted(have - want):
+                ipr.addr("del", index=lo, address=addr, prefixlen=32)
+        self.loopback = want
+
+
 def main() -> None:
     name = socket.gethostname()
-    lab = load_lab(MODEL_PATH)
-    tcp, udp = ports_for(lab, name)
-    th, uh = make_handlers(name)
-    from .render import node_plan
-    plan = node_plan(lab, name)
-    addrs = [cidr.split("/")[0] for _, cidr in plan.addresses] + [cidr.split("/")[0] for cidr in plan.loopback]
-    servers = [TCPServer(("0.0.0.0", p), th) for p in sorted(tcp)]
-    servers += [UDPServer((a, p), uh) for p in sorted(udp) for a in addrs]
-    print(f"[vm-service {name}] tcp {sorted(tcp)} udp {sorted(udp)}", flush=True)
-    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
-    for t in threads:
-        t.start()
-    threading.Event().wait()
+    fabric = load_lab(FABRIC_PATH)
+    guest = Guest(name, str(fabric.vm(name).ip))
+    db = Db(remotes(manager_addresses(len(fabric.managers))), LB_COLUMNS)
+    compiled = ServicesCache(fabric)
+    applied = None
+    while True:
+        db.wait(None)
+        if db.run():
+            want = guest_config(compiled.read(db), name)
+            if want != applied:
+                guest.converge(*want)
+                applied = want
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""Entry point of every muxlab node container (MUX, host, VM, client): PID 1.
+"""Entry point of every muxlab node container (manager, MUX, host, VM, client): PID 1.
 
-It finds itself in the lab model by hostname (containerlab names containers' hosts after
+It finds itself in the fabric by hostname (containerlab names containers' hosts after
 their nodes), waits for containerlab to plug in its links, configures addresses and
 routes through netlink, then starts and supervises its role's long-running processes.
 """
@@ -14,9 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from .model import load_lab
-from .render import NodePlan, node_plan
-from .state import MODEL_PATH, RUN_DIR
+from muxlab.model.fabric import load_lab
+from muxlab.model.render import NodePlan, node_plan
+
+from .runtime import FABRIC_PATH, RUN_DIR
 
 PY = sys.executable
 NETWORK_RECHECK = 2.0  # seconds between re-applications of the node's network plan
@@ -30,10 +31,12 @@ def role_processes(lab, plan: NodePlan) -> list[tuple[str, list[str]]]:
                 ("exabgp", ["/opt/muxlab/bin/exabgp", "/etc/exabgp/exabgp.conf"]),
                 ("bfd", [PY, "-m", "mux.bfd", "--interval-us", interval_us, "--multiplier", str(lab.bfd_multiplier),
                          plan.default_via])]
+    if plan.role == "manager":
+        return [("ovsdb-server", [PY, "-m", "manager.cluster"]), ("manager-api", [PY, "-m", "manager.api"])]
     if plan.role == "host":
         return [("host-agent", [PY, "-m", "hostagent.agent"])]
     if plan.role == "vm":
-        return [("vm-service", [PY, "-m", "muxlab.vmservice"]), ("iperf3", ["iperf3", "--server", "--port", "5201"])]
+        return [("vm-service", [PY, "-m", "muxlab.node.vmservice"]), ("iperf3", ["iperf3", "--server", "--port", "5201"])]
     return []
 
 
@@ -88,9 +91,6 @@ def configure_network(plan: NodePlan) -> None:
         for ifname, cidr in addresses:
             addr, plen = cidr.split("/")
             ipr.addr("replace", index=idx(ifname), address=addr, prefixlen=int(plen))
-        for cidr in plan.loopback:
-            addr, plen = cidr.split("/")
-            ipr.addr("replace", index=idx("lo"), address=addr, prefixlen=int(plen))
         if plan.default_via:
             # Docker's default route points at the management network; lab traffic must never
             # leave that way, so the default route goes into the lab instead.
@@ -171,7 +171,7 @@ class Supervisor:
 
 def main() -> None:
     name = os.environ.get("MUXLAB_NODE") or socket.gethostname()
-    lab = load_lab(MODEL_PATH)
+    lab = load_lab(FABRIC_PATH)
     plan = node_plan(lab, name)
     log(f"role {plan.role}; waiting for {plan.interfaces}")
     wait_for_interfaces(plan.interfaces)

@@ -10,8 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import versions
-from .errors import MuxlabError
+from .. import versions
+from ..errors import MuxlabError
 
 CLAB_INSTALL_DOC = ("install containerlab as its docs say: "
                     'bash -c "$(curl -sL https://get.containerlab.dev)" -- -v ' + versions.CONTAINERLAB.lstrip("v")

@@ -1,0 +1,177 @@
+"""The manager's view of the OVSDB: load balancers in, validated whole, one transaction per
+write. One thread owns the IDL (it is not thread-safe); API handlers hand it work through
+`Store.call` and wait for the answer.
+
+Every write checks the complete resulting set of load balancers against the fabric
+(muxlab.model.lbcheck) before anything is sent; the transaction then verifies that
+Global.nb_cfg did not move since the check and bumps it, so two managers writing at once
+cannot both pass a check that only one of them should: the loser retries on fresh data.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Callable
+
+import ovs.poller
+
+from muxlab.model.fabric import Lab, ModelError
+from muxlab.model.lbcheck import allocate_public_ips, check, frontend_addresses
+from muxlab.model.service import LoadBalancer, canonical
+
+from muxlab.node.ovsdb import Db
+
+RETRIES = 5
+
+
+class NotFound(KeyError):
+    pass
+
+
+class Unavailable(RuntimeError):
+    pass
+
+
+class Store:
+    def __init__(self, fabric: Lab, remote: str):
+        self.fabric = fabric
+        self.db = Db(remote, None, leader_only=True)
+        self.jobs: queue.Queue = queue.Queue()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        self.thread = threading.Thread(target=self._loop, name="ovsdb", daemon=True)
+        self.thread.start()
+
+    # ------------------------------------------------------------ the DB thread
+
+    def _loop(self) -> None:
+        while True:
+            poller = ovs.poller.Poller()
+            self.db.idl.wait(poller)
+            poller.fd_wait(self.wake_r, ovs.poller.POLLIN)
+            poller.timer_wait(1000)
+            poller.block()
+            try:
+                os.read(self.wake_r, 4096)
+            except BlockingIOError:
+                pass
+            self.db.run()
+            while True:
+                try:
+                    fn, fut = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if fut.set_running_or_notify_cancel():
+                    try:
+                        fut.set_result(fn(self.db))
+                    except BaseException as exc:  # handed to the waiting request
+                        fut.set_exception(exc)
+
+    def call(self, fn: Callable[[Db], Any], timeout: float = 15.0) -> Any:
+        fut: Future = Future()
+        self.jobs.put((fn, fut))
+        os.write(self.wake_w, b"x")
+        return fut.result(timeout)
+
+    # ------------------------------------------------------------ reads (DB thread)
+
+    @staticmethod
+    def held(db: Db) -> dict[str, LoadBalancer]:
+        return {r.name: LoadBalancer.model_validate(json.loads(r.spec)) for r in db.rows("Load_Balancer")}
+
+    def wait_synced(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.call(lambda db: db.synced):
+            if time.monotonic() > deadline:
+                raise Unavailable("the managers' database has no leader reachable from this manager")
+            time.sleep(0.1)
+
+    def snapshot(self) -> dict:
+        """Everything the API reports, read in one go."""
+        def read(db: Db) -> dict:
+            g = db.rows("Global")
+            return {
+                "synced": db.synced,
+                "nb_cfg": g[0].nb_cfg if g else 0,
+                "seeded": bool(g and g[0].seeded),
+                "load_balancers": self.held(db) if db.synced else {},
+                "health": [{"host": r.host, "vm": r.vm, "probe": r.probe, "up": r.up, "reason": r.reason, "since": r.since}
+                           for r in db.rows("Backend_Health")],
+                "hosts": [{"name": r.name, "heartbeat": r.heartbeat, "nb_cfg": r.nb_cfg, "synced_at": r.synced_at}
+                          for r in db.rows("Chassis")],
+                "muxes": [{"name": r.name, "drained": r.drained, "nb_cfg": r.nb_cfg, "synced_at": r.synced_at,
+                           "tables_digest": r.tables_digest, "announced": sorted(r.announced)} for r in db.rows("Mux")],
+            }
+        return self.call(read)
+
+    # ------------------------------------------------------------ writes
+
+    def change(self, edit: Callable[[dict[str, LoadBalancer]], dict[str, LoadBalancer | None]]) -> tuple[int, dict]:
+        """Apply `edit` to the held load balancers: it returns {name: new LB or None to
+        delete}. The whole result is validated; nothing is written on any problem (ModelError).
+        Returns (the new nb_cfg, the load balancers as stored)."""
+        self.wait_synced()
+        for _ in range(RETRIES):
+            status, result = self.call(lambda db: self._change_once(db, edit))
+            if status in ("success", "unchanged"):
+                return result
+            if status != "try again":
+                raise Unavailable(f"the database refused the transaction: {status}")
+            time.sleep(0.05)
+        raise Unavailable(f"the transaction did not commit after {RETRIES} tries (the cluster is changing leader?)")
+
+    def _change_once(self, db: Db, edit) -> tuple[str, Any]:
+        held = self.held(db)
+        updates = edit(dict(held))
+        after = dict(held)
+        for name, lb in updates.items():
+            if lb is None:
+                after.pop(name, None)
+            else:
+                after[name] = lb
+        new = {n: lb for n, lb in updates.items() if lb is not None}
+        after.update(allocate_public_ips(new, self.fabric, {n: lb for n, lb in held.items() if n not in updates}))
+        problems = check(after, self.fabric, held, changed=updates)
+        if problems:
+            raise ModelError(problems, "load balancer")
+        g = db.rows("Global")
+
+        def build(txn):
+            glob = g[0] if g else db.upsert(txn, "Global", {}, seeded=True)
+            cfg = (glob.nb_cfg if g else 0) + 1
+            if g:
+                glob.verify("nb_cfg")
+            glob.nb_cfg = cfg
+            for name in updates:
+                row = db.row("Load_Balancer", name=name)
+                if name not in after:
+                    if row is not None:
+                        row.delete()
+                    continue
+                spec = json.dumps(canonical(after[name]), sort_keys=True)
+                if row is None:
+                    row = txn.insert(db.idl.tables["Load_Balancer"])
+                    row.name = name
+                row.spec = spec
+                row.frontends = frontend_addresses([after[name]])
+            return cfg, {n: after[n] for n in updates if n in after}
+
+        return db.transact(build)
+
+    def seed(self, lbs: dict[str, LoadBalancer]) -> bool:
+        """Store the lab's initial load balancers, once per cluster (Global.seeded)."""
+        self.wait_synced(60)
+        if self.call(lambda db: bool(db.rows("Global") and db.rows("Global")[0].seeded)):
+            return False
+        self.change(lambda held: dict(lbs))
+        return True
+
+    def set_drained(self, mux: str, drained: bool) -> None:
+        self.wait_synced()
+        status, _ = self.call(lambda db: db.transact(lambda txn: db.upsert(txn, "Mux", {"name": mux}, drained=drained)))
+        if status not in ("success", "unchanged"):
+            raise Unavailable(f"the database refused the transaction: {status}")

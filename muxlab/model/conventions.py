@@ -1,0 +1,29 @@
+"""Conventions the MUXes and host agents must agree on, in one place. Pure.
+
+- A DIP travels as a 32-bit packet mark equal to the DIP itself (MUX: chosen backend;
+  host: which local VM the MUX meant), and `ip rule fwmark DIP lookup DIP` routes it.
+- On the overlay every DIP has a fixed MAC, 02:00 + the DIP's four bytes: the MUX puts it
+  in the inner Ethernet header and the host reads the MUX's choice from it.
+- One VXLAN device per node, vxlan<VNI>, UDP 4789.
+"""
+from __future__ import annotations
+
+import ipaddress
+
+RULE_PRIORITY = 100  # `ip rule` preference of the fwmark rules, on MUXes and hosts
+VXLAN_PORT = 4789
+OVSDB_PORT = 6641    # managers' OVSDB, for agents (and the managers' API) over the management network
+RAFT_PORT = 6643     # managers' OVSDB cluster among themselves
+API_PORT = 8080      # managers' northbound HTTP API
+
+
+def dip_mark(ip: ipaddress.IPv4Address | str) -> int:
+    return int(ipaddress.IPv4Address(ip))
+
+
+def dip_mac(ip: ipaddress.IPv4Address | str) -> str:
+    return "02:00:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
+
+
+def vxlan_ifname(vni: int) -> str:
+    return f"vxlan{vni}"

@@ -1,0 +1,449 @@
+"""The service model: load balancers in Azure Load Balancer's own shape. Pure.
+
+One pydantic definition validates YAML and JSON files, the API's request bodies, and exports
+the JSON Schema in docs/ (editors use it for completion). An Azure REST request body or an
+ARM template's `Microsoft.Network/loadBalancers` resource is accepted as it is: the envelope
+(`id`, `type`, `location`, `sku`, `apiVersion`, ...) is allowed and ignored, and references
+between children are `{"id": ".../KIND/NAME"}` where only the last two segments count (an ARM
+`[resourceId('Microsoft.Network/loadBalancers/KIND', lb, 'NAME')]` expression works too).
+
+Deliberate differences from Azure, for a lab (docs/manager.md):
+- `intervalInSeconds` may be 1..4 (Azure: >= 5), so failover shows in seconds;
+- a single-port inbound NAT rule names its backend with `backendIPAddress` (Azure ties it
+  from the NIC's side, a resource this lab does not have).
+Cross-field rules (references, port clashes, the fabric's VMs) are in muxlab.model.lbcheck.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .fabric import ModelError
+
+# Azure resource names: 1-80 characters, letters, digits, '_', '.', '-'; start with a letter
+# or digit, end with a letter, digit or '_'.
+AZURE_NAME = r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,78}[A-Za-z0-9_])?$"
+Name = Annotated[str, Field(pattern=AZURE_NAME, description="Azure resource name (1-80: letters, digits, _ . -)")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+IPv4 = ipaddress.IPv4Address
+
+# Ranges as Azure documents them.
+IDLE_TIMEOUT_MIN, IDLE_TIMEOUT_MAX = 4, 30
+OUTBOUND_IDLE_MAX = 120
+LAB_MIN_PROBE_INTERVAL = 1   # Azure: 5
+MAX_OUTBOUND_PORTS = 64000
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+_RESOURCE_ID = re.compile(r"resourceId\(\s*'[^']*?/(?P<kind>[A-Za-z]+)'\s*,.*'(?P<name>[^']+)'\s*\)\s*\]?$")
+
+
+def ref_parts(ref_id: str) -> tuple[str, str]:
+    """(kind, name) of a reference: the last two segments of an Azure resource id."""
+    m = _RESOURCE_ID.search(ref_id)
+    if ref_id.startswith("[") and m:
+        return m.group("kind"), m.group("name")
+    parts = [p for p in ref_id.strip("[]'").split("/") if p]
+    if len(parts) < 2:
+        raise ValueError(f"must end in /KIND/NAME, like .../loadBalancers/lb/backendAddressPools/web")
+    return parts[-2], parts[-1].strip("'")
+
+
+class Ref(Strict):
+    """A reference to a sibling: `{"id": ".../KIND/NAME"}`."""
+    id: str
+
+    @field_validator("id")
+    @classmethod
+    def _well_formed(cls, v: str) -> str:
+        ref_parts(v)
+        return v
+
+    @property
+    def kind(self) -> str:
+        return ref_parts(self.id)[0]
+
+    @property
+    def name(self) -> str:
+        return ref_parts(self.id)[1]
+
+
+def child_ref(kind: str, name: str, lb: str = "{lb}") -> Ref:
+    return Ref(id=f"/loadBalancers/{lb}/{kind}/{name}")
+
+
+class Child(Strict):
+    """Envelope every child resource of a load balancer has in Azure's JSON."""
+    name: Name
+    id: str | None = None
+    etag: str | None = None
+    type: str | None = None
+
+
+class ReadOnly(Strict):
+    """Properties Azure returns on GET (accepted so a GET body can be PUT back; ignored)."""
+    provisioningState: str | None = None
+
+
+# ------------------------------------------------------------------ frontends
+
+
+class PublicIPAddressProperties(Strict):
+    ipAddress: IPv4 | None = None
+    publicIPAllocationMethod: Literal["Static", "Dynamic"] | None = None
+    publicIPAddressVersion: Literal["IPv4"] | None = None
+    provisioningState: str | None = None
+
+
+class PublicIPAddress(Strict):
+    """A public IP resource: given only by `id`, the manager allocates its address from the
+    lab's public range (as Azure does) and keeps it."""
+    id: str | None = None
+    name: str | None = None
+    location: str | None = None
+    sku: dict[str, Any] | None = None
+    properties: PublicIPAddressProperties = PublicIPAddressProperties()
+
+    @model_validator(mode="after")
+    def _named(self):
+        if not self.id and not self.name and self.properties.ipAddress is None:
+            raise ValueError("give an id, a name or properties.ipAddress")
+        return self
+
+
+class FrontendIPConfigurationProperties(ReadOnly):
+    privateIPAddress: IPv4 | None = None
+    privateIPAllocationMethod: Literal["Static", "Dynamic"] | None = None
+    privateIPAddressVersion: Literal["IPv4"] | None = None
+    publicIPAddress: PublicIPAddress | None = None
+    subnet: Ref | None = None
+    loadBalancingRules: list[Ref] | None = None   # read-only back-references in GET bodies
+    inboundNatRules: list[Ref] | None = None
+    outboundRules: list[Ref] | None = None
+
+    @model_validator(mode="after")
+    def _one_address(self):
+        if (self.privateIPAddress is None) == (self.publicIPAddress is None):
+            raise ValueError("a frontend has either privateIPAddress (internal) or publicIPAddress (public), not both or neither")
+        return self
+
+
+class FrontendIPConfiguration(Child):
+    properties: FrontendIPConfigurationProperties
+    zones: list[str] | None = None
+
+    @property
+    def address(self) -> IPv4 | None:
+        p = self.properties
+        return p.privateIPAddress if p.privateIPAddress is not None else p.publicIPAddress.properties.ipAddress
+
+    @property
+    def internal(self) -> bool:
+        return self.properties.privateIPAddress is not None
+
+
+# ------------------------------------------------------------------ backends
+
+
+class BackendAddressProperties(Strict):
+    ipAddress: IPv4
+    adminState: Literal["None", "Up", "Down"] = "None"
+    virtualNetwork: Ref | None = None
+    subnet: Ref | None = None
+
+
+class BackendAddress(Strict):
+    name: Name
+    properties: BackendAddressProperties
+
+
+class BackendAddressPoolProperties(ReadOnly):
+    loadBalancerBackendAddresses: list[BackendAddress] = []
+    loadBalancingRules: list[Ref] | None = None
+    outboundRules: list[Ref] | None = None
+
+
+class BackendAddressPool(Child):
+    properties: BackendAddressPoolProperties = BackendAddressPoolProperties()
+
+
+# ------------------------------------------------------------------ probes
+
+
+class ProbeProperties(ReadOnly):
+    protocol: Literal["Tcp", "Http"]
+    port: Port
+    requestPath: str | None = None
+    intervalInSeconds: int = Field(15, ge=LAB_MIN_PROBE_INTERVAL, le=2147483647)
+    probeThreshold: int = Field(1, ge=1, le=100)
+    numberOfProbes: int | None = Field(None, ge=1, le=100)   # Azure's older name: consecutive failures out
+    loadBalancingRules: list[Ref] | None = None
+
+    @model_validator(mode="after")
+    def _path(self):
+        if self.protocol == "Http":
+            if not self.requestPath:
+                raise ValueError("an Http probe needs requestPath")
+            if not self.requestPath.startswith("/"):
+                raise ValueError(f"requestPath {self.requestPath!r} must start with '/'")
+        elif self.requestPath is not None:
+            raise ValueError("only Http probes have a requestPath")
+        return self
+
+
+class Probe(Child):
+    properties: ProbeProperties
+
+
+# ------------------------------------------------------------------ rules
+
+
+class LoadBalancingRuleProperties(ReadOnly):
+    frontendIPConfiguration: Ref
+    backendAddressPool: Ref | None = None
+    backendAddressPools: list[Ref] | None = None
+    probe: Ref | None = None
+    protocol: Literal["Tcp", "Udp", "All"]
+    frontendPort: int = Field(ge=0, le=65534)
+    backendPort: int = Field(ge=0, le=65535)
+    loadDistribution: Literal["Default", "SourceIP", "SourceIPProtocol"] = "Default"
+    enableFloatingIP: bool = False
+    idleTimeoutInMinutes: int = Field(IDLE_TIMEOUT_MIN, ge=IDLE_TIMEOUT_MIN, le=IDLE_TIMEOUT_MAX)
+    enableTcpReset: bool = False
+    disableOutboundSnat: bool = False
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.frontendPort == 0 or self.backendPort == 0:
+            raise ValueError("port 0 (HA ports) is not supported by this lab: give frontendPort and backendPort 1-65534")
+        if self.backendAddressPool is None and not self.backendAddressPools:
+            raise ValueError("a load-balancing rule needs backendAddressPool")
+        if self.backendAddressPools and len(self.backendAddressPools) > 1:
+            raise ValueError("one backend pool per rule in this lab (backendAddressPools has more than one)")
+        if self.enableFloatingIP and self.backendPort != self.frontendPort:
+            raise ValueError(f"with enableFloatingIP the packet arrives untouched, so backendPort "
+                             f"({self.backendPort}) must equal frontendPort ({self.frontendPort})")
+        return self
+
+    @property
+    def pool(self) -> Ref:
+        return self.backendAddressPool or self.backendAddressPools[0]
+
+
+class LoadBalancingRule(Child):
+    properties: LoadBalancingRuleProperties
+
+
+class InboundNatRuleProperties(ReadOnly):
+    frontendIPConfiguration: Ref
+    protocol: Literal["Tcp", "Udp", "All"]
+    frontendPort: Port | None = None
+    backendPort: Port
+    frontendPortRangeStart: Port | None = None
+    frontendPortRangeEnd: Port | None = None
+    backendAddressPool: Ref | None = None
+    backendIPAddress: IPv4 | None = None    # lab: the single form's backend (Azure: set from the NIC)
+    backendIPConfiguration: Ref | None = None
+    enableFloatingIP: bool = False
+    idleTimeoutInMinutes: int = Field(IDLE_TIMEOUT_MIN, ge=IDLE_TIMEOUT_MIN, le=IDLE_TIMEOUT_MAX)
+    enableTcpReset: bool = False
+
+    @model_validator(mode="after")
+    def _form(self):
+        single = self.frontendPort is not None
+        ranged = self.frontendPortRangeStart is not None or self.frontendPortRangeEnd is not None
+        if single == ranged:
+            raise ValueError("give either frontendPort (one backend) or frontendPortRangeStart/End with "
+                             "backendAddressPool (one port per backend), not both or neither")
+        if ranged:
+            if self.frontendPortRangeStart is None or self.frontendPortRangeEnd is None:
+                raise ValueError("the pool form needs both frontendPortRangeStart and frontendPortRangeEnd")
+            if self.frontendPortRangeEnd < self.frontendPortRangeStart:
+                raise ValueError(f"frontendPortRangeEnd ({self.frontendPortRangeEnd}) is below "
+                                 f"frontendPortRangeStart ({self.frontendPortRangeStart})")
+            if self.backendAddressPool is None:
+                raise ValueError("the pool form needs backendAddressPool")
+        if single and self.backendIPAddress is None:
+            raise ValueError("the single form needs backendIPAddress (the VM that gets this port)")
+        return self
+
+    @property
+    def frontend_ports(self) -> range:
+        if self.frontendPort is not None:
+            return range(self.frontendPort, self.frontendPort + 1)
+        return range(self.frontendPortRangeStart, self.frontendPortRangeEnd + 1)
+
+
+class InboundNatRule(Child):
+    properties: InboundNatRuleProperties
+
+
+class OutboundRuleProperties(ReadOnly):
+    frontendIPConfigurations: list[Ref] = Field(min_length=1)
+    backendAddressPool: Ref
+    protocol: Literal["Tcp", "Udp", "All"]
+    allocatedOutboundPorts: int = Field(0, ge=0, le=MAX_OUTBOUND_PORTS)
+    idleTimeoutInMinutes: int = Field(IDLE_TIMEOUT_MIN, ge=IDLE_TIMEOUT_MIN, le=OUTBOUND_IDLE_MAX)
+    enableTcpReset: bool = False
+
+    @field_validator("allocatedOutboundPorts")
+    @classmethod
+    def _blocks_of_8(cls, v: int) -> int:
+        if v % 8:
+            raise ValueError(f"must be a multiple of 8 (ports are allocated in blocks of 8); {v} is not")
+        return v
+
+
+class OutboundRule(Child):
+    properties: OutboundRuleProperties
+
+
+# ------------------------------------------------------------------ the load balancer
+
+
+class LoadBalancerProperties(ReadOnly):
+    frontendIPConfigurations: list[FrontendIPConfiguration] = Field(min_length=1)
+    backendAddressPools: list[BackendAddressPool] = []
+    loadBalancingRules: list[LoadBalancingRule] = []
+    probes: list[Probe] = []
+    inboundNatRules: list[InboundNatRule] = []
+    inboundNatPools: list[dict[str, Any]] = Field([], max_length=0,
+                                                  description="not supported: use inboundNatRules with a port range")
+    outboundRules: list[OutboundRule] = []
+    resourceGuid: str | None = None
+
+
+class LoadBalancer(Strict):
+    """A load balancer, as in Azure's REST API and ARM templates. Its name comes from the URL
+    or the file; a `name` in the body (or an ARM expression there) is ignored."""
+    model_config = ConfigDict(extra="forbid", title="LoadBalancer")
+    name: str | None = None
+    id: str | None = None
+    type: str | None = None
+    apiVersion: str | None = None
+    location: str | None = None
+    sku: dict[str, Any] | None = None
+    tags: dict[str, str] | None = None
+    etag: str | None = None
+    dependsOn: list[str] | None = None
+    properties: LoadBalancerProperties
+
+
+def canonical(lb: LoadBalancer) -> dict:
+    """The stored form: only what was given, addresses as strings, stable key order."""
+    return json.loads(lb.model_dump_json(exclude_none=True, exclude_defaults=False))
+
+
+def json_schema() -> dict:
+    schema = LoadBalancer.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["description"] = ("A muxlab load balancer in Azure Load Balancer's shape (muxlab/model/service.py). "
+                             "A file may hold one load balancer, or a `loadBalancers` mapping of name to load balancer.")
+    return schema
+
+
+# ------------------------------------------------------------------ parsing with paths
+
+
+def _path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def errors_of(exc: ValidationError, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """pydantic's errors as (field path, value, message), the path from the document's root."""
+    out = []
+    for e in exc.errors(include_url=False):
+        loc = tuple(p for p in e["loc"] if p not in ("function-after",))
+        path = _path(loc)
+        if prefix:
+            path = f"{prefix}.{path}" if path and not path.startswith("[") else f"{prefix}{path}"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        out.append((path or prefix or "(document)", e.get("input"), msg))
+    return out
+
+
+def parse_lb(raw: Any, where: str = "") -> LoadBalancer:
+    """One load balancer from a mapping; ModelError naming every bad field and value."""
+    try:
+        return LoadBalancer.model_validate(raw)
+    except ValidationError as exc:
+        raise ModelError(errors_of(exc, where), "load balancer") from None
+
+
+def parse_document(raw: Any) -> dict[str, LoadBalancer]:
+    """A file's load balancers. Accepted shapes:
+      {loadBalancers: {NAME: LB, ...}}              muxlab's own file
+      {name: NAME, properties: ...}                 one LB (REST body with a name)
+      {resources: [{type: Microsoft.Network/loadBalancers, name: ..., ...}]}   an ARM template
+    """
+    problems: list[tuple[str, Any, str]] = []
+    out: dict[str, LoadBalancer] = {}
+    if not isinstance(raw, dict):
+        raise ModelError([("(document)", raw, "must be a mapping")], "load balancers")
+    items: list[tuple[str, str, Any]] = []
+    if "loadBalancers" in raw:
+        extra = set(raw) - {"loadBalancers", "$schema"}
+        for k in sorted(extra):
+            problems.append((k, raw[k], "unknown field (allowed: loadBalancers)"))
+        lbs = raw["loadBalancers"]
+        if not isinstance(lbs, dict):
+            raise ModelError([("loadBalancers", lbs, "must be a mapping of name to load balancer")], "load balancers")
+        items = [(str(n), f"loadBalancers.{n}", body) for n, body in lbs.items()]
+    elif "resources" in raw:
+        for i, res in enumerate(raw["resources"] or []):
+            if isinstance(res, dict) and res.get("type") == "Microsoft.Network/loadBalancers":
+                body = {k: v for k, v in res.items() if k not in ("comments", "condition", "copy", "zones")}
+                items.append((str(res.get("name")), f"resources[{i}]", body))
+        if not items:
+            problems.append(("resources", None, "holds no Microsoft.Network/loadBalancers resource"))
+    elif "properties" in raw:
+        items = [(str(raw.get("name")), "", raw)]
+        if not raw.get("name"):
+            problems.append(("name", None, "a single load balancer in a file needs a name"))
+    else:
+        problems.append(("(document)", sorted(raw), "expected loadBalancers, an ARM template's resources, "
+                                                    "or one load balancer with name and properties"))
+    for name, where, body in items:
+        if not re.match(AZURE_NAME, name):
+            problems.append((f"{where}.name" if where else "name", name, "must be an Azure resource name (1-80: letters, digits, _ . -)"))
+            continue
+        try:
+            out[name] = LoadBalancer.model_validate(body)
+        except ValidationError as exc:
+            problems += errors_of(exc, where)
+    if problems:
+        raise ModelError(problems, "load balancers")
+    return out
+
+
+def load_document(path: str | Path) -> dict[str, LoadBalancer]:
+    """Load balancers from a YAML or JSON file (JSON is YAML)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ModelError([("file", str(path), f"cannot be read: {exc.strerror}")], "load balancers") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ModelError([("file", str(path), f"is neither valid YAML nor JSON: {exc}")], "load balancers") from None
+    return parse_document(raw)
