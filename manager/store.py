@@ -25,7 +25,9 @@ from muxlab.model.service import LoadBalancer, canonical
 
 from muxlab.node.ovsdb import Db
 
-RETRIES = 5
+# After the leader dies the others elect a new one within about a second, and this manager's
+# IDL notices and reconnects within its inactivity probe (2 s): a write waits that long.
+WRITE_DEADLINE_S = 12.0
 
 
 class NotFound(KeyError):
@@ -91,14 +93,20 @@ class Store:
             time.sleep(0.1)
 
     def snapshot(self) -> dict:
-        """Everything the API reports, read in one go."""
+        """Everything the API reports, read in one go, from a complete replica: while this
+        manager is re-finding the cluster's leader it answers 503 (the client tries another),
+        never an empty list."""
+        self.wait_synced(timeout=5.0)
+
         def read(db: Db) -> dict:
+            if not db.synced:
+                raise Unavailable("this manager is reconnecting to the cluster's leader")
             g = db.rows("Global")
             return {
                 "synced": db.synced,
                 "nb_cfg": g[0].nb_cfg if g else 0,
                 "seeded": bool(g and g[0].seeded),
-                "load_balancers": self.held(db) if db.synced else {},
+                "load_balancers": self.held(db),
                 "health": [{"host": r.host, "vm": r.vm, "probe": r.probe, "up": r.up, "reason": r.reason, "since": r.since}
                            for r in db.rows("Backend_Health")],
                 "hosts": [{"name": r.name, "heartbeat": r.heartbeat, "nb_cfg": r.nb_cfg, "synced_at": r.synced_at}
@@ -114,15 +122,18 @@ class Store:
         """Apply `edit` to the held load balancers: it returns {name: new LB or None to
         delete}. The whole result is validated; nothing is written on any problem (ModelError).
         Returns (the new nb_cfg, the load balancers as stored)."""
-        self.wait_synced()
-        for _ in range(RETRIES):
+        deadline = time.monotonic() + WRITE_DEADLINE_S
+        self.wait_synced(WRITE_DEADLINE_S)
+        while True:
             status, result = self.call(lambda db: self._change_once(db, edit))
             if status in ("success", "unchanged"):
                 return result
-            if status != "try again":
+            if status not in ("try again", "timeout"):
                 raise Unavailable(f"the database refused the transaction: {status}")
-            time.sleep(0.05)
-        raise Unavailable(f"the transaction did not commit after {RETRIES} tries (the cluster is changing leader?)")
+            if time.monotonic() > deadline:
+                raise Unavailable(f"the transaction did not commit within {WRITE_DEADLINE_S:.0f} s "
+                                  "(no leader reachable from this manager?)")
+            time.sleep(0.1)
 
     def _change_once(self, db: Db, edit) -> tuple[str, Any]:
         held = self.held(db)

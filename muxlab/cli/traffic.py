@@ -1,6 +1,7 @@
 """`muxlab traffic`: run the flow generator in a client container and summarise per DIP."""
 from __future__ import annotations
 
+import ipaddress
 import json
 
 from ..errors import MuxlabError
@@ -13,11 +14,19 @@ def run_flows(ref: LabRef, source: str, vip: str, port: int, flows: int, udp: bo
               sport: int = 0, timeout: float = 2.0, keep_results: bool = False) -> dict:
     if ref.lab.role_of(source) not in ("client", "vm"):
         raise MuxlabError(f"--from {source}: traffic starts at a client (or a VM), not a {ref.lab.role_of(source)}")
-    lbs = ref.api().load_balancers()
-    lb, address = vip_address(lbs, vip)  # names the known VIPs when unknown
-    rules = [r for r in compile_services({lb: LoadBalancer.model_validate(lbs[lb])}, ref.lab).rules if str(r.vip) == address]
     proto = "udp" if udp else "tcp"
-    if not any(r.protocol == proto and r.port == port for r in rules):
+    try:
+        lbs = ref.api(timeout=5).load_balancers()
+    except MuxlabError:
+        if not _is_address(vip):
+            raise MuxlabError(f"--vip {vip}: no manager answers to say which address that is; give the address") from None
+        lbs = None  # the data path works without managers: send to the address as given
+    if lbs is None:
+        lb, address, rules = vip, vip, None
+    else:
+        lb, address = vip_address(lbs, vip)  # names the known VIPs when unknown
+        rules = [r for r in compile_services({lb: LoadBalancer.model_validate(lbs[lb])}, ref.lab).rules if str(r.vip) == address]
+    if rules is not None and not any(r.protocol == proto and r.port == port for r in rules):
         have = ", ".join(f"{r.protocol}/{r.port}" for r in rules) or "none"
         raise MuxlabError(f"--port {port}: VIP {lb} ({address}) has no {proto} rule on that port (rules: {have})")
     argv = ["python", "-m", "muxlab.node.flows", "--vip", address, "--port", str(port), "--flows", str(flows),
@@ -31,6 +40,14 @@ def run_flows(ref: LabRef, source: str, vip: str, port: int, flows: int, udp: bo
     if not keep_results:
         result.pop("results")
     return result
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+        return True
+    except ValueError:
+        return False
 
 
 def format_result(r: dict) -> str:

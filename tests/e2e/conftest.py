@@ -45,6 +45,23 @@ class Lab:
 
     def __init__(self, ref):
         self.ref = ref
+        self.agents = [m.name for m in ref.lab.muxes] + [h.name for h in ref.lab.hosts]
+
+    @property
+    def api(self):
+        return self.ref.api()
+
+    def synced(self, api=None, timeout=30):
+        """Until every MUX and host agent applied the configuration of the last write."""
+        api = api or self.api
+        return api.wait_synced(self.agents, timeout=timeout)
+
+    def services(self):
+        """The load balancers the managers hold, compiled as the agents compile them."""
+        from muxlab.model.compiled import compile_services
+        from muxlab.model.service import LoadBalancer
+        lbs = {n: LoadBalancer.model_validate(lb) for n, lb in self.api.load_balancers().items()}
+        return compile_services(lbs, self.ref.lab)
 
     def sh(self, node, cmd, timeout=60, check=True):
         return labmod.docker_exec(self.ref, node, ["sh", "-c", cmd], timeout=timeout, check=check)

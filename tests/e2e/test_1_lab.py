@@ -14,7 +14,7 @@ def test_every_mux_session_established(lab):
 
 def test_every_vip_has_one_next_hop_per_mux(lab):
     hops = labmod.vip_nexthops(lab)
-    assert set(hops) == {str(v.address) for v in lab.lab.vips}
+    assert set(hops) == {"203.0.113.10", "203.0.113.20", "203.0.113.30"}
     for vip, muxes in hops.items():
         assert muxes == ["mux1", "mux2", "mux3"], (vip, muxes)
 
@@ -35,8 +35,12 @@ def test_status_json_and_table(lab):
     import json
     st = json.loads(cli("status", "--name", E2E_LAB, "--json").stdout)
     assert st["bgp"] == {"mux1": "Established", "mux2": "Established", "mux3": "Established"}
+    assert st["manager_url"].startswith("http://172.30.") and st["manager_url"].endswith(":8080")
+    assert sorted(m["role"] for m in st["managers"].values()) == ["follower", "follower", "leader"]
+    assert st["load_balancers"] == ["bench", "direct", "web"]
+    assert all(a["nb_cfg"] == st["nb_cfg"] for a in st["agents"].values()) and len(st["agents"]) == 6
     table = cli("status", "--name", E2E_LAB).stdout
-    assert "203.0.113.10     mux1, mux2, mux3" in table
+    assert "203.0.113.10     mux1, mux2, mux3" in table and "leader" in table
 
 
 def test_no_lab_packet_leaves_by_management(L):
@@ -55,37 +59,7 @@ def test_second_up_of_a_running_lab_is_refused(lab):
     assert p.returncode == 1 and "already running" in p.stderr
 
 
-def test_apply_refuses_a_port_clash_and_changes_nothing(lab, L, tmp_path):
-    import yaml
+def test_traffic_to_an_unknown_vip_is_named(lab):
     from tests.e2e.conftest import E2E_LAB, cli
-    raw = yaml.safe_load((lab.folder / "lab.yml").read_text())
-    raw["vips"]["web"]["rules"].append({"protocol": "tcp", "port": 80, "pool": "direct"})
-    bad = tmp_path / "bad.yml"
-    bad.write_text(yaml.safe_dump(raw))
-    before = L.assert_mux_tables_identical()
-    p = cli("apply", str(bad), "--name", E2E_LAB, check=False)
-    assert p.returncode == 2 and "vips.web.rules[2].port: 80" in p.stderr
-    assert not (lab.store / "lab.yml").exists()
-    assert L.assert_mux_tables_identical() == before
-
-
-def test_apply_changes_pools_live_and_pinned_flows_stay(lab, L, tmp_path):
-    """A live pool change: new flows follow the new table at once; established flows keep
-    their DIP through the MUX's conntrack mark even where their bucket moved."""
-    import yaml
-    from tests.e2e.conftest import E2E_LAB, cli
-    hold = L.hold(conns=24, duration=6)
-    raw = yaml.safe_load((lab.folder / "lab.yml").read_text())
-    raw["pools"]["web"] = ["vm1", "vm2", "vm3", "vm4"]  # vm5 and vm6 leave the web pool (still alive)
-    new = tmp_path / "new.yml"
-    new.write_text(yaml.safe_dump(raw))
-    try:
-        cli("apply", str(new), "--name", E2E_LAB)
-        L.wait_for("new tables on every MUX", lambda: "vm5" not in L.assert_mux_tables_identical()["svc_web_http"], timeout=10)
-        res = L.flows("client2", "web", 80, 300)
-        assert res["failures"] == 0 and set(res["by_dip"]) == {"vm1", "vm2", "vm3", "vm4"}
-        run = hold.result()
-        assert all(c["broken_at"] is None for c in run["conns"]), run["conns"]  # including those on vm5, vm6
-    finally:
-        (lab.store / "lab.yml").unlink(missing_ok=True)
-    L.wait_for("tables back", lambda: "vm5" in L.assert_mux_tables_identical()["svc_web_http"], timeout=10)
+    p = cli("traffic", "--name", E2E_LAB, "--vip", "203.0.113.99", "--port", "80", check=False)
+    assert p.returncode == 1 and "unknown VIP '203.0.113.99'" in p.stderr and "web (203.0.113.10)" in p.stderr

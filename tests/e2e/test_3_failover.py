@@ -51,7 +51,7 @@ def test_drain_is_graceful(L):
 
 
 def test_stopped_vm_service_leaves_rotation_and_returns(L):
-    probe = L.ref.lab.probes["http-health"]
+    probe = L.services().probes()["web/http-health"]
     hold = L.hold(conns=24, duration=10)
     time.sleep(1)
     fault(L, "vm3", "stop-service")
@@ -59,7 +59,7 @@ def test_stopped_vm_service_leaves_rotation_and_returns(L):
         # out of rotation after interval x unhealthy threshold (+ a probe timeout and a MUX period)
         time.sleep(probe.interval * probe.unhealthy_threshold + probe.timeout + 0.5)
         tables = L.assert_mux_tables_identical()
-        assert "vm3" not in tables["svc_web_http"] and "vm3" not in tables["svc_web_dns"]
+        assert "vm3" not in tables["web/http"] and "vm3" not in tables["web/dns"]
         res = L.flows("client2", "web", 80, 300)
         assert res["failures"] == 0 and "vm3" not in res["by_dip"] and len(res["by_dip"]) == 5
         run = hold.result()
@@ -68,7 +68,7 @@ def test_stopped_vm_service_leaves_rotation_and_returns(L):
     # the connections to vm3 died with its application; every other one went on
     assert all(c["broken_at"] is None for c in run["conns"] if c["dip"] != "vm3"), run["conns"]
     L.wait_for("vm3 back after the healthy threshold",
-               lambda: "vm3" in L.assert_mux_tables_identical()["svc_web_http"],
+               lambda: "vm3" in L.assert_mux_tables_identical()["web/http"],
                timeout=probe.interval * probe.healthy_threshold + 5)
     assert "vm3" in L.flows("client2", "web", 80, 300)["by_dip"]
 
@@ -76,21 +76,21 @@ def test_stopped_vm_service_leaves_rotation_and_returns(L):
 def test_host_failure_removes_its_dips_from_every_mux(L):
     """host1 vanishes: vm1 and vm2 leave every MUX's tables, and the bench VIP, whose only
     DIP is vm1, is withdrawn by every MUX (the edge then blackholes it)."""
-    from muxlab.state import STALE_AFTER
+    from muxlab.node.desired import STALE_AFTER
     fault(L, "host1", "pause")  # its agent stops reporting
     try:
         L.wait_for("host1's DIPs to leave every MUX", lambda: all(
-            "vm1" not in t["svc_web_http"] and "vm2" not in t["svc_web_http"] for t in L.mux_tables().values()),
+            "vm1" not in t["web/http"] and "vm2" not in t["web/http"] for t in L.mux_tables().values()),
             timeout=STALE_AFTER + 5)
         tables = L.assert_mux_tables_identical()
-        assert {"vm1", "vm2"}.isdisjoint(tables["svc_web_dns"]) and set(tables["svc_bench_iperf"]) == {None}
+        assert {"vm1", "vm2"}.isdisjoint(tables["web/dns"]) and set(tables["bench/iperf"]) == {None}
         L.wait_for("the bench VIP withdrawn", lambda: vip_nexthops(L.ref)["203.0.113.30"] == [], timeout=10)
         assert vip_nexthops(L.ref)["203.0.113.10"] == ["mux1", "mux2", "mux3"]
         res = L.flows("client1", "web", 80, 300)
         assert res["failures"] == 0 and set(res["by_dip"]) == {"vm3", "vm4", "vm5", "vm6"}
     finally:
         faults.heal(L.ref, "host1")
-    L.wait_for("host1's DIPs back", lambda: "vm1" in L.assert_mux_tables_identical()["svc_web_http"], timeout=15)
+    L.wait_for("host1's DIPs back", lambda: "vm1" in L.assert_mux_tables_identical()["web/http"], timeout=15)
     L.converged()
 
 
@@ -99,10 +99,10 @@ def test_killed_vm_heals_back_into_rotation(L):
     agent puts the new port back into its vswitch, probes pass, and it serves again."""
     fault(L, "vm4", "kill")
     try:
-        L.wait_for("vm4 out of rotation", lambda: "vm4" not in L.assert_mux_tables_identical()["svc_web_http"], timeout=15)
+        L.wait_for("vm4 out of rotation", lambda: "vm4" not in L.assert_mux_tables_identical()["web/http"], timeout=15)
         assert L.flows("client1", "web", 80, 200)["failures"] == 0
     finally:
         faults.heal(L.ref, "vm4")
-    L.wait_for("vm4 back in rotation", lambda: "vm4" in L.assert_mux_tables_identical()["svc_web_http"], timeout=30)
+    L.wait_for("vm4 back in rotation", lambda: "vm4" in L.assert_mux_tables_identical()["web/http"], timeout=30)
     res = L.flows("client1", "web", 80, 300)
     assert res["failures"] == 0 and "vm4" in res["by_dip"]

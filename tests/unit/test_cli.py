@@ -20,12 +20,21 @@ def lab_folder(tmp_path, mutate):
     return tmp_path / "muxlab.clab.yml"
 
 
-def test_up_with_port_clash_names_field_and_deploys_nothing(tmp_path):
-    topo = lab_folder(tmp_path, lambda raw: raw["vips"]["web"]["rules"].append({"protocol": "udp", "port": 53, "pool": "web"}))
+def test_up_with_bad_fabric_names_field_and_deploys_nothing(tmp_path):
+    topo = lab_folder(tmp_path, lambda raw: raw["muxes"]["mux2"].update(underlay="10.0.1.0/31"))
     p = muxlab("up", "--topology", str(topo), "--name", "muxlab-never")
     assert p.returncode == 2
-    assert "vips.web.rules[2].port: 53: udp/53 on this VIP is already taken by vips.web.rules[1]" in p.stderr
+    assert "muxes.mux2.underlay: '10.0.1.0/31': overlaps 10.0.1.0/31 used at muxes.mux1.underlay" in p.stderr
     assert not (tmp_path / "clab-muxlab-never").exists() and not (tmp_path / ".labs").exists()
+
+
+def test_apply_refuses_a_malformed_file_before_talking_to_anybody(tmp_path):
+    bad = tmp_path / "lbs.yml"
+    bad.write_text("loadBalancers:\n  web:\n    properties:\n      frontendIPConfigurations: []\n      bogus: 1\n")
+    p = muxlab("apply", str(bad), "--yes", "--name", "muxlab-never")
+    assert p.returncode == 2
+    assert "loadBalancers.web.properties.bogus: 1: unknown field" in p.stderr
+    assert "loadBalancers.web.properties.frontendIPConfigurations: []: List should have at least 1 item" in p.stderr
 
 
 def test_render_refuses_bad_model_and_writes_nothing(tmp_path):
@@ -42,11 +51,6 @@ def test_missing_topology_and_model(tmp_path):
     (tmp_path / "x.clab.yml").write_text("name: x\n")
     p = muxlab("status", "--topology", str(tmp_path / "x.clab.yml"))
     assert p.returncode == 1 and "lab.yml is missing" in p.stderr
-
-
-def test_traffic_unknown_vip_is_named():
-    p = muxlab("traffic", "--vip", "203.0.113.99", "--port", "80")
-    assert p.returncode == 1 and "unknown VIP '203.0.113.99'" in p.stderr and "web (203.0.113.10)" in p.stderr
 
 
 def test_fail_refuses_unknown_mode():

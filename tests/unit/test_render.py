@@ -1,9 +1,9 @@
 """Config rendering from the model: FRR, ExaBGP, containerlab topology, node plans."""
 import yaml
 
-from muxlab.lab import render_folder
-from muxlab.model import load_lab
-from muxlab.render import links, node_plan, render_edge_nft, render_exabgp, render_frr, render_lab_files, render_topology
+from muxlab.cli.lab import render_folder
+from muxlab.model.fabric import load_lab
+from muxlab.model.render import links, node_plan, render_edge_nft, render_exabgp, render_frr, render_lab_files, render_topology
 from tests.unit.conftest import DEFAULT_MODEL, REPO
 
 
@@ -75,8 +75,8 @@ def test_node_plans():
     assert host.bridge == ("br0", ["eth2", "eth3"], "10.1.2.1/24") and host.default_via == "10.0.2.2"
     vm = node_plan(l, "vm4")
     assert vm.addresses == [("eth1", "10.1.2.14/32")] and vm.default_via == "10.1.2.1" and vm.default_onlink
-    assert vm.loopback == ["203.0.113.20/32"]  # vm4 serves the floating-IP VIP
-    assert node_plan(l, "vm3").loopback == []
+    mgr = node_plan(l, "manager2")
+    assert mgr.role == "manager" and mgr.interfaces == [] and mgr.default_via is None
     client = node_plan(l, "client2")
     assert client.default_via == "198.51.100.1" and client.interfaces == ["eth1"]
 
@@ -88,7 +88,15 @@ def test_edge_filters_internal_and_vip_sources_from_the_internet():
     assert "iifname @internet_ports ip saddr @vips counter name spoofed_from_internet drop" in text
 
 
+def test_topology_has_managers_on_a_pinned_management_network():
+    text = render_topology(lab())
+    assert "mgmt-ipv4: ${MUXLAB_MGMT_PREFIX:=172.30.1}.201" in text and "manager3:" in text
+    assert "ipv4-subnet: ${MUXLAB_MGMT_SUBNET:=172.30.1.0/24}" in text
+    assert "loadbalancers.yml:/etc/muxlab/loadbalancers.yml:ro" in text
+    assert "/var/lib/muxlab" not in text  # no directory shared between nodes any more
+
+
 def test_bridge_gateway_mac_is_fixed_and_local():
-    from muxlab.node import gateway_mac
+    from muxlab.node.supervisor import gateway_mac
     assert gateway_mac("10.1.2.1/24") == "02:01:0a:01:02:01"
     assert int(gateway_mac("10.1.3.1/24").split(":")[0], 16) & 0x02  # locally administered
