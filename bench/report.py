@@ -56,6 +56,21 @@ def main() -> None:
         out += ["", f"VM service stopped until it leaves mux1's tables: {s(fo['vm_service_stop_to_removal_s'])}; "
                 f"started again until it returns: {s(fo['vm_service_start_to_return_s'])} "
                 f"(probe every {p['interval_s']} s, timeout {p['timeout_s']} s, out after {p['unhealthy_threshold']}, back after {p['healthy_threshold']}).", ""]
+    mg = load("manager")
+    if mg:
+        out += ["## Control plane (`bench.manager_bench`)", f"_{mg['machine']['when']}_", "",
+                "From just before the API call until the first new connection is answered per the new state (seen by a",
+                "prober already running in client1), beside the API's own answer and every agent reporting the change.",
+                f"Ananta's reference for VIP configuration: median {mg['ananta_reference_vip_config_median_s'] * 1000:.0f} ms.", "",
+                "| change | served | API answered | every agent applied |", "|---|---|---|---|"]
+        for k, label in (("add_vip", "add a VIP (PUT a load balancer; includes the BGP announcement)"),
+                         ("add_backend", "add a backend (PUT its pool; first connection to it)"),
+                         ("swap", "VIP swap (first connection to the other pool)")):
+            r = mg[k]
+            out.append(f"| {label} | {s(r['served_s'])} | {s(r['api_s'])} | {s(r['agents_s'])} |")
+        out += ["", f"MUX agent at rest, over {mg['idle_window_s']:.0f} s: " + ", ".join(
+            f"{m} {u['cpu_percent_of_a_core']} % of a core, {u['rss_mib']} MiB RSS" for m, u in mg["mux_agent_idle"].items())
+            + f". Before: {mg['before_reference']}.", ""]
     (HERE / "RESULTS.md").write_text("\n".join(out))
     print("\n".join(out))
 

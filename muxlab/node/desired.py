@@ -45,12 +45,18 @@ def nb_cfg(db: Db) -> int:
 class Liveness:
     """Which hosts are alive, from their heartbeats as this client saw them move (its own
     clock: no cross-node clock agreement needed). While the managers are unreachable
-    nothing expires, and after a reconnect every host gets a fresh grace period."""
+    nothing expires, and after a reconnect every host gets a fresh grace period.
+
+    Fail static: heartbeats travel through the managers, so every host falling silent at
+    once is what a control-plane outage looks like (a cluster without a leader accepts no
+    writes, while this client may still read from a member). Then the last verdict stands:
+    withdrawing every VIP would turn a manager failure into a data-path one."""
 
     def __init__(self, hosts: list[str]):
         self.hosts = hosts
         self.seen: dict[str, tuple[int, float]] = {}
         self.epoch: float | None = None
+        self.verdict: frozenset[str] = frozenset()
 
     def dead(self, db: Db) -> frozenset[str]:
         now = time.monotonic()
@@ -62,4 +68,8 @@ class Liveness:
             v = beats.get(h)
             if h not in self.seen or self.seen[h][0] != v:
                 self.seen[h] = (v, now if h in self.seen or v is not None else (self.epoch or now))
-        return frozenset(h for h in self.hosts if now - self.seen[h][1] > STALE_AFTER)
+        silent = frozenset(h for h in self.hosts if now - self.seen[h][1] > STALE_AFTER)
+        if len(self.hosts) > 1 and silent == frozenset(self.hosts):
+            return self.verdict
+        self.verdict = silent
+        return silent

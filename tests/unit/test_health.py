@@ -114,6 +114,21 @@ def test_silent_host_is_dead_and_reconnect_restarts_every_clock(monkeypatch):
     assert live.dead(db) == frozenset()
 
 
+def test_every_host_silent_at_once_is_a_control_plane_outage_and_changes_nothing(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    db, live = Replica(), Liveness(["host1", "host2", "host3"])
+    db.beats = {"host1": 1, "host2": 1, "host3": 1}
+    assert live.dead(db) == frozenset()
+    clock[0] += 2
+    db.beats = {"host1": 2, "host2": 2, "host3": 1}
+    clock[0] += STALE_AFTER
+    db.beats = {"host1": 3, "host2": 3, "host3": 1}
+    assert live.dead(db) == {"host3"}                      # one host silent: it is dead
+    clock[0] += STALE_AFTER + 1                            # then nobody's heartbeat moves (no leader)
+    assert live.dead(db) == {"host3"}                      # the last verdict stands
+
+
 def test_dead_host_takes_its_dips_out_and_empty_pool_withdraws_its_vip():
     health = datapath.Health(probes={("vm1", "web/http-health"): False}, dead_hosts=frozenset({"host2", "host3"}))
     s = {x.rule.key: x for x in datapath.services(fabric(), services(), health)}
