@@ -117,6 +117,19 @@ def cmd_traffic(a) -> None:
         sys.exit(1)
 
 
+def _verbs(sub, name: str, help: str, dest: str, verbs: dict[str, list], fn) -> None:
+    """A command with verbs (`muxlab pool add|remove ...`); each verb's arguments are names
+    or (name, add_argument keywords)."""
+    p = sub.add_parser(name, help=help)
+    vsub = p.add_subparsers(dest=dest, required=True)
+    for verb, args in verbs.items():
+        q = vsub.add_parser(verb)
+        for arg in args:
+            q.add_argument(arg) if isinstance(arg, str) else q.add_argument(arg[0], **arg[1])
+        _lab_args(q)
+        q.set_defaults(fn=fn)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="muxlab", description="Emulated cloud software load balancer (Ananta / Azure SLB) on containerlab.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -147,32 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune", action="store_true", help="also delete load balancers the file does not name")
     _lab_args(p)
     p.set_defaults(fn=cmd_apply)
-    p = sub.add_parser("lb", help="list, show or delete load balancers")
-    lsub = p.add_subparsers(dest="lb_cmd", required=True)
-    for verb in ("list", "show", "delete"):
-        q = lsub.add_parser(verb)
-        if verb != "list":
-            q.add_argument("lb")
-        _lab_args(q)
-        q.set_defaults(fn=cmd_lb)
-    p = sub.add_parser("pool", help="scale a backend pool out (add) or in (remove)")
-    psub = p.add_subparsers(dest="pool_cmd", required=True)
-    for verb in ("add", "remove"):
-        q = psub.add_parser(verb)
-        q.add_argument("lb")
-        q.add_argument("pool")
-        q.add_argument("vms", nargs="+", metavar="VM", help="VM name or address")
-        _lab_args(q)
-        q.set_defaults(fn=cmd_pool)
-    p = sub.add_parser("backend", help="adminState of a backend: drain (Down: no new flows) or undrain")
-    bsub = p.add_subparsers(dest="backend_cmd", required=True)
-    for verb in ("drain", "undrain"):
-        q = bsub.add_parser(verb)
-        q.add_argument("lb")
-        q.add_argument("vm")
-        q.add_argument("--pool", help="only in this pool (default: every pool of the LB that has it)")
-        _lab_args(q)
-        q.set_defaults(fn=cmd_backend)
+    _verbs(sub, "lb", "list, show or delete load balancers", "lb_cmd", {"list": [], "show": ["lb"], "delete": ["lb"]}, cmd_lb)
+    _verbs(sub, "pool", "scale a backend pool out (add) or in (remove)", "pool_cmd",
+           dict.fromkeys(("add", "remove"), ["lb", "pool", ("vms", dict(nargs="+", metavar="VM", help="VM name or address"))]),
+           cmd_pool)
+    _verbs(sub, "backend", "adminState of a backend: drain (Down: no new flows) or undrain", "backend_cmd",
+           dict.fromkeys(("drain", "undrain"), ["lb", "vm", ("--pool", dict(help="only in this pool (default: every pool of the LB that has it)"))]),
+           cmd_backend)
     p = sub.add_parser("swap", help="VIP swap: two load balancers exchange their frontends")
     p.add_argument("lb_a")
     p.add_argument("lb_b")

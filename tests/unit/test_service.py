@@ -290,3 +290,13 @@ def test_file_errors(tmp_path):
 def test_committed_json_schema_is_current():
     committed = json.loads((REPO / "docs" / "loadbalancer.schema.json").read_text())
     assert committed == json_schema(), "run `python -m muxlab.model.schemas` to refresh docs/"
+
+
+def test_committed_openapi_document_is_current():
+    from manager.api import app
+    committed = json.loads((REPO / "docs" / "openapi.json").read_text())
+    assert committed == json.loads(json.dumps(app.openapi())), "run `python -m muxlab.model.schemas` to refresh docs/"
+    paths = set(committed["paths"])
+    assert {"/loadBalancers", "/loadBalancers/{name}", "/loadBalancers/{name}/backendAddressPools/{pool}",
+            "/loadBalancers/{name}/inboundNatRules/{rule}", "/loadBalancers/{name}/loadBalancingRules/{rule}/health",
+            "/swapFrontends"} <= paths
