@@ -59,6 +59,7 @@ class HostAgent:
         self.ports = node_plan(fabric, me).bridge[1]  # the VM-facing ports of this host's vswitch
         self.next_beat = 0.0
         self.beat = 0
+        self.reported_cfg = -1
 
     def converge(self) -> None:
         svc = self.compiled.read(self.db)
@@ -102,9 +103,11 @@ class HostAgent:
                           reason="" if st.up else (st.last_error or "probe failed"), since=st.since)
             db.upsert(txn, "Chassis", {"name": self.me}, heartbeat=self.beat + 1, nb_cfg=nb_cfg(db), synced_at=time.time())
 
+        cfg = nb_cfg(db)
         status, _ = db.transact(build, timeout_s=2.0)
         if status in ("success", "unchanged"):
             self.beat += 1
+            self.reported_cfg = cfg
 
     def step(self, now: float) -> None:
         if self.db.synced:
@@ -114,7 +117,8 @@ class HostAgent:
         if changed:
             down = sorted(f"{vm}/{p}" for (vm, p), st in self.prober.states.items() if not st.up)
             print(f"[host-agent {self.me}] rotation changed; out of rotation: {down or 'none'}", flush=True)
-        beat = now >= self.next_beat
+        # report a new configuration as soon as it is applied, not at the next heartbeat
+        beat = now >= self.next_beat or (self.db.synced and nb_cfg(self.db) != self.reported_cfg)
         if self.db.synced and (changed or beat):
             if beat:
                 self.next_beat = now + HEARTBEAT_S

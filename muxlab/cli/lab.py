@@ -65,9 +65,17 @@ DEFAULT_LAB_NAME = "muxlab"
 
 def mgmt_env(ref: LabRef) -> dict[str, str]:
     """The management network of a lab: the topology's defaults for the default lab (so plain
-    containerlab deploys the same thing), else the first free 172.30.N.0/24."""
+    containerlab deploys the same thing), the one it has when it is deployed, else the first
+    free 172.30.N.0/24. (containerlab reads the topology with these variables on destroy
+    too: without them it would name, and create, the default lab's network.)"""
     if ref.name == DEFAULT_LAB_NAME:
         return dict(MGMT_DEFAULTS)
+    have = run(["docker", "network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}}{{end}}", ref.mgmt_network],
+               check=False).stdout.strip()
+    if have.endswith(".0/24"):
+        prefix = have.rsplit(".", 1)[0]
+        return {"MUXLAB_MGMT_NET": ref.mgmt_network, "MUXLAB_MGMT_SUBNET": have,
+                "MUXLAB_MGMT_RANGE": f"{prefix}.0/25", "MUXLAB_MGMT_PREFIX": prefix}
     used = set()
     for net in run(["docker", "network", "ls", "-q"]).stdout.split():
         proc = run(["docker", "network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", net], check=False)
@@ -161,7 +169,9 @@ def up(ref: LabRef, wait: float = 180) -> None:
 
 def down(ref: LabRef) -> None:
     if shutil.which("containerlab"):
-        run(["containerlab", "destroy", "-t", str(ref.topology), "--name", ref.name, "--cleanup"], timeout=300, check=False)
+        env = dict(__import__("os").environ, **mgmt_env(ref))
+        run(["containerlab", "destroy", "-t", str(ref.topology), "--name", ref.name, "--cleanup"], timeout=300, check=False,
+            env=env)
     # containerlab removes what it knows; make sure nothing of this lab is left either way
     for c in containers(ref.name):
         run(["docker", "rm", "-f", c["container"]], check=False)

@@ -7,6 +7,7 @@ import sys
 
 from ..errors import MuxlabError
 from ..model.diff import diff
+from ..model.lbcheck import allocate_public_ips
 from ..model.service import LoadBalancer, canonical, load_document
 from .lab import LabRef, frontends
 
@@ -36,7 +37,8 @@ def apply(ref: LabRef, path: str, yes: bool, prune: bool, wait: bool = True) -> 
     new = load_document(path)  # refuses a malformed file before talking to anybody
     api = ref.api()
     old = held(ref)
-    changes = diff(old, new, prune)
+    # compare with the addresses the managers will keep for public IPs given only by id
+    changes = diff(old, allocate_public_ips(new, ref.lab, old), prune)
     print(f"muxlab apply {path} -> lab {ref.name!r}:")
     print("\n".join(f"  {line}" for line in changes) if changes else "  no change")
     if not changes:

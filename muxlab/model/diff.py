@@ -1,6 +1,8 @@
 """What `muxlab apply` would change: a readable difference between two sets of load
-balancers. Pure. Lists of named children (pools, rules, ...) are compared by name, so a
-reordered list is no change and a renamed rule is one removal and one addition."""
+balancers. Pure. Only `properties` count (the envelope of a REST body or an ARM resource,
+`id`, `location`, `sku`, ..., changes nothing). Lists of named children (pools, rules, ...)
+are compared by name, so a reordered list is no change and a renamed rule is one removal
+and one addition."""
 from __future__ import annotations
 
 from typing import Any
@@ -46,5 +48,6 @@ def diff(old: dict[str, LoadBalancer], new: dict[str, LoadBalancer], prune: bool
         elif name not in old:
             out.append(f"+ load balancer {name}")
         else:
-            _walk(name, _keyed(canonical(old[name])), _keyed(canonical(new[name])), out)
+            _walk(f"{name}.properties", _keyed(canonical(old[name])["properties"]),
+                  _keyed(canonical(new[name])["properties"]), out)
     return out

@@ -245,3 +245,24 @@ def _answers(L):
         return L.ref.api(timeout=3).get("/sync")["nb_cfg"] > 0
     except Exception:
         return False
+
+
+def test_apply_an_arm_template_as_it_is_then_list_show_delete(L, tmp_path):
+    from tests.unit.test_service import ARM
+    path = tmp_path / "arm.json"
+    path.write_text(json.dumps(ARM))
+    p = cli("apply", str(path), "--yes", "--name", E2E_LAB)
+    assert "+ load balancer arm-lb" in p.stdout and "applied in one transaction" in p.stdout
+    assert "every MUX and host agent has it" in p.stdout
+    body = json.loads(cli("lb", "show", "arm-lb", "--name", E2E_LAB).stdout)
+    vip = address_of(body)
+    assert body["properties"]["loadBalancingRules"][0]["properties"]["loadDistribution"] == "SourceIP"
+    assert "arm-lb" in cli("lb", "list", "--name", E2E_LAB).stdout
+    L.wait_for("the ARM VIP on the edge", lambda: vip_nexthops(L.ref, [vip])[vip] == MUXES, timeout=15)
+    res = L.flows("client2", vip, 8081, 100)
+    assert res["failures"] == 0 and len(res["by_dip"]) == 1 and set(res["by_dip"]) <= {"vm3", "vm5"}  # SourceIP affinity
+    again = cli("apply", str(path), "--yes", "--name", E2E_LAB)
+    assert "no change" in again.stdout  # the allocated address is kept: re-applying changes nothing
+    cli("lb", "delete", "arm-lb", "--name", E2E_LAB)
+    L.synced()
+    L.wait_for("the ARM VIP gone", lambda: vip_nexthops(L.ref, [vip])[vip] == [], timeout=15)
