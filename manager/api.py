@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any
 
-from fastapi import Body, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -36,8 +36,7 @@ from pydantic import BaseModel, Field
 from muxlab.model.compiled import compile_services
 from muxlab.model.conventions import API_PORT
 from muxlab.model.fabric import ModelError, load_lab
-from muxlab.model.service import (BackendAddressPool, InboundNatRule, LoadBalancer, canonical, errors_of,
-                                  load_document)
+from muxlab.model.service import BackendAddressPool, InboundNatRule, LoadBalancer, canonical, load_document
 from muxlab.node.desired import STALE_AFTER
 from muxlab.node.ovsdb import DB_NAME, manager_addresses, remotes
 from muxlab.node.runtime import FABRIC_PATH

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 from .. import versions

@@ -54,7 +54,7 @@ def ref_parts(ref_id: str) -> tuple[str, str]:
         return m.group("kind"), m.group("name")
     parts = [p for p in ref_id.strip("[]'").split("/") if p]
     if len(parts) < 2:
-        raise ValueError(f"must end in /KIND/NAME, like .../loadBalancers/lb/backendAddressPools/web")
+        raise ValueError("must end in /KIND/NAME, like .../loadBalancers/lb/backendAddressPools/web")
     return parts[-2], parts[-1].strip("'")
 
 

@@ -48,7 +48,7 @@ def test_exabgp_next_hop_self_speaker_per_mux():
 
 
 def test_topology_is_unprivileged_and_complete():
-    topo = yaml.safe_load(render_topology(lab()).replace("${MUXLAB_STORE:=store}", "store"))
+    topo = yaml.safe_load(render_topology(lab()))
     d = topo["topology"]["defaults"]
     assert d["privileged"] is False and set(d["cap-add"]) == {"NET_ADMIN", "NET_RAW", "SYS_ADMIN"}
     assert set(topo["topology"]["nodes"]) == set(lab().node_names())
