@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
-import traceback
 
 from pyroute2 import IPRoute
 
@@ -19,9 +17,9 @@ from muxlab.model.compiled import Services
 from muxlab.model.conventions import RULE_PRIORITY, dip_mark, vxlan_ifname
 from muxlab.model.fabric import Lab, load_lab
 from muxlab.model.render import node_plan
-from muxlab.node.desired import HEARTBEAT_S, LB_COLUMNS, ServicesCache, nb_cfg
+from muxlab.node.desired import HEARTBEAT_S, LB_COLUMNS, ServicesCache, nb_cfg, watch
 from muxlab.node.kernel import PolicyRoute, ensure_bridge_ports, ensure_vxlan, nft_apply, reconcile_policy_routes
-from muxlab.node.ovsdb import Db, manager_addresses, remotes
+from muxlab.node.ovsdb import Db, managers_remote
 from muxlab.node.runtime import FABRIC_PATH
 
 from . import datapath
@@ -46,6 +44,11 @@ def apply(state: tuple) -> None:
         ensure_vxlan(ipr, dev, vni, local)
         reconcile_policy_routes(ipr, list(routes), RULE_PRIORITY)
     nft_apply(ruleset)
+
+
+def reason(st) -> str:
+    """Why a backend is out of rotation, as Backend_Health holds it ('' while it is in)."""
+    return "" if st.up else (st.last_error or "probe failed")
 
 
 class HostAgent:
@@ -90,7 +93,7 @@ class HostAgent:
         changed = []
         for (vm, probe), st in states.items():
             r = db.row("Backend_Health", vm=vm, probe=probe)
-            if r is None or r.up != st.up or r.reason != st.last_error and not st.up or r.host != self.me:
+            if r is None or (r.up, r.reason, r.host) != (st.up, reason(st), self.me):
                 changed.append(((vm, probe), st))
         if not (changed or stale or force_beat):
             return
@@ -100,7 +103,7 @@ class HostAgent:
                 r.delete()
             for (vm, probe), st in changed:
                 db.upsert(txn, "Backend_Health", {"vm": vm, "probe": probe}, host=self.me, up=st.up,
-                          reason="" if st.up else (st.last_error or "probe failed"), since=st.since)
+                          reason=reason(st), since=st.since)
             db.upsert(txn, "Chassis", {"name": self.me}, heartbeat=self.beat + 1, nb_cfg=nb_cfg(db), synced_at=time.time())
 
         cfg = nb_cfg(db)
@@ -134,18 +137,10 @@ class HostAgent:
 def main() -> None:
     me = socket.gethostname()
     fabric = load_lab(FABRIC_PATH)
-    db = Db(remotes(manager_addresses(len(fabric.managers))), TABLES, quiet=QUIET)
+    db = Db(managers_remote(len(fabric.managers)), TABLES, quiet=QUIET)
     agent = HostAgent(me, fabric, db)
     print(f"[host-agent {me}] watching the managers' OVSDB", flush=True)
-    while True:
-        try:
-            db.wait(agent.next_wakeup(time.monotonic()))
-            db.run()
-            agent.step(time.monotonic())
-        except Exception:
-            traceback.print_exc(file=sys.stdout)
-            sys.stdout.flush()
-            time.sleep(1)
+    watch(db, lambda: agent.step(time.monotonic()), lambda: agent.next_wakeup(time.monotonic()))
 
 
 if __name__ == "__main__":

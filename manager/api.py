@@ -38,7 +38,7 @@ from muxlab.model.conventions import API_PORT
 from muxlab.model.fabric import ModelError, load_lab
 from muxlab.model.service import BackendAddressPool, InboundNatRule, LoadBalancer, canonical, load_document
 from muxlab.node.desired import STALE_AFTER
-from muxlab.node.ovsdb import DB_NAME, manager_addresses, remotes
+from muxlab.node.ovsdb import DB_NAME, manager_addresses, managers_remote
 from muxlab.node.runtime import FABRIC_PATH
 
 from .cluster import CTL
@@ -56,7 +56,7 @@ def store() -> Store:
     global _store
     if _store is None:
         fabric = load_lab(FABRIC_PATH)
-        _store = Store(fabric, remotes(manager_addresses(len(fabric.managers))))
+        _store = Store(fabric, managers_remote(len(fabric.managers)))
     return _store
 
 
@@ -240,8 +240,7 @@ def rule_health(name: str, rule: str):
     if not rules:
         return not_found("load-balancing rule", rule, [r.name for r in held[name].properties.loadBalancingRules])
     probes = {(h["vm"], h["probe"]): h for h in snap["health"]}
-    now = time.time()
-    alive = {h["name"] for h in snap["hosts"] if now - (h["synced_at"] or 0) <= STALE_AFTER}
+    alive = {h["name"] for h in snap["hosts"] if h["alive"]}
     out = []
     r = rules[0]
     for b in r.backends:

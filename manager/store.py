@@ -23,6 +23,7 @@ from muxlab.model.fabric import Lab, ModelError
 from muxlab.model.lbcheck import allocate_public_ips, check, frontend_addresses
 from muxlab.model.service import LoadBalancer, canonical
 
+from muxlab.node.desired import STALE_AFTER
 from muxlab.node.ovsdb import Db
 
 # After the leader dies the others elect a new one within about a second, and this manager's
@@ -109,8 +110,8 @@ class Store:
                 "load_balancers": self.held(db),
                 "health": [{"host": r.host, "vm": r.vm, "probe": r.probe, "up": r.up, "reason": r.reason, "since": r.since}
                            for r in db.rows("Backend_Health")],
-                "hosts": [{"name": r.name, "heartbeat": r.heartbeat, "nb_cfg": r.nb_cfg, "synced_at": r.synced_at}
-                          for r in db.rows("Chassis")],
+                "hosts": [{"name": r.name, "heartbeat": r.heartbeat, "nb_cfg": r.nb_cfg, "synced_at": r.synced_at,
+                           "alive": time.time() - (r.synced_at or 0) <= STALE_AFTER} for r in db.rows("Chassis")],
                 "muxes": [{"name": r.name, "drained": r.drained, "nb_cfg": r.nb_cfg, "synced_at": r.synced_at,
                            "tables_digest": r.tables_digest, "announced": sorted(r.announced)} for r in db.rows("Mux")],
             }

@@ -10,17 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
-import sys
 import time
-import traceback
 
 from pyroute2 import IPRoute
 
 from muxlab.model.conventions import RULE_PRIORITY, vxlan_ifname
 from muxlab.model.fabric import Lab, load_lab
-from muxlab.node.desired import LB_COLUMNS, Liveness, ServicesCache, nb_cfg
+from muxlab.node.desired import LB_COLUMNS, Liveness, ServicesCache, nb_cfg, watch
 from muxlab.node.kernel import PolicyRoute, ensure_vxlan, nft_apply, reconcile_blackholes, reconcile_policy_routes
-from muxlab.node.ovsdb import Db, manager_addresses, ok, remotes
+from muxlab.node.ovsdb import Db, managers_remote, ok
 from muxlab.node.runtime import FABRIC_PATH, RUN_DIR, write_atomic
 
 from . import datapath
@@ -79,7 +77,7 @@ class MuxAgent:
     def step(self) -> None:
         svc = self.compiled.read(self.db)
         health = self.health()
-        inputs = (id(svc), tuple(sorted(health.probes.items())), health.dead_hosts, health.drained)
+        inputs = (self.compiled.key, tuple(sorted(health.probes.items())), health.dead_hosts, health.drained)
         if inputs != self.inputs:
             svcs = datapath.services(self.fabric, svc, health)
             want = desired(self.fabric, self.me, svc.vips, svcs)
@@ -114,20 +112,11 @@ class MuxAgent:
 def main() -> None:
     me = socket.gethostname()
     fabric = load_lab(FABRIC_PATH)
-    db = Db(remotes(manager_addresses(len(fabric.managers))), TABLES, quiet=QUIET)
+    db = Db(managers_remote(len(fabric.managers)), TABLES, quiet=QUIET)
     agent = MuxAgent(me, fabric, db)
     print(f"[mux-agent {me}] watching the managers' OVSDB", flush=True)
-    while True:
-        try:
-            db.wait(TICK)
-            db.run()
-            if db.synced:  # else: keep forwarding with what we have
-                agent.step()
-        except Exception:
-            # keep the last good data path and announcement on a transient error
-            traceback.print_exc(file=sys.stdout)
-            sys.stdout.flush()
-            time.sleep(1)
+    # with no manager synced, keep forwarding with what we have
+    watch(db, lambda: agent.step() if db.synced else None, lambda: TICK)
 
 
 if __name__ == "__main__":

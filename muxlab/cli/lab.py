@@ -15,6 +15,7 @@ from ..errors import MuxlabError
 from ..model.conventions import API_PORT
 from ..model.fabric import Lab, load_lab
 from ..model.render import GENERATED, MGMT_DEFAULTS, render_lab_files
+from ..model.service import LoadBalancer
 from .api import Api
 
 REPO = Path(__file__).resolve().parents[2]
@@ -161,7 +162,7 @@ def up(ref: LabRef, wait: float = 180) -> None:
     print(f"muxlab: deploying lab {ref.name!r} from {ref.topology}", flush=True)
     proc = run(["containerlab", "deploy", "-t", str(ref.topology), "--name", ref.name], timeout=900, check=False, env=env)
     if proc.returncode != 0:
-        run(["containerlab", "destroy", "-t", str(ref.topology), "--name", ref.name, "--cleanup"], timeout=300, check=False)
+        down(ref)
         raise MuxlabError(f"containerlab deploy failed (lab destroyed again):\n{(proc.stdout + proc.stderr)[-3000:]}")
     wait_converged(ref, wait)
 
@@ -230,17 +231,11 @@ def frontends(lbs: dict[str, dict], with_rules: bool = False) -> list[str]:
     """Frontend addresses of load balancers as the API returns them (with_rules: only those
     some load-balancing rule uses, the ones MUXes announce while a backend is up)."""
     out = set()
-    for lb in lbs.values():
-        p = lb["properties"]
-        used = {r["properties"]["frontendIPConfiguration"]["id"].rstrip("/").split("/")[-1]
-                for r in p.get("loadBalancingRules", [])}
-        for fe in p["frontendIPConfigurations"]:
-            if with_rules and fe["name"] not in used:
-                continue
-            fp = fe["properties"]
-            addr = fp.get("privateIPAddress") or fp.get("publicIPAddress", {}).get("properties", {}).get("ipAddress")
-            if addr:
-                out.add(addr)
+    for body in lbs.values():
+        p = LoadBalancer.model_validate(body).properties
+        used = {r.properties.frontendIPConfiguration.name for r in p.loadBalancingRules}
+        out |= {str(fe.address) for fe in p.frontendIPConfigurations
+                if fe.address is not None and (fe.name in used or not with_rules)}
     return sorted(out, key=ipaddress.IPv4Address)
 
 
@@ -257,15 +252,19 @@ def vip_address(lbs: dict[str, dict], vip: str) -> tuple[str, str]:
 
 
 def manager_view(ref: LabRef) -> dict:
-    """Each manager's Raft role (or why it does not answer) and the managers' status."""
-    out = {"managers": {}, "status": None}
-    for m, url in zip(ref.lab.managers, ref.manager_urls()):
+    """Each manager's Raft role (or why it does not answer), the managers' status and their
+    load balancers, in one round of calls."""
+    out = {"managers": {}, "status": None, "load_balancers": {}}
+    urls = ref.manager_urls()
+    for m, url in zip(ref.lab.managers, urls):
         try:
             out["managers"][m] = {"url": url, **Api([url], timeout=3).get("/cluster")}
         except MuxlabError as exc:
             out["managers"][m] = {"url": url, "role": None, "status": f"not answering ({exc})"[:120]}
     try:
-        out["status"] = ref.api(timeout=5).get("/status")
+        api = Api(urls, timeout=5)
+        out["status"] = api.get("/status")
+        out["load_balancers"] = api.load_balancers()
     except MuxlabError:
         pass
     return out
@@ -275,8 +274,7 @@ def probes(ref: LabRef, status: dict | None) -> dict:
     """Per VM: its host's liveness and each probe's state, as the host agents report them."""
     if not status:
         return {}
-    now = status["now"]
-    alive = {h["name"] for h in status["hosts"] if now - (h["synced_at"] or 0) <= 3.0}
+    alive = {h["name"] for h in status["hosts"] if h["alive"]}
     by_vm: dict[str, dict] = {}
     for h in status["health"]:
         by_vm.setdefault(h["vm"], {})[h["probe"]] = {"up": h["up"], "last_error": h["reason"]}
@@ -287,7 +285,8 @@ def probes(ref: LabRef, status: dict | None) -> dict:
 def status(ref: LabRef) -> dict:
     nodes = containers(ref.name)
     running = {c["node"] for c in nodes if c["state"] == "running"}
-    mv = manager_view(ref) if any(m in running for m in ref.lab.managers) else {"managers": {}, "status": None}
+    mv = (manager_view(ref) if any(m in running for m in ref.lab.managers)
+          else {"managers": {}, "status": None, "load_balancers": {}})
     st = mv["status"]
     urls = [m["url"] for m in mv["managers"].values() if m.get("role")]
     result = {"lab": ref.name, "topology": str(ref.topology), "nodes": nodes, "bgp": {}, "vips": {},
@@ -298,13 +297,12 @@ def status(ref: LabRef) -> dict:
                             for h in st["hosts"]}) if st else {},
               "drained": sorted(m["name"] for m in st["muxes"] if m["drained"]) if st else [],
               "faults": sorted(p.stem for p in (ref.state_dir / "faults").glob("*.json")),
-              "probes": probes(ref, st), "mux_tables": mux_tables(ref, running)}
+              "probes": probes(ref, st), "mux_tables": mux_tables(ref, running),
+              # the VIPs MUXes announce while a backend is in rotation
+              "announceable": frontends(mv["load_balancers"], with_rules=True)}
     if "edge" in running:
         result["bgp"] = bgp_sessions(ref)
-        try:
-            result["vips"] = vip_nexthops(ref)
-        except MuxlabError:
-            result["vips"] = {}
+        result["vips"] = vip_nexthops(ref, frontends(mv["load_balancers"]))
     return result
 
 
@@ -315,15 +313,10 @@ def wait_converged(ref: LabRef, timeout: float) -> dict:
     agents = want + [h.name for h in ref.lab.hosts]
     while True:
         st = status(ref)
-        announced = []
-        try:
-            announced = frontends(ref.api(timeout=5).load_balancers(), with_rules=True)
-        except MuxlabError:
-            pass
         ok = (len(st["nodes"]) == len(ref.lab.node_names()) and all(n["state"] == "running" for n in st["nodes"])
               and st["nb_cfg"] and all(st["agents"].get(a, {}).get("nb_cfg", -1) >= st["nb_cfg"] for a in agents)
               and all(st["bgp"].get(m) == "Established" for m in want)
-              and all(st["vips"].get(v) == want for v in announced))
+              and all(st["vips"].get(v) == want for v in st["announceable"]))
         if ok:
             return st
         if time.monotonic() > deadline:

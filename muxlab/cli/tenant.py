@@ -8,11 +8,12 @@ import sys
 from ..errors import MuxlabError
 from ..model.diff import diff
 from ..model.lbcheck import allocate_public_ips
-from ..model.service import LoadBalancer, canonical, load_document
+from ..model.service import LoadBalancer, LoadBalancingRuleProperties, canonical, load_document
 from .lab import LabRef, frontends
 
 NOT_ACTIVE = ("inboundNatRules", "outboundRules")
-NOT_ACTIVE_RULE_FIELDS = {"idleTimeoutInMinutes": 4, "enableTcpReset": False, "disableOutboundSnat": False}
+NOT_ACTIVE_RULE_FIELDS = {f: LoadBalancingRuleProperties.model_fields[f].default
+                          for f in ("idleTimeoutInMinutes", "enableTcpReset", "disableOutboundSnat")}
 
 
 def inactive_notes(lbs: dict[str, LoadBalancer]) -> list[str]:

@@ -4,7 +4,10 @@ and the VM service, so they all read the tables the same way."""
 from __future__ import annotations
 
 import json
+import sys
 import time
+import traceback
+from typing import Callable
 
 from muxlab.model.compiled import Services, compile_services
 from muxlab.model.fabric import Lab
@@ -35,6 +38,20 @@ class ServicesCache:
             self.services = compile_services(lbs, self.fabric)
             self.key = key
         return self.services
+
+
+def watch(db: Db, step: Callable[[], None], wakeup: Callable[[], float | None]) -> None:
+    """An agent's life: sleep until the server sends something (or `wakeup()` seconds pass),
+    take it in, let `step` converge. A failing step keeps what the kernel has and retries."""
+    while True:
+        try:
+            db.wait(wakeup())
+            db.run()
+            step()
+        except Exception:
+            traceback.print_exc(file=sys.stdout)
+            sys.stdout.flush()
+            time.sleep(1)
 
 
 def nb_cfg(db: Db) -> int:

@@ -43,6 +43,11 @@ def remotes(addresses: Iterable[str]) -> str:
     return ",".join(f"tcp:{a}:{OVSDB_PORT}" for a in addresses)
 
 
+def managers_remote(n_managers: int) -> str:
+    """Every manager's OVSDB, as an IDL remote list."""
+    return remotes(manager_addresses(n_managers))
+
+
 class Db:
     """One IDL connection. `tables`: table -> columns to replicate (None: all columns);
     `quiet`: (table, column) pairs this client writes but need not be woken by."""

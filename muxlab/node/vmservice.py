@@ -26,7 +26,7 @@ from muxlab.model.compiled import guest_config
 from muxlab.model.fabric import load_lab
 
 from .desired import LB_COLUMNS, ServicesCache
-from .ovsdb import Db, manager_addresses, remotes
+from .ovsdb import Db, managers_remote
 from .runtime import FABRIC_PATH, RUN_DIR
 
 IPERF_PORT = 5201  # iperf3 owns it
@@ -139,7 +139,7 @@ def main() -> None:
     name = socket.gethostname()
     fabric = load_lab(FABRIC_PATH)
     guest = Guest(name, str(fabric.vm(name).ip))
-    db = Db(remotes(manager_addresses(len(fabric.managers))), LB_COLUMNS)
+    db = Db(managers_remote(len(fabric.managers)), LB_COLUMNS)
     compiled = ServicesCache(fabric)
     applied = None
     while True:
