@@ -11,7 +11,10 @@
     POST   /loadBalancers/{lb}/loadBalancingRules/{rule}/health   per backend: Up/Down and why
     POST   /swapFrontends                                  VIP swap between two load balancers
     POST   /applyLoadBalancers                             several at once, one transaction (`muxlab apply`)
+    GET    /loadBalancers/{lb}/inboundNatRules/{rule}/portMappings   who has which frontend port
+    GET    /loadBalancers/{lb}/outboundSnat                per backend: VIP, port ranges, in use, failures
     PUT    /muxes/{mux}                                    {"drained": true|false}
+    PUT    /mtu                                            {"remedies": [...]}: what MUXes do about too-big packets
     GET    /status, /cluster, /sync                        operators and tests
 
 Every write is validated whole and is one OVSDB transaction; a rejected request answers 4xx
@@ -26,7 +29,7 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -296,6 +299,58 @@ def swap_frontends(req: SwapRequest):
         return not_found("load balancer", *missing["lb"])
     return JSONResponse({n: [str(fe.address) for fe in stored[n].properties.frontendIPConfigurations] for n in (a, b)},
                         headers={"X-Muxlab-Nb-Cfg": str(cfg)})
+
+
+@app.get("/loadBalancers/{name}/inboundNatRules/{rule}/portMappings")
+def port_mappings(name: str, rule: str):
+    """Azure's inbound NAT rule port mappings: which backend has which frontend port."""
+    snap = store().snapshot()
+    held = snap["load_balancers"]
+    if name not in held:
+        return not_found("load balancer", name, held)
+    rules = {n.name: n.properties for n in held[name].properties.inboundNatRules}
+    if rule not in rules:
+        return not_found("inbound NAT rule", rule, sorted(rules))
+    n = rules[rule]
+    fabric = store().fabric
+    mapping = snap["allocations"].get(name, {}).get("nat", {}).get(rule, {})
+    return {"value": [{"inboundNatRuleName": rule, "protocol": n.protocol, "frontendPort": port,
+                       "backendPort": port if n.enableFloatingIP else n.backendPort,
+                       "backendAddress": {"name": vm, "ipAddress": str(fabric.vm(vm).ip)}}
+                      for vm, port in sorted(mapping.items(), key=lambda kv: kv[1])]}
+
+
+@app.get("/loadBalancers/{name}/outboundSnat")
+def outbound_snat(name: str):
+    """Outbound SNAT of a load balancer's backends (a muxlab view; Azure shows it as metrics):
+    each backend's frontend address and port range, the ports its connections hold and the
+    connections refused because the range was full."""
+    snap = store().snapshot()
+    held = snap["load_balancers"]
+    if name not in held:
+        return not_found("load balancer", name, held)
+    fabric = store().fabric
+    svc = compile_services(held, fabric, snap["allocations"])
+    usage = {vm: u for h in snap["hosts"] for vm, u in h["snat_usage"].items()}
+    out = []
+    for x in sorted((x for x in svc.snat if x.lb == name), key=lambda x: (str(x.vip), x.lo)):
+        u = usage.get(x.vm, {})
+        out.append({"name": x.vm, "ipAddress": x.ip, "host": fabric.vm(x.vm).host, "rule": x.rule,
+                    "frontendIPAddress": str(x.vip), "protocols": list(x.protocols), "ranges": [[x.lo, x.hi]],
+                    "allocatedPorts": x.ports, "portsInUse": u.get("in_use"), "failures": u.get("failures")})
+    return {"loadBalancer": name, "value": out}
+
+
+class MtuRemedies(BaseModel):
+    remedies: list[Literal["mss-clamp", "icmp"]] = Field(
+        description="mss-clamp: SYNs (MUX) and SYN-ACKs (host) promise no more than the overlay carries; "
+                    "icmp: MUXes send ICMP fragmentation-needed to the client. [] reproduces the black hole.")
+
+
+@app.put("/mtu")
+def put_mtu(body: MtuRemedies):
+    store().set_mtu_remedies(body.remedies)
+    return {"remedies": sorted(set(body.remedies))}
 
 
 class MuxState(BaseModel):

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import ovs.poller
 
+from muxlab.model.allocation import allocate
 from muxlab.model.fabric import Lab, ModelError
 from muxlab.model.lbcheck import allocate_public_ips, check, frontend_addresses
 from muxlab.model.service import LoadBalancer, canonical
@@ -108,10 +109,13 @@ class Store:
                 "nb_cfg": g[0].nb_cfg if g else 0,
                 "seeded": bool(g and g[0].seeded),
                 "load_balancers": self.held(db),
+                "allocations": {r.name: json.loads(r.allocations or "{}") for r in db.rows("Load_Balancer")},
+                "mtu_remedies": sorted(g[0].mtu_remedies) if g else sorted(self.fabric.mtu_remedies),
                 "health": [{"host": r.host, "vm": r.vm, "probe": r.probe, "up": r.up, "reason": r.reason, "since": r.since}
                            for r in db.rows("Backend_Health")],
                 "hosts": [{"name": r.name, "heartbeat": r.heartbeat, "nb_cfg": r.nb_cfg, "synced_at": r.synced_at,
-                           "alive": time.time() - (r.synced_at or 0) <= STALE_AFTER} for r in db.rows("Chassis")],
+                           "alive": time.time() - (r.synced_at or 0) <= STALE_AFTER,
+                           "snat_usage": json.loads(r.snat_usage or "{}")} for r in db.rows("Chassis")],
                 "muxes": [{"name": r.name, "drained": r.drained, "nb_cfg": r.nb_cfg, "synced_at": r.synced_at,
                            "tables_digest": r.tables_digest, "announced": sorted(r.announced)} for r in db.rows("Mux")],
             }
@@ -148,16 +152,24 @@ class Store:
         new = {n: lb for n, lb in updates.items() if lb is not None}
         after.update(allocate_public_ips(new, self.fabric, {n: lb for n, lb in held.items() if n not in updates}))
         problems = check(after, self.fabric, held, changed=updates)
+        if not problems:
+            previous = {r.name: json.loads(r.allocations or "{}") for r in db.rows("Load_Balancer")}
+            allocations, problems = allocate(after, self.fabric, previous)
         if problems:
             raise ModelError(problems, "load balancer")
         g = db.rows("Global")
 
         def build(txn):
-            glob = g[0] if g else db.upsert(txn, "Global", {}, seeded=True)
+            glob = g[0] if g else db.upsert(txn, "Global", {}, seeded=True, mtu_remedies=sorted(self.fabric.mtu_remedies))
             cfg = (glob.nb_cfg if g else 0) + 1
             if g:
                 glob.verify("nb_cfg")
             glob.nb_cfg = cfg
+            for name, alloc in allocations.items():   # another load balancer's change can move these
+                row = db.row("Load_Balancer", name=name)
+                text = json.dumps(alloc, sort_keys=True)
+                if name not in updates and row is not None and row.allocations != text:
+                    row.allocations = text
             for name in updates:
                 row = db.row("Load_Balancer", name=name)
                 if name not in after:
@@ -169,6 +181,7 @@ class Store:
                     row = txn.insert(db.idl.tables["Load_Balancer"])
                     row.name = name
                 row.spec = spec
+                row.allocations = json.dumps(allocations[name], sort_keys=True)
                 row.frontends = frontend_addresses([after[name]])
             return cfg, {n: after[n] for n in updates if n in after}
 
@@ -182,8 +195,20 @@ class Store:
         self.change(lambda held: dict(lbs))
         return True
 
-    def set_drained(self, mux: str, drained: bool) -> None:
+    def _write(self, build) -> None:
         self.wait_synced()
-        status, _ = self.call(lambda db: db.transact(lambda txn: db.upsert(txn, "Mux", {"name": mux}, drained=drained)))
+        status, _ = self.call(lambda db: db.transact(lambda txn: build(db, txn)))
         if status not in ("success", "unchanged"):
             raise Unavailable(f"the database refused the transaction: {status}")
+
+    def set_drained(self, mux: str, drained: bool) -> None:
+        self._write(lambda db, txn: db.upsert(txn, "Mux", {"name": mux}, drained=drained))
+
+    def set_mtu_remedies(self, remedies: list[str]) -> None:
+        """The platform's answer to packets too big for the overlay (not a tenant setting)."""
+        def build(db, txn):
+            g = db.rows("Global")
+            glob = g[0] if g else db.upsert(txn, "Global", {}, seeded=True)
+            glob.mtu_remedies = sorted(remedies)
+            glob.nb_cfg = (g[0].nb_cfg if g else 0) + 1   # agents report when they applied it
+        self._write(build)

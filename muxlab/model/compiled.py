@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from .allocation import allocate
 from .fabric import Lab
 from .lbcheck import protocols
 from .service import LoadBalancer
@@ -49,6 +50,8 @@ class Rule:
     floating_ip: bool = False
     probe: Probe | None = None
     distribution: str = "Default"
+    idle_s: int = 240     # idleTimeoutInMinutes, in lab seconds (Lab.seconds_per_minute)
+    tcp_reset: bool = False
 
     @property
     def key(self) -> str:
@@ -56,22 +59,71 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class NatPort:
+    """An inbound NAT rule's port: (VIP, protocol, port) always goes to this one backend."""
+    lb: str
+    rule: str
+    vip: ipaddress.IPv4Address
+    protocol: str
+    port: int
+    vm: str
+    ip: str
+    backend_port: int
+    floating_ip: bool = False
+    idle_s: int = 240
+    tcp_reset: bool = False
+
+
+@dataclass(frozen=True)
+class Snat:
+    """A backend's outbound identity: its connections leave as VIP:LO-HI."""
+    lb: str
+    rule: str
+    vip: ipaddress.IPv4Address
+    protocols: tuple[str, ...]
+    vm: str
+    ip: str
+    lo: int
+    hi: int
+    idle_s: int = 240
+    tcp_reset: bool = False
+
+    @property
+    def ports(self) -> int:
+        return self.hi - self.lo + 1
+
+
+@dataclass(frozen=True)
 class Services:
     rules: tuple[Rule, ...] = ()
     vips: tuple[ipaddress.IPv4Address, ...] = ()      # every frontend address, with or without rules
+    nat_ports: tuple[NatPort, ...] = ()
+    snat: tuple[Snat, ...] = ()
+    hairpin_snat_vips: tuple[ipaddress.IPv4Address, ...] = ()   # LBs with hairpinSnat: their frontends
 
     def probes(self) -> dict[str, Probe]:
         return {r.probe.key: r.probe for r in self.rules if r.probe}
 
 
-def compile_services(lbs: dict[str, LoadBalancer], fabric: Lab) -> Services:
-    """Assumes lbs passed lbcheck.check (unknown references are skipped, not raised)."""
+def compile_services(lbs: dict[str, LoadBalancer], fabric: Lab, allocations: dict[str, dict] | None = None) -> Services:
+    """Assumes lbs passed lbcheck.check (unknown references are skipped, not raised).
+    `allocations`: what the manager stored (muxlab.model.allocation); None computes them
+    afresh (the same result for a set of load balancers written at once)."""
+    if allocations is None:
+        allocations, _ = allocate(lbs, fabric)
+    spm = fabric.seconds_per_minute
     rules: list[Rule] = []
+    nat_ports: list[NatPort] = []
+    snat: list[Snat] = []
+    hairpin: set[ipaddress.IPv4Address] = set()
     vips: set[ipaddress.IPv4Address] = set()
     for lb_name in sorted(lbs):
         P = lbs[lb_name].properties
+        alloc = allocations.get(lb_name, {})
         fes = {fe.name: fe.address for fe in P.frontendIPConfigurations}
         vips.update(a for a in fes.values() if a is not None)
+        if P.hairpinSnat:
+            hairpin.update(a for a in fes.values() if a is not None)
         pools = {}
         for pool in P.backendAddressPools:
             members = []
@@ -96,8 +148,38 @@ def compile_services(lbs: dict[str, LoadBalancer], fabric: Lab) -> Services:
                 rules.append(Rule(lb_name, r.name if len(split) == 1 else f"{r.name}-{proto}", vip, proto,
                                   rp.frontendPort, rp.backendPort, f"{lb_name}/{rp.pool.name}", pools[rp.pool.name],
                                   rp.enableFloatingIP, probes.get(rp.probe.name) if rp.probe else None,
-                                  rp.loadDistribution))
-    return Services(tuple(rules), tuple(sorted(vips)))
+                                  rp.loadDistribution, rp.idleTimeoutInMinutes * spm, rp.enableTcpReset))
+        for n in P.inboundNatRules:
+            np_ = n.properties
+            vip = fes.get(np_.frontendIPConfiguration.name)
+            for vm_name, port in alloc.get("nat", {}).get(n.name, {}).items():
+                vm = fabric.vm(vm_name)
+                for proto in protocols(np_.protocol):
+                    bport = port if np_.enableFloatingIP else np_.backendPort
+                    nat_ports.append(NatPort(lb_name, n.name, vip, proto, port, vm.name, str(vm.ip), bport,
+                                             np_.enableFloatingIP, np_.idleTimeoutInMinutes * spm, np_.enableTcpReset))
+        outbound = {o.name: o.properties for o in P.outboundRules}
+        lb_rules = {r.name: r.properties for r in P.loadBalancingRules}
+        for vm_name, (fe, lo, hi) in alloc.get("snat", {}).items():
+            vm = fabric.vm(vm_name)
+            o = outbound.get(_snat_rule(P, vm, fabric))
+            if o is not None:
+                snat.append(Snat(lb_name, _snat_rule(P, vm, fabric), fes[fe], protocols(o.protocol), vm.name, str(vm.ip),
+                                 lo, hi, o.idleTimeoutInMinutes * spm, o.enableTcpReset))
+                continue
+            protos = sorted({p for r in lb_rules.values() if r.frontendIPConfiguration.name == fe and not r.disableOutboundSnat
+                             for p in protocols(r.protocol)})
+            snat.append(Snat(lb_name, "(load-balancing rules)", fes[fe], tuple(protos), vm.name, str(vm.ip), lo, hi))
+    return Services(tuple(rules), tuple(sorted(vips)), tuple(nat_ports), tuple(snat), tuple(sorted(hairpin)))
+
+
+def _snat_rule(P, vm, fabric: Lab) -> str | None:
+    """The explicit outbound rule of this load balancer that covers the VM, if any."""
+    pools = {p.name: {b.properties.ipAddress for b in p.properties.loadBalancerBackendAddresses} for p in P.backendAddressPools}
+    for o in P.outboundRules:
+        if vm.ip in pools.get(o.properties.backendAddressPool.name, set()):
+            return o.name
+    return None
 
 
 def guest_config(services: Services, vm: str) -> tuple[set[int], set[int], list[str]]:
@@ -111,4 +193,9 @@ def guest_config(services: Services, vm: str) -> tuple[set[int], set[int], list[
                 tcp.add(r.probe.port)
             if r.floating_ip:
                 fips.add(str(r.vip))
+    for n in services.nat_ports:
+        if n.vm == vm:
+            (tcp if n.protocol == "tcp" else udp).add(n.backend_port)
+            if n.floating_ip:
+                fips.add(str(n.vip))
     return tcp, udp, sorted(fips, key=ipaddress.IPv4Address)

@@ -27,3 +27,14 @@ def dip_mac(ip: ipaddress.IPv4Address | str) -> str:
 
 def vxlan_ifname(vni: int) -> str:
     return f"vxlan{vni}"
+
+
+def ct_timeout_object(proto: str, idle_s: int) -> str:
+    """An nftables conntrack timeout policy named idle_<proto>_<seconds>: an idle flow's
+    state lives idle_s seconds (Azure's idleTimeoutInMinutes), in whichever state the
+    tracking node (a MUX sees one direction only) puts it."""
+    if proto == "tcp":
+        states = ", ".join(f"{st}: {idle_s}" for st in ("established", "unack", "retrans", "close_wait"))
+    else:
+        states = f"unreplied: {idle_s}, replied: {idle_s}"
+    return f"  ct timeout idle_{proto}_{idle_s} {{ protocol {proto}; l3proto ip; policy = {{ {states} }}; }}"

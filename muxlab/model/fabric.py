@@ -17,6 +17,12 @@ import yaml
 
 from .conventions import dip_mac
 
+# What a MUX does about a packet too big for the overlay (docs/datapath.md, "MTU"):
+# clamp the TCP MSS of SYNs (and, on hosts, of the DSR SYN-ACKs the MUX never sees), and
+# send ICMP "fragmentation needed" back to the client. Neither: the packet vanishes.
+MTU_REMEDIES = ("mss-clamp", "icmp")
+VXLAN_OVERHEAD = 50    # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 # Documentation ranges: the only "internet" addresses the lab may use (RFC 5737).
 DOC_RANGES = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
@@ -73,6 +79,7 @@ class VM:
     name: str
     host: str
     ip: ipaddress.IPv4Address  # the DIP
+    nic2: ipaddress.IPv4Address | None = None  # a second NIC (eth2) on the same host subnet: hairpin fix 1
 
     @property
     def mac(self) -> str:
@@ -114,9 +121,22 @@ class Lab:
     clients: tuple[Client, ...]
     public_vips: ipaddress.IPv4Network = DOC_RANGES[2]   # where public frontends come from
     vnet: ipaddress.IPv4Network = ipaddress.IPv4Network("10.1.0.0/16")  # internal frontends, VM subnets
+    seconds_per_minute: int = 60     # lab time: what an Azure "minute" (idle timeouts) lasts here
+    underlay_mtu: int = 9000         # links that carry VXLAN (edge <-> MUXes, hosts)
+    mtu_remedies: frozenset[str] = frozenset(MTU_REMEDIES)   # what the MUXes do about too-big packets
 
     def vm(self, name: str) -> VM:
         return next(v for v in self.vms if v.name == name)
+
+    @property
+    def overlay_mtu(self) -> int:
+        """The largest inner packet VXLAN carries over the underlay (1500 at most: VMs and
+        clients have ordinary Ethernet)."""
+        return min(1500, self.underlay_mtu - VXLAN_OVERHEAD)
+
+    @property
+    def overlay_mss(self) -> int:
+        return self.overlay_mtu - 40
 
     def host(self, name: str) -> Host:
         return next(h for h in self.hosts if h.name == name)
@@ -250,7 +270,8 @@ class _Checker:
         return self._parsed(value, path, ipaddress.IPv4Network, "must be an IPv4 network like 10.1.1.0/24 (host bits zero)")
 
 
-TOP_FIELDS = {"name", "bgp", "bfd", "overlay", "hashing", "addressing", "managers", "muxes", "hosts", "vms", "clients"}
+TOP_FIELDS = {"name", "bgp", "bfd", "overlay", "hashing", "addressing", "managers", "muxes", "hosts", "vms", "clients",
+              "timing", "mtu"}
 
 
 def load_lab(path: str | Path) -> Lab:
@@ -306,6 +327,16 @@ def parse_lab(raw: Any) -> Lab:
     vnet = c.network(addressing.get("vnet", "10.1.0.0/16"), "addressing.vnet")
     if vnet is not None and not vnet.is_private:
         c.bad("addressing.vnet", str(vnet), "the VNet is private address space (RFC 1918)")
+
+    timing = c.mapping(top.get("timing", {}), "timing", {"seconds_per_minute"})
+    spm = c.integer(timing.get("seconds_per_minute", 60), "timing.seconds_per_minute", 1, 60)
+
+    mtu = c.mapping(top.get("mtu", {}), "mtu", {"underlay", "remedies"})
+    underlay_mtu = c.integer(mtu.get("underlay", 9000), "mtu.underlay", 1280, 9000)
+    remedies = mtu.get("remedies", list(MTU_REMEDIES))
+    if not isinstance(remedies, list) or any(r not in MTU_REMEDIES for r in remedies):
+        c.bad("mtu.remedies", remedies, f"must be a list of: {', '.join(MTU_REMEDIES)} (or [] for none)")
+        remedies = []
 
     # managers: a count; they are named manager1..N (an odd number keeps a Raft majority)
     n_managers = c.integer(top.get("managers", 3), "managers", 1, 7)
@@ -380,7 +411,7 @@ def parse_lab(raw: Any) -> Lab:
         path = f"vms.{vname}"
         if not claim(c.name(vname, path), path):
             continue
-        v = c.mapping(vraw, path, {"host", "ip"}, {"host", "ip"})
+        v = c.mapping(vraw, path, {"host", "ip", "nic2"}, {"host", "ip"})
         host = v.get("host")
         if "host" in v and host not in host_by_name:
             c.bad(f"{path}.host", host, f"no such host (hosts: {', '.join(sorted(host_by_name)) or 'none'})")
@@ -396,7 +427,16 @@ def parse_lab(raw: Any) -> Lab:
             c.bad(f"{path}.ip", str(ip), f"already used by {dips_seen[ip]}")
             continue
         dips_seen[ip] = path
-        vms.append(VM(vname, host, ip))
+        nic2 = c.address(v["nic2"], f"{path}.nic2") if "nic2" in v else None
+        if nic2 is not None:
+            if nic2 not in h.vm_subnet or nic2 in (h.vm_subnet.network_address, h.vm_subnet.broadcast_address, h.vm_gateway.ip):
+                c.bad(f"{path}.nic2", str(nic2), f"a second NIC sits on {host}'s vm_subnet {h.vm_subnet} too (not its gateway)")
+                continue
+            if nic2 in dips_seen:
+                c.bad(f"{path}.nic2", str(nic2), f"already used by {dips_seen[nic2]}")
+                continue
+            dips_seen[nic2] = f"{path}.nic2"
+        vms.append(VM(vname, host, ip, nic2))
 
     clients = []
     for cname, craw in _items(c, top.get("clients"), "clients"):
@@ -419,7 +459,8 @@ def parse_lab(raw: Any) -> Lab:
     if c.problems:
         raise ModelError(c.problems)
     return Lab(name, edge_asn, mux_asn, keepalive, hold, router_id, bfd_interval, bfd_mult, vni, seed, table_size,
-               managers, tuple(muxes), tuple(hosts), tuple(vms), tuple(clients), public_vips, vnet)
+               managers, tuple(muxes), tuple(hosts), tuple(vms), tuple(clients), public_vips, vnet, spm, underlay_mtu,
+               frozenset(remedies))
 
 
 def _items(c: _Checker, raw: Any, path: str):

@@ -15,9 +15,9 @@ from ..model.fabric import Lab
 
 GENERATED = "# Generated from lab.yml by `muxlab render`; edit lab.yml and re-render, not this file.\n"
 
-# Links that carry VXLAN run jumbo frames so an encapsulated 1500-byte packet never
-# fragments; links to clients and VMs are ordinary 1500-byte Ethernet (docs/datapath.md).
-UNDERLAY_MTU = 9000
+# Links that carry VXLAN run jumbo frames (lab.yml mtu.underlay, 9000 unless a lab shows the
+# MTU problem) so an encapsulated 1500-byte packet never fragments; links to clients and VMs
+# are ordinary 1500-byte Ethernet (docs/datapath.md).
 ACCESS_MTU = 1500
 
 
@@ -35,17 +35,20 @@ def links(lab: Lab) -> list[Link]:
     out = []
     port = 1
     for m in lab.muxes:
-        out.append(Link("edge", f"eth{port}", m.name, "eth1", UNDERLAY_MTU))
+        out.append(Link("edge", f"eth{port}", m.name, "eth1", lab.underlay_mtu))
         port += 1
     for h in lab.hosts:
-        out.append(Link("edge", f"eth{port}", h.name, "eth1", UNDERLAY_MTU))
+        out.append(Link("edge", f"eth{port}", h.name, "eth1", lab.underlay_mtu))
         port += 1
     for c in lab.clients:
         out.append(Link("edge", f"eth{port}", c.name, "eth1", ACCESS_MTU))
         port += 1
     for h in lab.hosts:
-        for i, vm in enumerate(lab.vms_on(h.name), start=2):
+        vms = lab.vms_on(h.name)
+        for i, vm in enumerate(vms, start=2):
             out.append(Link(h.name, f"eth{i}", vm.name, "eth1", ACCESS_MTU))
+        for i, vm in enumerate([v for v in vms if v.nic2], start=2 + len(vms)):
+            out.append(Link(h.name, f"eth{i}", vm.name, "eth2", ACCESS_MTU))
     return out
 
 
@@ -67,6 +70,7 @@ class NodePlan:
     default_onlink: bool = False                                      # gateway outside the interface's prefix
     bridge: tuple[str, list[str], str] | None = None                  # (name, ports, cidr) on hosts
     interfaces: list[str] = field(default_factory=list)               # lab ports to wait for
+    second_nic: tuple[str, str, str, str] | None = None               # VM: (ifname, address, gateway, DIP)
 
 
 def node_plan(lab: Lab, name: str) -> NodePlan:
@@ -93,6 +97,8 @@ def node_plan(lab: Lab, name: str) -> NodePlan:
         plan.addresses.append(("eth1", f"{vm.ip}/32"))
         plan.default_onlink = True
         plan.default_via = str(h.vm_gateway.ip)
+        if vm.nic2:
+            plan.second_nic = ("eth2", str(vm.nic2), str(h.vm_gateway.ip), str(vm.ip))
     elif role == "client":
         c = next(c for c in lab.clients if c.name == name)
         plan.addresses.append(("eth1", str(c.address)))

@@ -10,7 +10,8 @@ between children are `{"id": ".../KIND/NAME"}` where only the last two segments 
 Deliberate differences from Azure, for a lab (docs/manager.md):
 - `intervalInSeconds` may be 1..4 (Azure: >= 5), so failover shows in seconds;
 - a single-port inbound NAT rule names its backend with `backendIPAddress` (Azure ties it
-  from the NIC's side, a resource this lab does not have).
+  from the NIC's side, a resource this lab does not have);
+- `hairpinSnat` (an extension) lets backends reach their own load balancer.
 Cross-field rules (references, port clashes, the fabric's VMs) are in muxlab.model.lbcheck.
 """
 from __future__ import annotations
@@ -320,6 +321,9 @@ class LoadBalancerProperties(ReadOnly):
                                                   description="not supported: use inboundNatRules with a port range")
     outboundRules: list[OutboundRule] = []
     resourceGuid: str | None = None
+    hairpinSnat: bool = Field(False, description=(
+        "muxlab extension (not in Azure): the host source-NATs a flow that the load balancer maps back to the VM "
+        "that sent it, so a backend can reach its own load balancer (hairpin fix 2, docs/scenarios.md)"))
 
 
 class LoadBalancer(Strict):

@@ -20,7 +20,7 @@ from .ovsdb import Db
 HEARTBEAT_S = 1.0
 STALE_AFTER = 3.0
 
-LB_COLUMNS = {"Global": ["nb_cfg"], "Load_Balancer": ["name", "spec"]}
+LB_COLUMNS = {"Global": ["nb_cfg", "seeded", "mtu_remedies"], "Load_Balancer": ["name", "spec", "allocations"]}
 
 
 class ServicesCache:
@@ -32,12 +32,20 @@ class ServicesCache:
         self.services = Services()
 
     def read(self, db: Db) -> Services:
-        key = tuple(sorted((r.name, r.spec) for r in db.rows("Load_Balancer")))
+        key = tuple(sorted((r.name, r.spec, r.allocations) for r in db.rows("Load_Balancer")))
         if key != self.key:
-            lbs = {name: LoadBalancer.model_validate(json.loads(spec)) for name, spec in key}
-            self.services = compile_services(lbs, self.fabric)
+            lbs = {name: LoadBalancer.model_validate(json.loads(spec)) for name, spec, _ in key}
+            allocations = {name: json.loads(alloc or "{}") for name, _, alloc in key}
+            self.services = compile_services(lbs, self.fabric, allocations)
             self.key = key
         return self.services
+
+
+def mtu_remedies(db: Db, fabric: Lab) -> frozenset[str]:
+    """What to do about packets too big for the overlay: the lab's setting (lab.yml), or
+    what the operator set since (`muxlab mtu`, stored once the cluster is seeded)."""
+    g = db.rows("Global")
+    return frozenset(g[0].mtu_remedies) if g and g[0].seeded else fabric.mtu_remedies
 
 
 def watch(db: Db, step: Callable[[], None], wakeup: Callable[[], float | None]) -> None:

@@ -18,7 +18,7 @@ def svcs(health=HEALTHY, lbs=None):
 
 def ruleset(health=HEALTHY, lbs=None):
     svc = services(lbs)
-    return mux_dp.render_nft(fabric(), svc.vips, mux_dp.services(fabric(), svc, health))
+    return mux_dp.render_nft(fabric(), svc, mux_dp.services(fabric(), svc, health))
 
 
 def sick(*vms, probe="web/http-health"):

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from muxlab.model.allocation import allocate
 from muxlab.model.compiled import compile_services, guest_config
 from muxlab.model.diff import diff
 from muxlab.model.fabric import ModelError
@@ -45,7 +46,7 @@ def add_nat(raw, **props):
 def add_outbound(raw, **props):
     base = {"frontendIPConfigurations": [ref("frontendIPConfigurations", "web-fe")],
             "backendAddressPool": ref("backendAddressPools", "web"), "protocol": "All"}
-    web(raw).setdefault("outboundRules", []).append({"name": "out", "properties": {**base, **props}})
+    web(raw)["outboundRules"] = [{"name": "out", "properties": {**base, **props}}]
 
 
 def problems_of(raw, previous=None, changed=()):
@@ -54,7 +55,7 @@ def problems_of(raw, previous=None, changed=()):
         lbs = parse_document({"loadBalancers": raw})
     except ModelError as exc:
         return exc.problems
-    return check(lbs, fabric(), previous, changed)
+    return check(lbs, fabric(), previous, changed) or allocate(lbs, fabric())[1]
 
 
 def members(raw, pool=0):
@@ -155,7 +156,7 @@ BAD = [
          "protocol": "Tcp", "frontendPort": 8080, "backendPort": 8080, "enableFloatingIP": True}}),
      f"{C}.loadBalancingRules[0].properties.enableFloatingIP", "could not tell the two apart"),
     ("outbound ports beyond the frontend", lambda r: add_outbound(r, allocatedOutboundPorts=16000),
-     f"{C}.outboundRules[0].properties.allocatedOutboundPorts", "6 backends x 16000 ports = 96000 is more than the 64000"),
+     f"{C}.outboundRules[0].properties.allocatedOutboundPorts", "6 backends x 16000 ports = 96000 is more than the 64512 SNAT ports"),
 ]
 
 
