@@ -7,8 +7,10 @@ conntrack's NAT bindings (established flows) survive a restart of the agent. Wit
 manager unreachable it keeps its data path and goes on probing; it reports when one answers."""
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
 import time
 
 from pyroute2 import IPRoute
@@ -17,7 +19,7 @@ from muxlab.model.compiled import Services
 from muxlab.model.conventions import RULE_PRIORITY, dip_mark, vxlan_ifname
 from muxlab.model.fabric import Lab, load_lab
 from muxlab.model.render import node_plan
-from muxlab.node.desired import HEARTBEAT_S, LB_COLUMNS, ServicesCache, nb_cfg, watch
+from muxlab.node.desired import HEARTBEAT_S, LB_COLUMNS, ServicesCache, mtu_remedies, nb_cfg, watch
 from muxlab.node.kernel import PolicyRoute, ensure_bridge_ports, ensure_vxlan, nft_apply, reconcile_policy_routes
 from muxlab.node.ovsdb import Db, managers_remote
 from muxlab.node.runtime import FABRIC_PATH
@@ -25,25 +27,46 @@ from muxlab.node.runtime import FABRIC_PATH
 from . import datapath
 from .probes import Prober, probe_targets
 
-TABLES = {**LB_COLUMNS, "Backend_Health": None, "Chassis": ["name", "heartbeat", "nb_cfg", "synced_at"]}
+TABLES = {**LB_COLUMNS, "Backend_Health": None, "Chassis": ["name", "heartbeat", "nb_cfg", "synced_at", "snat_usage"]}
 # this agent writes these and need not be woken when anybody does
 QUIET = ([("Backend_Health", c) for c in ("host", "vm", "probe", "up", "reason", "since")]
-         + [("Chassis", c) for c in ("heartbeat", "nb_cfg", "synced_at")])
+         + [("Chassis", c) for c in ("heartbeat", "nb_cfg", "synced_at", "snat_usage")])
 
 
-def desired(fabric: Lab, svc: Services, me: str) -> tuple:
+def desired(fabric: Lab, svc: Services, me: str, remedies: frozenset[str]) -> tuple:
     host = fabric.host(me)
     dev = vxlan_ifname(fabric.vni)
     routes = tuple(PolicyRoute(dip_mark(vm.ip), str(vm.ip), datapath.BRIDGE, dev) for vm in fabric.vms_on(me))
-    return (dev, fabric.vni, str(host.address)), routes, datapath.render_nft(fabric, svc, me)
+    return (dev, fabric.vni, str(host.address), fabric.overlay_mtu), routes, datapath.render_nft(fabric, svc, me, remedies)
 
 
 def apply(state: tuple) -> None:
-    (dev, vni, local), routes, ruleset = state
+    (dev, vni, local, mtu), routes, ruleset = state
     with IPRoute() as ipr:
-        ensure_vxlan(ipr, dev, vni, local)
+        ensure_vxlan(ipr, dev, vni, local, mtu)
         reconcile_policy_routes(ipr, list(routes), RULE_PRIORITY)
     nft_apply(ruleset)
+
+
+def nft_counters(table: str) -> dict[str, int]:
+    """Packets of every named counter of an nftables table (nft's JSON output)."""
+    proc = subprocess.run(["nft", "-j", "list", "counters", "table", "ip", table], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {}
+    return {o["counter"]["name"]: o["counter"]["packets"] for o in json.loads(proc.stdout)["nftables"] if "counter" in o}
+
+
+def snat_ports_in_use() -> set[tuple[str, int]]:
+    """(VIP, port) of every source-NATed connection in conntrack: the reply tuple's
+    destination is what the connection holds."""
+    from pyroute2 import Conntrack
+    out = set()
+    with Conntrack() as ct:
+        for e in ct.dump_entries():
+            reply = e.tuple_reply
+            if reply is not None and reply.dport and e.tuple_orig.saddr != reply.daddr:
+                out.add((reply.daddr, reply.dport))
+    return out
 
 
 def reason(st) -> str:
@@ -63,12 +86,16 @@ class HostAgent:
         self.next_beat = 0.0
         self.beat = 0
         self.reported_cfg = -1
+        self.remedies: frozenset[str] | None = None
+        self.snat_usage = ""
 
     def converge(self) -> None:
         svc = self.compiled.read(self.db)
-        if svc is self.svc:
+        remedies = mtu_remedies(self.db, self.fabric)
+        if svc is self.svc and remedies == self.remedies:
             return
-        want = desired(self.fabric, svc, self.me)
+        self.remedies = remedies
+        want = desired(self.fabric, svc, self.me, remedies)
         if want != self.applied:
             apply(want)
             self.applied = want
@@ -85,9 +112,23 @@ class HostAgent:
             if fixed:
                 print(f"[host-agent {self.me}] re-attached {fixed} to {datapath.BRIDGE}", flush=True)
 
+    def usage(self) -> str:
+        """Outbound SNAT of this host's VMs, as JSON: per VM its VIP, range, the ports its
+        connections hold now (conntrack) and the connections refused for want of one."""
+        snats = [x for x in (self.svc.snat if self.svc else ()) if x.vm in {vm.name for vm in self.fabric.vms_on(self.me)}]
+        if not snats:
+            return ""
+        counters = nft_counters(datapath.TABLE)
+        in_use = snat_ports_in_use()
+        out = {x.vm: {"vip": str(x.vip), "ranges": [[x.lo, x.hi]], "ports": x.ports,
+                      "in_use": len({p for (vip, p) in in_use if vip == str(x.vip) and x.lo <= p <= x.hi}),
+                      "failures": counters.get(datapath.counter_name(x.vm), 0)} for x in snats}
+        return json.dumps(out, sort_keys=True)
+
     def report(self, force_beat: bool) -> None:
         """Write probe results that differ from what the database holds, and the heartbeat."""
         db = self.db
+        usage = self.usage() if force_beat else self.snat_usage
         states = {key: st for key, st in self.prober.states.items() if key in self.targets}
         stale = [r for r in db.rows("Backend_Health") if r.host == self.me and (r.vm, r.probe) not in states]
         changed = []
@@ -104,13 +145,16 @@ class HostAgent:
             for (vm, probe), st in changed:
                 db.upsert(txn, "Backend_Health", {"vm": vm, "probe": probe}, host=self.me, up=st.up,
                           reason=reason(st), since=st.since)
-            db.upsert(txn, "Chassis", {"name": self.me}, heartbeat=self.beat + 1, nb_cfg=nb_cfg(db), synced_at=time.time())
+            extra = {"snat_usage": usage} if usage != self.snat_usage else {}
+            db.upsert(txn, "Chassis", {"name": self.me}, heartbeat=self.beat + 1, nb_cfg=nb_cfg(db), synced_at=time.time(),
+                      **extra)
 
         cfg = nb_cfg(db)
         status, _ = db.transact(build, timeout_s=2.0)
         if status in ("success", "unchanged"):
             self.beat += 1
             self.reported_cfg = cfg
+            self.snat_usage = usage
 
     def step(self, now: float) -> None:
         if self.db.synced:

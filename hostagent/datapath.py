@@ -9,16 +9,29 @@ Per inbound packet (see docs/datapath.md):
   routing:    `fwmark DIP lookup DIP` -> `default via DIP dev br0`: to the chosen VM.
 Replies from the VM are un-NATed by conntrack (source becomes the VIP) and routed to the
 edge by the host's default route: Direct Server Return, never through a MUX.
+
+Outbound (a VM's own connections to the internet): source-NAT to its VIP and port range
+(muxlab.model.allocation); a connection beyond the range's room towards one destination is
+refused and counted per VM (snat_exhausted_<vm>). Replies come back through any MUX.
+Idle flows: each rule's conntrack timeout is its idleTimeoutInMinutes; a packet of a flow
+whose state expired is answered with a TCP reset (enableTcpReset) or dropped, on both sides.
 """
 from __future__ import annotations
 
+import re
+
 from muxlab.model.compiled import Services
-from muxlab.model.conventions import dip_mac, dip_mark, vxlan_ifname
+from muxlab.model.conventions import ct_timeout_object, dip_mac, dip_mark, vxlan_ifname
 from muxlab.model.fabric import Lab
 
 TABLE = "muxlab_host"
 OVERLAY_TABLE = "muxlab_overlay"
 BRIDGE = "br0"
+UPLINK = "eth1"
+
+
+def counter_name(vm: str) -> str:
+    return "snat_exhausted_" + re.sub(r"[^A-Za-z0-9]", "_", vm)
 
 
 def local_rules(fabric: Lab, svc: Services, host: str) -> list[tuple[int, str, str, int, str, int, bool]]:
@@ -31,21 +44,98 @@ def local_rules(fabric: Lab, svc: Services, host: str) -> list[tuple[int, str, s
         for b in r.backends:
             if b.vm in local:
                 out.append((dip_mark(b.ip), str(r.vip), r.protocol, r.port, b.ip, r.backend_port, r.floating_ip))
+    for n in svc.nat_ports:
+        if n.vm in local:
+            out.append((dip_mark(n.ip), str(n.vip), n.protocol, n.port, n.ip, n.backend_port, n.floating_ip))
     return sorted(set(out))
 
 
-def render_nft(fabric: Lab, svc: Services, host: str) -> str:
+def local_timeouts(fabric: Lab, svc: Services, host: str) -> dict[tuple[str, int], tuple[set[str], set[str]]]:
+    """(protocol, idle seconds) -> (VIP . proto . port keys, as flows arrive; backend ends
+    (DIP or floating VIP) . proto . port, as the VM's packets leave) of local bindings."""
+    local = {vm.name for vm in fabric.vms_on(host)}
+    out: dict[tuple[str, int], tuple[set[str], set[str]]] = {}
+    items = [(r.protocol, r.idle_s, r.tcp_reset, str(r.vip), r.port, b.ip, r.backend_port, r.floating_ip)
+             for r in svc.rules for b in r.backends if b.vm in local]
+    items += [(n.protocol, n.idle_s, n.tcp_reset, str(n.vip), n.port, n.ip, n.backend_port, n.floating_ip)
+              for n in svc.nat_ports if n.vm in local]
+    for proto, idle, _, vip, port, dip, bport, fip in items:
+        front, back = out.setdefault((proto, idle), (set(), set()))
+        front.add(f"{vip} . {proto} . {port}")
+        back.add(f"{vip if fip else dip} . {proto} . {bport if not fip else port}")
+    return dict(sorted(out.items()))
+
+
+def reset_ends(fabric: Lab, svc: Services, host: str) -> tuple[set[str], set[str]]:
+    """Backend ends (ip . tcp . port) of local TCP bindings: all of them, and those whose
+    rule has enableTcpReset."""
+    local = {vm.name for vm in fabric.vms_on(host)}
+    items = [(r.tcp_reset, b.ip, r.backend_port, str(r.vip), r.port, r.floating_ip)
+             for r in svc.rules if r.protocol == "tcp" for b in r.backends if b.vm in local]
+    items += [(n.tcp_reset, n.ip, n.backend_port, str(n.vip), n.port, n.floating_ip)
+              for n in svc.nat_ports if n.protocol == "tcp" and n.vm in local]
+    every, reset = set(), set()
+    for rst, dip, bport, vip, port, fip in items:
+        end = f"{vip} . tcp . {port}" if fip else f"{dip} . tcp . {bport}"
+        every.add(end)
+        if rst:
+            reset.add(end)
+    return every, reset
+
+
+def render_nft(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] | None = None) -> str:
+    remedies = fabric.mtu_remedies if remedies is None else remedies
     dev = vxlan_ifname(fabric.vni)
     vms = fabric.vms_on(host)
     macs = ", ".join(f"{dip_mac(vm.ip)} : {dip_mark(vm.ip):#010x}" for vm in vms)
     rules = local_rules(fabric, svc, host)
+    local_names = {vm.name for vm in vms}
+    snats = [x for x in svc.snat if x.vm in local_names]
+    timeouts = local_timeouts(fabric, svc, host)
+    every_end, reset_end = reset_ends(fabric, svc, host)
+    lab_space = f"{fabric.vnet}, {fabric.public_vips}"
+    gateway = fabric.host(host).vm_gateway.ip
+    hairpin_vips = ", ".join(str(v) for v in svc.hairpin_snat_vips)
+    self_pairs = ", ".join(f"{vm.ip} . {vm.ip}" for vm in vms)
     nat = ", ".join(f"{m:#010x} . {vip} . {p} . {port} : {dip} . {bport}" for m, vip, p, port, dip, bport, fip in rules if not fip)
     fips = ", ".join(f"{m:#010x} . {vip} . {p} . {port}" for m, vip, p, port, dip, bport, fip in rules if fip)
     muxes = ", ".join(str(m.address) for m in fabric.muxes)
     vips = ", ".join(str(v) for v in svc.vips)
 
-    def elems(s: str) -> str:
+    def elems(s) -> str:
+        s = s if isinstance(s, str) else ", ".join(sorted(s))
         return f" elements = {{ {s} }};" if s else ""
+
+    per_class, raw_rules = [], []
+    for (proto, idle), (front, back) in timeouts.items():
+        name = f"idle_{proto}_{idle}"
+        per_class += [ct_timeout_object(proto, idle),
+                      f"  set {name}_rules {{ type ipv4_addr . inet_proto . inet_service;{elems(front)} }}"]
+        raw_rules.append(f'    iifname "{dev}" ip daddr . meta l4proto . th dport @{name}_rules ct timeout set "{name}"')
+    snat_sets, snat_fwd, snat_nat = [], [], []
+    for x in snats:
+        protos = ", ".join(x.protocols)
+        c = counter_name(x.vm)
+        snat_sets += [f"  counter {c} {{}}",
+                      f"  set {c}_use {{ type ipv4_addr . inet_proto . inet_service; flags dynamic; size 65535; }}"]
+        match = f'iifname "{BRIDGE}" oifname "{UPLINK}" ip saddr {x.ip} ip daddr != @lab_space meta l4proto {{ {protos} }}'
+        # as many concurrent connections to one destination as the range has ports; one
+        # more is what exhaustion looks like, refused at once and counted
+        snat_fwd.append(f"    {match} ct state new add @{c}_use {{ ip daddr . meta l4proto . th dport ct count over {x.ports} }} "
+                        f"counter name {c} reject")
+        snat_nat.append(f'    oifname "{UPLINK}" ip saddr {x.ip} ip daddr != @lab_space meta l4proto {{ {protos} }} '
+                        f"snat ip to {x.vip}:{x.lo}-{x.hi}")
+        for proto in x.protocols:
+            name = f"idle_{proto}_{x.idle_s}"
+            if (proto, x.idle_s) not in timeouts:
+                timeouts[(proto, x.idle_s)] = (set(), set())
+                per_class.append(ct_timeout_object(proto, x.idle_s))
+            raw_rules.append(f'    iifname "{BRIDGE}" ip saddr {x.ip} ip daddr != @lab_space meta l4proto {proto} '
+                             f'ct timeout set "{name}"')
+    mss = fabric.overlay_mss
+    clamp = ([f'    iifname "{BRIDGE}" tcp flags & (syn | ack) == syn | ack tcp option maxseg size > {mss} '
+              f"tcp option maxseg size set {mss}"] if "mss-clamp" in remedies else [])
+    expired = "ct state new tcp flags & (syn | rst) == 0"
 
     return "\n".join([
         f"table netdev {OVERLAY_TABLE}", f"delete table netdev {OVERLAY_TABLE}",
@@ -65,12 +155,20 @@ def render_nft(fabric: Lab, svc: Services, host: str) -> str:
         f"  map nat_rules {{ type mark . ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service;{elems(nat)} }}",
         f"  set floating_rules {{ type mark . ipv4_addr . inet_proto . inet_service;{elems(fips)} }}",
         f"  set vips {{ type ipv4_addr;{elems(vips)} }}",
+        f"  set lab_space {{ type ipv4_addr; flags interval;{elems(lab_space)} }}",
+        f"  set backend_ends {{ type ipv4_addr . inet_proto . inet_service;{elems(every_end)} }}",
+        f"  set reset_ends {{ type ipv4_addr . inet_proto . inet_service;{elems(reset_end)} }}",
+        f"  set hairpin_vips {{ type ipv4_addr;{elems(hairpin_vips)} }}",
+        f"  set self_pairs {{ type ipv4_addr . ipv4_addr;{elems(self_pairs)} }}",
+        "  counter idle_reset {}", "  counter idle_drop {}",
+        *per_class, *snat_sets,
         # A VM calling a VIP: its packet leaves through this host and may come back through
         # a MUX to a VM here. Tracked on the way out, the return (same tuple) would match that
         # entry and skip the NAT; so it is tracked, and NATed, only on the way back.
         "  chain raw {",
         "    type filter hook prerouting priority raw; policy accept;",
-        f'    iifname "{BRIDGE}" ip daddr @vips notrack',
+        f'    iifname "{BRIDGE}" ip daddr @vips notrack return',
+        *raw_rules,
         "  }",
         "  chain input {",
         "    type filter hook input priority filter; policy accept;",
@@ -82,9 +180,24 @@ def render_nft(fabric: Lab, svc: Services, host: str) -> str:
         "  }",
         "  chain forward {",
         "    type filter hook forward priority filter; policy accept;",
+        # a packet of a flow whose state expired (idle timeout): a reset, or nothing
+        f'    iifname "{dev}" {expired} ip daddr . meta l4proto . th dport @reset_ends counter name idle_reset reject with tcp reset',
+        f'    iifname "{dev}" {expired} counter name idle_drop drop',
+        f'    iifname "{BRIDGE}" {expired} ip saddr . meta l4proto . th sport @reset_ends counter name idle_reset reject with tcp reset',
+        f'    iifname "{BRIDGE}" {expired} ip saddr . meta l4proto . th sport @backend_ends counter name idle_drop drop',
+        *clamp,
         f'    iifname "{dev}" ct status dnat accept',
+        f'    iifname "{dev}" ct direction reply ct status snat accept',
         f'    iifname "{dev}" meta mark . ip daddr . meta l4proto . th dport @floating_rules accept',
         f'    iifname "{dev}" counter name no_rule drop',
+        *snat_fwd,
+        "  }",
+        "  chain postrouting {",
+        "    type nat hook postrouting priority srcnat; policy accept;",
+        # hairpin fix 2 (hairpinSnat): a flow mapped back to the VM that sent it leaves this
+        # host with the host's address as source, so the VM answers through the host
+        f'    oifname "{BRIDGE}" ct original ip daddr @hairpin_vips ip saddr . ip daddr @self_pairs snat ip to {gateway}',
+        *snat_nat,
         "  }",
         "}",
     ]) + "\n"

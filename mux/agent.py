@@ -14,9 +14,10 @@ import time
 
 from pyroute2 import IPRoute
 
+from muxlab.model.compiled import Services
 from muxlab.model.conventions import RULE_PRIORITY, vxlan_ifname
 from muxlab.model.fabric import Lab, load_lab
-from muxlab.node.desired import LB_COLUMNS, Liveness, ServicesCache, nb_cfg, watch
+from muxlab.node.desired import LB_COLUMNS, Liveness, ServicesCache, mtu_remedies, nb_cfg, watch
 from muxlab.node.kernel import PolicyRoute, ensure_vxlan, nft_apply, reconcile_blackholes, reconcile_policy_routes
 from muxlab.node.ovsdb import Db, managers_remote, ok
 from muxlab.node.runtime import FABRIC_PATH, RUN_DIR, write_atomic
@@ -34,18 +35,19 @@ TABLES = {**LB_COLUMNS, "Backend_Health": ["vm", "probe", "up"], "Chassis": ["na
 QUIET = [("Chassis", "heartbeat")] + [("Mux", c) for c in ("nb_cfg", "synced_at", "tables_digest", "announced")]
 
 
-def desired(fabric: Lab, me: str, vips, svcs: list[datapath.Service]) -> tuple:
+def desired(fabric: Lab, me: str, svc: Services, svcs: list[datapath.Service], remedies: frozenset[str]) -> tuple:
     mux = next(m for m in fabric.muxes if m.name == me)
     dev = vxlan_ifname(fabric.vni)
     routes = tuple(PolicyRoute(r.mark, r.dip, dev, UPLINK, r.mac, r.host_vtep) for r in datapath.dip_routes(fabric))
-    blackholes = tuple(f"{v}/32" for v in vips)
-    return (dev, fabric.vni, str(mux.address)), routes, blackholes, datapath.render_nft(fabric, vips, svcs)
+    blackholes = tuple(f"{v}/32" for v in svc.vips)
+    return ((dev, fabric.vni, str(mux.address), fabric.overlay_mtu), routes, blackholes,
+            datapath.render_nft(fabric, svc, svcs, remedies))
 
 
 def apply(state: tuple) -> None:
-    (dev, vni, local), routes, blackholes, ruleset = state
+    (dev, vni, local, mtu), routes, blackholes, ruleset = state
     with IPRoute() as ipr:
-        ensure_vxlan(ipr, dev, vni, local)
+        ensure_vxlan(ipr, dev, vni, local, mtu)
         reconcile_policy_routes(ipr, list(routes), RULE_PRIORITY)
         # a VIP packet that no rule claims must die here, not bounce back to the edge
         reconcile_blackholes(ipr, list(blackholes))
@@ -77,10 +79,11 @@ class MuxAgent:
     def step(self) -> None:
         svc = self.compiled.read(self.db)
         health = self.health()
-        inputs = (self.compiled.key, tuple(sorted(health.probes.items())), health.dead_hosts, health.drained)
+        remedies = mtu_remedies(self.db, self.fabric)
+        inputs = (self.compiled.key, tuple(sorted(health.probes.items())), health.dead_hosts, health.drained, remedies)
         if inputs != self.inputs:
             svcs = datapath.services(self.fabric, svc, health)
-            want = desired(self.fabric, self.me, svc.vips, svcs)
+            want = desired(self.fabric, self.me, svc, svcs, remedies)
             if want != self.applied:
                 apply(want)
                 self.applied = want
@@ -88,7 +91,7 @@ class MuxAgent:
                 self.digest = report["digest"]
                 write_atomic(TABLES_FILE, json.dumps(report, sort_keys=True))
                 print(f"[mux-agent {self.me}] data path programmed (tables {self.digest})", flush=True)
-            vips = datapath.announceable_vips(svcs, health)
+            vips = datapath.announceable_vips(svcs, health, svc)
             if vips != self.announced:
                 write_atomic(ANNOUNCE_FILE, json.dumps({"vips": vips, "at": time.time()}))
                 self.announced = vips

@@ -9,19 +9,21 @@ Per packet (all in the kernel, see docs/datapath.md):
               bucket, and the bucket's DIP becomes the packet mark (= the DIP as a u32).
               The hashed fields are the rule's loadDistribution: Default the 5-tuple,
               SourceIP (client, VIP), SourceIPProtocol (client, VIP, protocol).
+              Stateless, no hash and no conntrack: an inbound NAT rule's port goes to its one
+              backend, and return traffic of outbound SNAT to the backend whose port range
+              holds the destination port (any MUX can take any packet of it).
   routing:    `ip rule fwmark DIP lookup DIP` -> `default via DIP dev vxlan<VNI> onlink`;
               the DIP's neighbour entry holds its overlay MAC and the VXLAN FDB maps that
               MAC to the DIP's host: the host learns the chosen DIP from the inner MAC.
 """
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 
 from muxlab.model import maglev
 from muxlab.model.compiled import Backend, Rule, Services
-from muxlab.model.conventions import dip_mac, dip_mark, vxlan_ifname
+from muxlab.model.conventions import ct_timeout_object, dip_mac, dip_mark, vxlan_ifname
 from muxlab.model.fabric import Lab
 
 TABLE = "muxlab_mux"
@@ -74,24 +76,44 @@ def services(fabric: Lab, svc: Services, health: Health) -> list[Service]:
     return out
 
 
-def announceable_vips(svcs: list[Service], health: Health) -> list[str]:
-    """VIPs this MUX should announce: not drained, and some rule has a backend in rotation."""
+def announceable_vips(svcs: list[Service], health: Health, svc: Services = Services()) -> list[str]:
+    """VIPs this MUX should announce: not drained, and some rule has a backend in rotation,
+    or the VIP carries inbound NAT ports or outbound SNAT (their return traffic)."""
     if health.drained:
         return []
     live = {s.rule.vip for s in svcs if any(s.table)}
+    live |= {n.vip for n in svc.nat_ports} | {s.vip for s in svc.snat}
     return [f"{v}/32" for v in sorted(live)]
 
 
-def render_nft(fabric: Lab, vips: tuple[ipaddress.IPv4Address, ...], svcs: list[Service]) -> str:
+def idle_classes(svcs: list[Service]) -> dict[tuple[str, int], list[str]]:
+    """(protocol, idle seconds) -> the (VIP . protocol . port) keys of rules with that idle timeout."""
+    out: dict[tuple[str, int], list[str]] = {}
+    for s in svcs:
+        out.setdefault((s.rule.protocol, s.rule.idle_s), []).append(f"{s.rule.vip} . {s.rule.protocol} . {s.rule.port}")
+    return dict(sorted(out.items()))
+
+
+def render_nft(fabric: Lab, svc: Services, svcs: list[Service], remedies: frozenset[str] | None = None) -> str:
+    remedies = fabric.mtu_remedies if remedies is None else remedies
     vm_ip = {vm.name: vm.ip for vm in fabric.vms}
-    vip_list = ", ".join(str(v) for v in vips)
+    vip_list = ", ".join(str(v) for v in svc.vips)
+    nat = ", ".join(f"{n.vip} . {n.protocol} . {n.port} : {dip_mark(n.ip):#010x}" for n in svc.nat_ports)
+    snat = ", ".join(f"{s.vip} . {p} . {s.lo}-{s.hi} : {dip_mark(s.ip):#010x}" for s in svc.snat for p in s.protocols)
+    classes = idle_classes(svcs)
     lines = [
         # create-then-delete-then-define in one transaction: an atomic replace, so a
         # re-apply never leaves a window without rules (and conntrack keeps its marks)
         f"table ip {TABLE}", f"delete table ip {TABLE}", f"table ip {TABLE} {{",
         "  counter vip_packets {}", "  counter no_service {}", "  counter no_backend {}",
+        "  counter nat_port_packets {}", "  counter snat_return_packets {}", "  counter icmp_frag_needed_suppressed {}",
         f"  set vips {{ type ipv4_addr; elements = {{ {vip_list} }}; }}" if vip_list else "  set vips { type ipv4_addr; }",
+        f"  map nat_ports {{ type ipv4_addr . inet_proto . inet_service : mark;{_elems(nat)} }}",
+        f"  map snat_returns {{ type ipv4_addr . inet_proto . inet_service : mark; flags interval;{_elems(snat)} }}",
     ]
+    for (proto, idle), keys in classes.items():
+        lines += [ct_timeout_object(proto, idle),
+                  f"  set idle_{proto}_{idle}_rules {{ type ipv4_addr . inet_proto . inet_service; elements = {{ {', '.join(keys)} }}; }}"]
     if svcs:
         entries = ", ".join(f"{s.rule.vip} . {s.rule.protocol} . {s.rule.port} : goto {s.chain}" for s in svcs)
         lines.append(f"  map services {{ type ipv4_addr . inet_proto . inet_service : verdict; elements = {{ {entries} }}; }}")
@@ -101,10 +123,21 @@ def render_nft(fabric: Lab, vips: tuple[ipaddress.IPv4Address, ...], svcs: list[
         lines.append(f"  map {s.chain}_table {{ typeof numgen inc mod 2 : meta mark;{body} }}")
     lines += [
         "  chain raw {", "    type filter hook prerouting priority raw; policy accept;",
-        "    ip daddr @vips tcp flags & (syn | ack) == syn notrack", "  }",
+        "    ip daddr != @vips return",
+        # stateless paths keep no state
+        "    ip daddr . meta l4proto . th dport @nat_ports notrack return",
+        "    ip daddr . meta l4proto . th dport @snat_returns notrack return",
+        "    tcp flags & (syn | ack) == syn notrack return",
+    ]
+    lines += [f"    ip daddr . meta l4proto . th dport @idle_{proto}_{idle}_rules ct timeout set \"idle_{proto}_{idle}\""
+              for proto, idle in classes]
+    lines += [
+        "  }",
         "  chain prerouting {", "    type filter hook prerouting priority mangle; policy accept;",
         "    ip daddr != @vips return",
         "    counter name vip_packets",
+        "    meta mark set ip daddr . meta l4proto . th dport map @nat_ports counter name nat_port_packets accept",
+        "    meta mark set ip daddr . meta l4proto . th dport map @snat_returns counter name snat_return_packets accept",
         "    ct mark != 0 meta mark set ct mark accept",
     ]
     if svcs:
@@ -117,14 +150,22 @@ def render_nft(fabric: Lab, vips: tuple[ipaddress.IPv4Address, ...], svcs: list[
             f"map @{s.chain}_table ct mark set meta mark accept",
             "    counter name no_backend drop", "  }",
         ]
-    lines += [
-        "  chain forward {", "    type filter hook forward priority filter; policy accept;",
-        # belt and braces: the underlay is jumbo, but never let a SYN promise more than
-        # the overlay carries
-        f'    oifname "{vxlan_ifname(fabric.vni)}" tcp flags syn tcp option maxseg size set rt mtu', "  }",
-        "}",
-    ]
+    mss = fabric.overlay_mss
+    lines += ["  chain forward {", "    type filter hook forward priority filter; policy accept;"]
+    if "mss-clamp" in remedies:
+        # a SYN may not promise more than the overlay carries (the SYN-ACK's clamp is on the host)
+        lines.append(f'    oifname "{vxlan_ifname(fabric.vni)}" tcp flags syn tcp option maxseg size > {mss} '
+                     f'tcp option maxseg size set {mss}')
+    lines += ["  }", "  chain output {", "    type filter hook output priority filter; policy accept;"]
+    if "icmp" not in remedies:
+        # the black hole of seed 004: the too-big packet dies here and nobody tells the client
+        lines.append("    icmp type destination-unreachable icmp code frag-needed counter name icmp_frag_needed_suppressed drop")
+    lines += ["  }", "}"]
     return "\n".join(lines) + "\n"
+
+
+def _elems(s: str) -> str:
+    return f" elements = {{ {s} }};" if s else ""
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,31 @@ def cmd_health(a) -> None:
     print(json.dumps(h, indent=2) if a.json else tenant.format_health(h))
 
 
+def cmd_snat(a) -> None:
+    from . import lab, tenant
+    s = tenant.snat(lab.resolve(a.topology, a.name), a.lb)
+    print(json.dumps(s, indent=2) if a.json else tenant.format_snat(s))
+
+
+def cmd_nat(a) -> None:
+    from . import lab, tenant
+    m = tenant.nat(lab.resolve(a.topology, a.name), a.lb, a.rule)
+    print(json.dumps(m, indent=2) if a.json else tenant.format_nat(m))
+
+
+def cmd_mtu(a) -> None:
+    from . import lab
+    ref = lab.resolve(a.topology, a.name)
+    if a.remedies is None:
+        print("remedies: " + (", ".join(ref.api().get("/status").get("mtu_remedies", [])) or "none"))
+        return
+    remedies = [] if a.remedies == ["none"] else a.remedies
+    api = ref.api()
+    api.put("/mtu", {"remedies": remedies})
+    api.wait_synced([m.name for m in ref.lab.muxes] + [h.name for h in ref.lab.hosts])
+    print(f"remedies: {', '.join(remedies) or 'none'} (every MUX and host has it)")
+
+
 def cmd_fail(a) -> None:
     from . import faults, lab
     print(faults.fail(lab.resolve(a.topology, a.name), a.node, a.mode))
@@ -178,6 +203,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _lab_args(p)
     p.set_defaults(fn=cmd_health)
+    for verb, what, args in (("snat", "outbound SNAT per backend: VIP, port ranges, ports in use, failures", ["lb"]),
+                             ("nat", "an inbound NAT rule's port mappings: which backend has which frontend port",
+                              ["lb", "rule"])):
+        p = sub.add_parser(verb, help=what)
+        q = p.add_subparsers(dest=f"{verb}_cmd", required=True).add_parser("show")
+        for arg in args:
+            q.add_argument(arg)
+        q.add_argument("--json", action="store_true")
+        _lab_args(q)
+        q.set_defaults(fn=cmd_snat if verb == "snat" else cmd_nat)
+    p = sub.add_parser("mtu", help="what MUXes and hosts do about packets too big for the overlay")
+    p.add_argument("remedies", nargs="*", default=None, choices=["mss-clamp", "icmp", "none"],
+                   help="set: any of mss-clamp, icmp; 'none' shows the black hole; nothing: show")
+    _lab_args(p)
+    p.set_defaults(fn=cmd_mtu)
     from .faults import MODES
     p = sub.add_parser("fail", help="inject a fault: kill, pause, link-down, stop-service or crash a node")
     p.add_argument("node")

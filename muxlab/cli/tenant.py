@@ -8,27 +8,8 @@ import sys
 from ..errors import MuxlabError
 from ..model.diff import diff
 from ..model.lbcheck import allocate_public_ips
-from ..model.service import LoadBalancer, LoadBalancingRuleProperties, canonical, load_document
+from ..model.service import LoadBalancer, canonical, load_document
 from .lab import LabRef, frontends
-
-NOT_ACTIVE = ("inboundNatRules", "outboundRules")
-NOT_ACTIVE_RULE_FIELDS = {f: LoadBalancingRuleProperties.model_fields[f].default
-                          for f in ("idleTimeoutInMinutes", "enableTcpReset", "disableOutboundSnat")}
-
-
-def inactive_notes(lbs: dict[str, LoadBalancer]) -> list[str]:
-    """Fields that are stored and validated but have no data path yet (the next issue's)."""
-    notes = []
-    for name, lb in sorted(lbs.items()):
-        for kind in NOT_ACTIVE:
-            if getattr(lb.properties, kind):
-                notes.append(f"{name}: {kind} are stored but not active in the data path yet")
-        for r in lb.properties.loadBalancingRules:
-            for f, default in NOT_ACTIVE_RULE_FIELDS.items():
-                if getattr(r.properties, f) != default:
-                    notes.append(f"{name}.loadBalancingRules[{r.name}].{f} is stored but not active in the data path yet")
-    return notes
-
 
 def held(ref: LabRef) -> dict[str, LoadBalancer]:
     return {n: LoadBalancer.model_validate(lb) for n, lb in ref.api().load_balancers().items()}
@@ -56,7 +37,6 @@ def apply(ref: LabRef, path: str, yes: bool, prune: bool, wait: bool = True) -> 
         agents = [m.name for m in ref.lab.muxes] + [h.name for h in ref.lab.hosts]
         waited = api.wait_synced(agents, nb_cfg=result["nb_cfg"])
         lines.append(f"every MUX and host agent has it ({waited:.2f} s)")
-    lines += [f"note: {n}" for n in inactive_notes(new)]
     return "\n".join(lines)
 
 
@@ -148,3 +128,32 @@ def format_health(h: dict) -> str:
     lines += [f"{b['name']:<8} {b['ipAddress']:<12} {b['state']:<6} {b['reason']}" for b in h["loadBalancerBackendAddresses"]]
     return "\n".join(lines)
 
+
+
+def snat(ref: LabRef, lb: str) -> dict:
+    return ref.api().get(f"/loadBalancers/{lb}/outboundSnat")
+
+
+def format_snat(s: dict) -> str:
+    lines = [f"outbound SNAT of {s['loadBalancer']}:",
+             f"  {'backend':8} {'ip':12} {'host':7} {'frontend':14} {'ranges':14} {'ports':>6} {'in use':>7} {'failures':>8}"]
+    for b in s["value"]:
+        ranges = ",".join(f"{lo}-{hi}" for lo, hi in b["ranges"])
+        lines.append(f"  {b['name']:8} {b['ipAddress']:12} {b['host']:7} {b['frontendIPAddress']:14} {ranges:14} "
+                     f"{b['allocatedPorts']:>6} {b['portsInUse'] if b['portsInUse'] is not None else '-':>7} "
+                     f"{b['failures'] if b['failures'] is not None else '-':>8}")
+    if not s["value"]:
+        lines.append("  (no backend of this load balancer has its outbound identity here)")
+    return "\n".join(lines)
+
+
+def nat(ref: LabRef, lb: str, rule: str) -> dict:
+    return ref.api().get(f"/loadBalancers/{lb}/inboundNatRules/{rule}/portMappings")
+
+
+def format_nat(m: dict) -> str:
+    lines = [f"  {'frontend port':>13}  {'backend':8} {'ip':12} {'backend port':>12}  protocol"]
+    for x in m["value"]:
+        lines.append(f"  {x['frontendPort']:>13}  {x['backendAddress']['name']:8} {x['backendAddress']['ipAddress']:12} "
+                     f"{x['backendPort']:>12}  {x['protocol']}")
+    return "\n".join(lines)

@@ -37,6 +37,8 @@ def role_processes(lab, plan: NodePlan) -> list[tuple[str, list[str]]]:
         return [("host-agent", [PY, "-m", "hostagent.agent"])]
     if plan.role == "vm":
         return [("vm-service", [PY, "-m", "muxlab.node.vmservice"]), ("iperf3", ["iperf3", "--server", "--port", "5201"])]
+    if plan.role == "client":
+        return [("peer-server", [PY, "-m", "muxlab.node.peerserver"])]
     return []
 
 
@@ -91,6 +93,8 @@ def configure_network(plan: NodePlan) -> None:
         for ifname, cidr in addresses:
             addr, plen = cidr.split("/")
             ipr.addr("replace", index=idx(ifname), address=addr, prefixlen=int(plen))
+        if plan.second_nic:
+            second_nic(ipr, plan.second_nic)
         if plan.default_via:
             # Docker's default route points at the management network; lab traffic must never
             # leave that way, so the default route goes into the lab instead.
@@ -99,6 +103,44 @@ def configure_network(plan: NodePlan) -> None:
                 ipr.route("replace", dst="0.0.0.0/0", gateway=plan.default_via, oif=idx(port), flags=4)  # RTNH_F_ONLINK
             else:
                 ipr.route("replace", dst="0.0.0.0/0", gateway=plan.default_via)
+
+
+def second_nic(ipr, nic) -> None:
+    """A VM's second NIC (hairpin fix 1, seeds 000/001). Windows sends a packet from one of its
+    addresses to another out through the NIC the route names; Linux delivers it inside the
+    guest. So: the first NIC accepts packets whose source is the guest's own second address
+    (accept_local), and replies towards the second address leave through the first NIC and
+    the host (a policy rule ahead of the local table). docs/scenarios.md has the whole story."""
+    ifname, address, gateway, dip = nic
+    idx = ipr.link_lookup(ifname=ifname)[0]
+    ipr.addr("replace", index=idx, address=address, prefixlen=32)
+    write_sysctl("net/ipv4/conf/eth1/accept_local", 1)
+    write_sysctl("net/ipv4/conf/eth1/rp_filter", 0)
+    write_sysctl("net/ipv4/conf/all/rp_filter", 0)
+    write_sysctl("net/ipv4/conf/all/arp_ignore", 1)   # each NIC answers ARP for its own address only
+    have = {(r.get_attr("FRA_PRIORITY") or 0, r.get_attr("FRA_TABLE") or r["table"]) for r in ipr.get_rules(family=2)}
+    if (SECOND_NIC_PREF, SECOND_NIC_TABLE) not in have:
+        ipr.rule("add", family=2, priority=SECOND_NIC_PREF, src=dip, src_len=32, dst=address, dst_len=32,
+                 table=SECOND_NIC_TABLE)
+    if (LOCAL_PREF, 255) not in have:
+        ipr.rule("add", family=2, priority=LOCAL_PREF, table=255)
+    if (0, 255) in have:
+        ipr.rule("del", family=2, priority=0, table=255)
+    ipr.route("replace", dst=f"{address}/32", gateway=gateway, oif=ipr.link_lookup(ifname="eth1")[0], flags=4,
+              table=SECOND_NIC_TABLE)
+
+
+SECOND_NIC_PREF, SECOND_NIC_TABLE, LOCAL_PREF = 10, 10, 20
+
+
+def write_sysctl(key: str, value: int) -> None:
+    """Docker mounts /proc/sys read-only in unprivileged containers (interfaces plugged later
+    cannot get `sysctls:`); a private proc mount of the node's own namespace is writable."""
+    proc = RUN_DIR / "proc"
+    if not (proc / "sys").exists():
+        proc.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "proc", "proc", str(proc)], check=True)
+    (proc / "sys" / key).write_text(f"{value}\n")
 
 
 def gateway_mac(cidr: str) -> str:
