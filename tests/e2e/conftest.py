@@ -6,13 +6,34 @@ import subprocess
 import sys
 import time
 
+import shutil
+from pathlib import Path
+
 import pytest
+import yaml
 
 from muxlab.cli import lab as labmod
 from muxlab.cli.traffic import run_flows
 
 E2E_LAB = os.environ.get("MUXLAB_E2E_LAB", "muxlab-e2e")
 MUXLAB = [sys.executable, "-m", "muxlab"]
+REPO = Path(__file__).resolve().parents[2]
+# The default lab, with lab time scaled down: an Azure idle-timeout "minute" lasts 2 s here,
+# so the 4-minute minimum is 8 s (tests of idle timeouts would otherwise wait 4 minutes).
+E2E_TOPOLOGY = REPO / ".labs" / "e2e-topology" / "muxlab.clab.yml"
+SECONDS_PER_MINUTE = 2
+
+
+def write_e2e_topology() -> Path:
+    from muxlab.cli.lab import render_folder
+    folder = E2E_TOPOLOGY.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fabric = yaml.safe_load((REPO / "containerlab" / "lab.yml").read_text())
+    fabric.setdefault("timing", {})["seconds_per_minute"] = SECONDS_PER_MINUTE
+    (folder / "lab.yml").write_text(yaml.safe_dump(fabric, sort_keys=False))
+    shutil.copy(REPO / "containerlab" / "loadbalancers.yml", folder / "loadbalancers.yml")
+    render_folder(folder)
+    return E2E_TOPOLOGY
 
 
 def pytest_collection_modifyitems(items):
@@ -22,6 +43,8 @@ def pytest_collection_modifyitems(items):
 
 
 def cli(*args, timeout=900, check=True):
+    if E2E_LAB in args and "-t" not in args:
+        args = (*args, "-t", str(E2E_TOPOLOGY))
     proc = subprocess.run([*MUXLAB, *args], capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"muxlab {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -32,10 +55,11 @@ def cli(*args, timeout=900, check=True):
 def lab():
     if os.geteuid() != 0:
         pytest.skip("e2e tests deploy containers: run as root")
+    write_e2e_topology()
     cli("down", "--name", E2E_LAB, check=False, timeout=300)  # leftovers of an aborted run
     try:
         cli("up", "--name", E2E_LAB, "--wait", "240")
-        yield labmod.resolve(None, E2E_LAB)
+        yield labmod.resolve(E2E_TOPOLOGY, E2E_LAB)
     finally:
         cli("down", "--name", E2E_LAB, check=False, timeout=300)
 

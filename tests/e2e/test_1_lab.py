@@ -14,7 +14,7 @@ def test_every_mux_session_established(lab):
 
 def test_every_vip_has_one_next_hop_per_mux(lab):
     hops = labmod.vip_nexthops(lab)
-    assert set(hops) == {"203.0.113.10", "203.0.113.20", "203.0.113.30"}
+    assert set(hops) == {"203.0.113.10", "203.0.113.11", "203.0.113.20", "203.0.113.30"}
     for vip, muxes in hops.items():
         assert muxes == ["mux1", "mux2", "mux3"], (vip, muxes)
 
@@ -62,4 +62,4 @@ def test_second_up_of_a_running_lab_is_refused(lab):
 def test_traffic_to_an_unknown_vip_is_named(lab):
     from tests.e2e.conftest import E2E_LAB, cli
     p = cli("traffic", "--name", E2E_LAB, "--vip", "203.0.113.99", "--port", "80", check=False)
-    assert p.returncode == 1 and "unknown VIP '203.0.113.99'" in p.stderr and "web (203.0.113.10)" in p.stderr
+    assert p.returncode == 1 and "unknown VIP '203.0.113.99'" in p.stderr and "web (203.0.113.10, 203.0.113.11)" in p.stderr

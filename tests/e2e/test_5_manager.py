@@ -136,7 +136,11 @@ def test_changing_load_distribution_is_live(L):
 
 def test_vip_swap_moves_new_connections_only(L):
     api = L.api
-    staging = api.put("/loadBalancers/staging", new_lb(["10.1.3.15", "10.1.3.16"], port=80, probe=False))
+    body = new_lb(["10.1.3.15", "10.1.3.16"], port=80, probe=False)
+    # web has two frontends (inbound and outbound); a swap pairs them one to one
+    body["properties"]["frontendIPConfigurations"].append(
+        {"name": "staging-out", "properties": {"publicIPAddress": {"id": "/publicIPAddresses/staging-out"}}})
+    staging = api.put("/loadBalancers/staging", body)
     staging_vip = address_of(staging)
     L.synced(api)
     hold = L.hold(vip="203.0.113.10", conns=24, duration=6)
