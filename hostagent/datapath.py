@@ -19,6 +19,7 @@ whose state expired is answered with a TCP reset (enableTcpReset) or dropped, on
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from muxlab.model.compiled import Services
 from muxlab.model.conventions import ct_timeout_object, dip_mac, dip_mark, vxlan_ifname
@@ -34,53 +35,41 @@ def counter_name(vm: str) -> str:
     return "snat_exhausted_" + re.sub(r"[^A-Za-z0-9]", "_", vm)
 
 
+@dataclass(frozen=True)
+class Binding:
+    """One (VIP, protocol, port) a local VM serves: a load-balancing rule's backend or an
+    inbound NAT rule's port."""
+    vip: str
+    protocol: str
+    port: int
+    dip: str
+    backend_port: int
+    floating_ip: bool
+    idle_s: int
+    tcp_reset: bool
+
+    @property
+    def backend_end(self) -> str:
+        """Where the VM's packets of it leave from: the DIP and backend port, or the VIP (floating IP)."""
+        return (f"{self.vip} . {self.protocol} . {self.port}" if self.floating_ip
+                else f"{self.dip} . {self.protocol} . {self.backend_port}")
+
+
+def local_bindings(fabric: Lab, svc: Services, host: str) -> list[Binding]:
+    """Every binding served here. Every pool member counts, in rotation or not: a backend
+    out of rotation still serves the flows the MUXes have pinned to it."""
+    local = {vm.name for vm in fabric.vms_on(host)}
+    out = {Binding(str(r.vip), r.protocol, r.port, b.ip, r.backend_port, r.floating_ip, r.idle_s, r.tcp_reset)
+           for r in svc.rules for b in r.backends if b.vm in local}
+    out |= {Binding(str(n.vip), n.protocol, n.port, n.ip, n.backend_port, n.floating_ip, n.idle_s, n.tcp_reset)
+            for n in svc.nat_ports if n.vm in local}
+    return sorted(out, key=lambda x: (x.vip, x.protocol, x.port, x.dip))
+
+
 def local_rules(fabric: Lab, svc: Services, host: str) -> list[tuple[int, str, str, int, str, int, bool]]:
-    """(mark, vip, proto, port, dip, backend_port, floating) for every rule served here.
-    Every pool member counts, in rotation or not: a backend out of rotation still serves
-    the flows the MUXes have pinned to it."""
-    local = {vm.name for vm in fabric.vms_on(host)}
-    out = []
-    for r in svc.rules:
-        for b in r.backends:
-            if b.vm in local:
-                out.append((dip_mark(b.ip), str(r.vip), r.protocol, r.port, b.ip, r.backend_port, r.floating_ip))
-    for n in svc.nat_ports:
-        if n.vm in local:
-            out.append((dip_mark(n.ip), str(n.vip), n.protocol, n.port, n.ip, n.backend_port, n.floating_ip))
-    return sorted(set(out))
-
-
-def local_timeouts(fabric: Lab, svc: Services, host: str) -> dict[tuple[str, int], tuple[set[str], set[str]]]:
-    """(protocol, idle seconds) -> (VIP . proto . port keys, as flows arrive; backend ends
-    (DIP or floating VIP) . proto . port, as the VM's packets leave) of local bindings."""
-    local = {vm.name for vm in fabric.vms_on(host)}
-    out: dict[tuple[str, int], tuple[set[str], set[str]]] = {}
-    items = [(r.protocol, r.idle_s, r.tcp_reset, str(r.vip), r.port, b.ip, r.backend_port, r.floating_ip)
-             for r in svc.rules for b in r.backends if b.vm in local]
-    items += [(n.protocol, n.idle_s, n.tcp_reset, str(n.vip), n.port, n.ip, n.backend_port, n.floating_ip)
-              for n in svc.nat_ports if n.vm in local]
-    for proto, idle, _, vip, port, dip, bport, fip in items:
-        front, back = out.setdefault((proto, idle), (set(), set()))
-        front.add(f"{vip} . {proto} . {port}")
-        back.add(f"{vip if fip else dip} . {proto} . {bport if not fip else port}")
-    return dict(sorted(out.items()))
-
-
-def reset_ends(fabric: Lab, svc: Services, host: str) -> tuple[set[str], set[str]]:
-    """Backend ends (ip . tcp . port) of local TCP bindings: all of them, and those whose
-    rule has enableTcpReset."""
-    local = {vm.name for vm in fabric.vms_on(host)}
-    items = [(r.tcp_reset, b.ip, r.backend_port, str(r.vip), r.port, r.floating_ip)
-             for r in svc.rules if r.protocol == "tcp" for b in r.backends if b.vm in local]
-    items += [(n.tcp_reset, n.ip, n.backend_port, str(n.vip), n.port, n.floating_ip)
-              for n in svc.nat_ports if n.protocol == "tcp" and n.vm in local]
-    every, reset = set(), set()
-    for rst, dip, bport, vip, port, fip in items:
-        end = f"{vip} . tcp . {port}" if fip else f"{dip} . tcp . {bport}"
-        every.add(end)
-        if rst:
-            reset.add(end)
-    return every, reset
+    """(mark, vip, proto, port, dip, backend_port, floating) for every binding served here."""
+    return sorted({(dip_mark(b.dip), b.vip, b.protocol, b.port, b.dip, b.backend_port, b.floating_ip)
+                   for b in local_bindings(fabric, svc, host)})
 
 
 def render_nft(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] | None = None) -> str:
@@ -88,11 +77,18 @@ def render_nft(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] |
     dev = vxlan_ifname(fabric.vni)
     vms = fabric.vms_on(host)
     macs = ", ".join(f"{dip_mac(vm.ip)} : {dip_mark(vm.ip):#010x}" for vm in vms)
+    bindings = local_bindings(fabric, svc, host)
     rules = local_rules(fabric, svc, host)
     local_names = {vm.name for vm in vms}
     snats = [x for x in svc.snat if x.vm in local_names]
-    timeouts = local_timeouts(fabric, svc, host)
-    every_end, reset_end = reset_ends(fabric, svc, host)
+    # (protocol, idle seconds) -> the VIP . proto . port keys of bindings with that timeout
+    timeouts: dict[tuple[str, int], set[str]] = {}
+    for b in bindings:
+        timeouts.setdefault((b.protocol, b.idle_s), set()).add(f"{b.vip} . {b.protocol} . {b.port}")
+    timeouts = dict(sorted(timeouts.items()))
+    # a packet of an expired TCP flow leaves a VM from one of these: drop it, or reset it
+    every_end = {b.backend_end for b in bindings if b.protocol == "tcp"}
+    reset_end = {b.backend_end for b in bindings if b.protocol == "tcp" and b.tcp_reset}
     lab_space = f"{fabric.vnet}, {fabric.public_vips}"
     gateway = fabric.host(host).vm_gateway.ip
     hairpin_vips = ", ".join(str(v) for v in svc.hairpin_snat_vips)
@@ -107,7 +103,7 @@ def render_nft(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] |
         return f" elements = {{ {s} }};" if s else ""
 
     per_class, raw_rules = [], []
-    for (proto, idle), (front, back) in timeouts.items():
+    for (proto, idle), front in timeouts.items():
         name = f"idle_{proto}_{idle}"
         per_class += [ct_timeout_object(proto, idle),
                       f"  set {name}_rules {{ type ipv4_addr . inet_proto . inet_service;{elems(front)} }}"]
@@ -128,7 +124,7 @@ def render_nft(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] |
         for proto in x.protocols:
             name = f"idle_{proto}_{x.idle_s}"
             if (proto, x.idle_s) not in timeouts:
-                timeouts[(proto, x.idle_s)] = (set(), set())
+                timeouts[(proto, x.idle_s)] = set()
                 per_class.append(ct_timeout_object(proto, x.idle_s))
             raw_rules.append(f'    iifname "{BRIDGE}" ip saddr {x.ip} ip daddr != @lab_space meta l4proto {proto} '
                              f'ct timeout set "{name}"')

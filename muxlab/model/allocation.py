@@ -45,16 +45,22 @@ class Claim:
     path: str = ""            # the field to blame when ports run out
 
 
+def pool_members(lb: LoadBalancer, fabric: Lab) -> dict[str, list[str]]:
+    """Pool name -> the VM names of its backends, in pool order (addresses that are no VM skipped)."""
+    return {p.name: [vm.name for b in p.properties.loadBalancerBackendAddresses
+                     if (vm := fabric.vm_by_ip(b.properties.ipAddress)) is not None]
+            for p in lb.properties.backendAddressPools}
+
+
 def outbound_claims(lbs: dict[str, LoadBalancer], fabric: Lab) -> tuple[dict[str, Claim], list[Problem]]:
     claims: dict[str, Claim] = {}
     problems: list[Problem] = []
     for lb_name in sorted(lbs):
         P = lbs[lb_name].properties
-        pools = {p.name: [fabric.vm_by_ip(b.properties.ipAddress) for b in p.properties.loadBalancerBackendAddresses]
-                 for p in P.backendAddressPools}
+        pools = pool_members(lbs[lb_name], fabric)
         for i, o in enumerate(P.outboundRules):
             op = o.properties
-            vms = [v.name for v in pools.get(op.backendAddressPool.name, []) if v is not None]
+            vms = pools.get(op.backendAddressPool.name, [])
             per = op.allocatedOutboundPorts or default_outbound_ports(len(vms))
             rp = f"{lb_name}.properties.outboundRules[{i}].properties"
             for vm in vms:
@@ -68,13 +74,12 @@ def outbound_claims(lbs: dict[str, LoadBalancer], fabric: Lab) -> tuple[dict[str
                                    set(protocols(op.protocol)), f"{rp}.allocatedOutboundPorts")
     for lb_name in sorted(lbs):
         P = lbs[lb_name].properties
-        pools = {p.name: [fabric.vm_by_ip(b.properties.ipAddress) for b in p.properties.loadBalancerBackendAddresses]
-                 for p in P.backendAddressPools}
+        pools = pool_members(lbs[lb_name], fabric)
         for i, r in enumerate(P.loadBalancingRules):
             rp = r.properties
             if rp.disableOutboundSnat:
                 continue
-            vms = [v.name for v in pools.get(rp.pool.name, []) if v is not None]
+            vms = pools.get(rp.pool.name, [])
             for vm in vms:
                 c = claims.get(vm)
                 if c is None:
@@ -169,15 +174,14 @@ def allocate(lbs: dict[str, LoadBalancer], fabric: Lab, previous: dict[str, dict
 
     # Inbound NAT rules
     for lb_name, lb in lbs.items():
-        pools = {p.name: [fabric.vm_by_ip(b.properties.ipAddress) for b in p.properties.loadBalancerBackendAddresses]
-                 for p in lb.properties.backendAddressPools}
+        pools = pool_members(lb, fabric)
         for n in lb.properties.inboundNatRules:
             np_ = n.properties
             if np_.frontendPort is not None:
                 vm = fabric.vm_by_ip(np_.backendIPAddress) if np_.backendIPAddress else None
                 out[lb_name]["nat"][n.name] = {vm.name: np_.frontendPort} if vm else {}
                 continue
-            members = [v.name for v in pools.get(np_.backendAddressPool.name, []) if v is not None]
+            members = pools.get(np_.backendAddressPool.name, [])
             rng = np_.frontend_ports
             old = previous.get(lb_name, {}).get("nat", {}).get(n.name, {})
             mapping = {vm: port for vm, port in old.items() if vm in members and port in rng}

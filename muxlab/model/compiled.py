@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from .allocation import allocate
+from .allocation import allocate, outbound_claims
 from .fabric import Lab
 from .lbcheck import protocols
 from .service import LoadBalancer
@@ -111,6 +111,7 @@ def compile_services(lbs: dict[str, LoadBalancer], fabric: Lab, allocations: dic
     afresh (the same result for a set of load balancers written at once)."""
     if allocations is None:
         allocations, _ = allocate(lbs, fabric)
+    claims, _ = outbound_claims(lbs, fabric)   # whose outbound identity each allocation is
     spm = fabric.seconds_per_minute
     rules: list[Rule] = []
     nat_ports: list[NatPort] = []
@@ -159,27 +160,18 @@ def compile_services(lbs: dict[str, LoadBalancer], fabric: Lab, allocations: dic
                     nat_ports.append(NatPort(lb_name, n.name, vip, proto, port, vm.name, str(vm.ip), bport,
                                              np_.enableFloatingIP, np_.idleTimeoutInMinutes * spm, np_.enableTcpReset))
         outbound = {o.name: o.properties for o in P.outboundRules}
-        lb_rules = {r.name: r.properties for r in P.loadBalancingRules}
         for vm_name, (fe, lo, hi) in alloc.get("snat", {}).items():
-            vm = fabric.vm(vm_name)
-            o = outbound.get(_snat_rule(P, vm, fabric))
-            if o is not None:
-                snat.append(Snat(lb_name, _snat_rule(P, vm, fabric), fes[fe], protocols(o.protocol), vm.name, str(vm.ip),
-                                 lo, hi, o.idleTimeoutInMinutes * spm, o.enableTcpReset))
+            vm, claim = fabric.vm(vm_name), claims.get(vm_name)
+            if claim is None or claim.lb != lb_name:
                 continue
-            protos = sorted({p for r in lb_rules.values() if r.frontendIPConfiguration.name == fe and not r.disableOutboundSnat
-                             for p in protocols(r.protocol)})
-            snat.append(Snat(lb_name, "(load-balancing rules)", fes[fe], tuple(protos), vm.name, str(vm.ip), lo, hi))
+            if claim.explicit:
+                o = outbound[claim.rule]
+                snat.append(Snat(lb_name, claim.rule, fes[fe], protocols(o.protocol), vm.name, str(vm.ip),
+                                 lo, hi, o.idleTimeoutInMinutes * spm, o.enableTcpReset))
+            else:
+                snat.append(Snat(lb_name, "(load-balancing rules)", fes[fe], tuple(sorted(claim.protocols)), vm.name,
+                                 str(vm.ip), lo, hi))
     return Services(tuple(rules), tuple(sorted(vips)), tuple(nat_ports), tuple(snat), tuple(sorted(hairpin)))
-
-
-def _snat_rule(P, vm, fabric: Lab) -> str | None:
-    """The explicit outbound rule of this load balancer that covers the VM, if any."""
-    pools = {p.name: {b.properties.ipAddress for b in p.properties.loadBalancerBackendAddresses} for p in P.backendAddressPools}
-    for o in P.outboundRules:
-        if vm.ip in pools.get(o.properties.backendAddressPool.name, set()):
-            return o.name
-    return None
 
 
 def guest_config(services: Services, vm: str) -> tuple[set[int], set[int], list[str]]:

@@ -41,33 +41,30 @@ class ModelError(ValueError):
         super().__init__(f"invalid {self.what}:\n  " + "\n  ".join(lines))
 
 
+class EdgeLinked:
+    """A node on a point-to-point underlay link to the edge (`underlay`: its side of it)."""
+    underlay: ipaddress.IPv4Interface
+
+    @property
+    def address(self) -> ipaddress.IPv4Address:
+        return self.underlay.ip
+
+    @property
+    def edge_address(self) -> ipaddress.IPv4Address:
+        return peer_of(self.underlay)
+
+
 @dataclass(frozen=True)
-class Mux:
+class Mux(EdgeLinked):
     name: str
     underlay: ipaddress.IPv4Interface  # MUX side of its point-to-point link to the edge
 
-    @property
-    def address(self) -> ipaddress.IPv4Address:
-        return self.underlay.ip
-
-    @property
-    def edge_address(self) -> ipaddress.IPv4Address:
-        return peer_of(self.underlay)
-
 
 @dataclass(frozen=True)
-class Host:
+class Host(EdgeLinked):
     name: str
     underlay: ipaddress.IPv4Interface  # host side of its link to the edge; also its VTEP address
     vm_subnet: ipaddress.IPv4Network   # the "vswitch" subnet its VMs live on
-
-    @property
-    def address(self) -> ipaddress.IPv4Address:
-        return self.underlay.ip
-
-    @property
-    def edge_address(self) -> ipaddress.IPv4Address:
-        return peer_of(self.underlay)
 
     @property
     def vm_gateway(self) -> ipaddress.IPv4Interface:

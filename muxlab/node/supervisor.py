@@ -105,6 +105,10 @@ def configure_network(plan: NodePlan) -> None:
                 ipr.route("replace", dst="0.0.0.0/0", gateway=plan.default_via)
 
 
+# a VM's second NIC: the rule for replies to it, its table, and where the local table moves
+SECOND_NIC_PREF, SECOND_NIC_TABLE, LOCAL_PREF = 10, 10, 20
+
+
 def second_nic(ipr, nic) -> None:
     """A VM's second NIC (hairpin fix 1, seeds 000/001). Windows sends a packet from one of its
     addresses to another out through the NIC the route names; Linux delivers it inside the
@@ -128,9 +132,6 @@ def second_nic(ipr, nic) -> None:
         ipr.rule("del", family=2, priority=0, table=255)
     ipr.route("replace", dst=f"{address}/32", gateway=gateway, oif=ipr.link_lookup(ifname="eth1")[0], flags=4,
               table=SECOND_NIC_TABLE)
-
-
-SECOND_NIC_PREF, SECOND_NIC_TABLE, LOCAL_PREF = 10, 10, 20
 
 
 def write_sysctl(key: str, value: int) -> None:
