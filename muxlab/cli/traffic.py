@@ -5,7 +5,7 @@ import ipaddress
 import json
 
 from ..errors import MuxlabError
-from ..model.compiled import compile_services
+from ..model.lbcheck import protocols
 from ..model.service import LoadBalancer
 from .lab import LabRef, docker_exec, vip_address
 
@@ -25,9 +25,9 @@ def run_flows(ref: LabRef, source: str, vip: str, port: int, flows: int, udp: bo
         lb, address, rules = vip, vip, None
     else:
         lb, address = vip_address(lbs, vip)  # names the known VIPs when unknown
-        rules = [r for r in compile_services({lb: LoadBalancer.model_validate(lbs[lb])}, ref.lab).rules if str(r.vip) == address]
-    if rules is not None and not any(r.protocol == proto and r.port == port for r in rules):
-        have = ", ".join(f"{r.protocol}/{r.port}" for r in rules) or "none"
+        rules = served_ports(LoadBalancer.model_validate(lbs[lb]), address)
+    if rules is not None and not any(r == (proto, port) for r in rules):
+        have = ", ".join(f"{p}/{n}" for p, n in rules[:20]) or "none"
         raise MuxlabError(f"--port {port}: VIP {lb} ({address}) has no {proto} rule on that port (rules: {have})")
     argv = ["python", "-m", "muxlab.node.flows", "--vip", address, "--port", str(port), "--flows", str(flows),
             "--timeout", str(timeout)] + (["--udp"] if udp else []) + (["--sport", str(sport)] if sport else [])
@@ -40,6 +40,16 @@ def run_flows(ref: LabRef, source: str, vip: str, port: int, flows: int, udp: bo
     if not keep_results:
         result.pop("results")
     return result
+
+
+def served_ports(lb: LoadBalancer, address: str) -> list[tuple[str, int]]:
+    """(protocol, port) the address answers on: its load-balancing rules and inbound NAT rules."""
+    fes = {fe.name for fe in lb.properties.frontendIPConfigurations if str(fe.address) == address}
+    out = [(p, r.properties.frontendPort) for r in lb.properties.loadBalancingRules
+           if r.properties.frontendIPConfiguration.name in fes for p in protocols(r.properties.protocol)]
+    out += [(p, port) for n in lb.properties.inboundNatRules if n.properties.frontendIPConfiguration.name in fes
+            for p in protocols(n.properties.protocol) for port in n.properties.frontend_ports]
+    return out
 
 
 def _is_address(text: str) -> bool:
