@@ -102,23 +102,27 @@ def render_nft(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] |
         s = s if isinstance(s, str) else ", ".join(sorted(s))
         return f" elements = {{ {s} }};" if s else ""
 
-    per_class, raw_rules = [], []
+    per_class, timeout_rules = [], []
     for (proto, idle), front in timeouts.items():
         name = f"idle_{proto}_{idle}"
         per_class += [ct_timeout_object(proto, idle),
                       f"  set {name}_rules {{ type ipv4_addr . inet_proto . inet_service;{elems(front)} }}"]
-        raw_rules.append(f'    iifname "{dev}" ip daddr . meta l4proto . th dport @{name}_rules ct timeout set "{name}"')
+        timeout_rules.append(f'    iifname "{dev}" ip daddr . meta l4proto . th dport @{name}_rules ct timeout set "{name}"')
     snat_sets, snat_fwd, snat_nat = [], [], []
     for x in snats:
         protos = ", ".join(x.protocols)
         c = counter_name(x.vm)
         snat_sets += [f"  counter {c} {{}}",
                       f"  set {c}_use {{ type ipv4_addr . inet_proto . inet_service; flags dynamic; size 65535; }}"]
-        match = f'iifname "{BRIDGE}" oifname "{UPLINK}" ip saddr {x.ip} ip daddr != @lab_space meta l4proto {{ {protos} }}'
         # as many concurrent connections to one destination as the range has ports; one
-        # more is what exhaustion looks like, refused at once and counted
-        snat_fwd.append(f"    {match} ct state new add @{c}_use {{ ip daddr . meta l4proto . th dport ct count over {x.ports} }} "
-                        f"counter name {c} reject")
+        # more is what exhaustion looks like, refused at once and counted. TCP is refused
+        # with a reset: ICMP errors are rate-limited by the kernel, so a burst of refusals
+        # would turn into silent drops and connect timeouts.
+        for proto in x.protocols:
+            refuse = "reject with tcp reset" if proto == "tcp" else "reject"
+            snat_fwd.append(f'    iifname "{BRIDGE}" oifname "{UPLINK}" ip saddr {x.ip} ip daddr != @lab_space meta l4proto {proto} '
+                            f"ct state new add @{c}_use {{ ip daddr . meta l4proto . th dport ct count over {x.ports} }} "
+                            f"counter name {c} {refuse}")
         snat_nat.append(f'    oifname "{UPLINK}" ip saddr {x.ip} ip daddr != @lab_space meta l4proto {{ {protos} }} '
                         f"snat ip to {x.vip}:{x.lo}-{x.hi}")
         for proto in x.protocols:
@@ -126,7 +130,7 @@ def render_nft(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] |
             if (proto, x.idle_s) not in timeouts:
                 timeouts[(proto, x.idle_s)] = set()
                 per_class.append(ct_timeout_object(proto, x.idle_s))
-            raw_rules.append(f'    iifname "{BRIDGE}" ip saddr {x.ip} ip daddr != @lab_space meta l4proto {proto} '
+            timeout_rules.append(f'    iifname "{BRIDGE}" ip saddr {x.ip} ip daddr != @lab_space meta l4proto {proto} '
                              f'ct timeout set "{name}"')
     mss = fabric.overlay_mss
     clamp = ([f'    iifname "{BRIDGE}" tcp flags & (syn | ack) == syn | ack tcp option maxseg size > {mss} '
@@ -164,7 +168,12 @@ def render_nft(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] |
         "  chain raw {",
         "    type filter hook prerouting priority raw; policy accept;",
         f'    iifname "{BRIDGE}" ip daddr @vips notrack return',
-        *raw_rules,
+        "  }",
+        # idle timeouts attach to a new entry before it is confirmed: after conntrack made it
+        # (priority -200), which is why they are not in the raw chain above
+        "  chain timeouts {",
+        "    type filter hook prerouting priority mangle; policy accept;",
+        *timeout_rules,
         "  }",
         "  chain input {",
         "    type filter hook input priority filter; policy accept;",

@@ -129,13 +129,17 @@ def render_nft(fabric: Lab, svc: Services, svcs: list[Service], remedies: frozen
         "    ip daddr . meta l4proto . th dport @snat_returns notrack return",
         "    tcp flags & (syn | ack) == syn notrack return",
     ]
-    lines += [f"    ip daddr . meta l4proto . th dport @idle_{proto}_{idle}_rules ct timeout set \"idle_{proto}_{idle}\""
-              for proto, idle in classes]
     lines += [
         "  }",
         "  chain prerouting {", "    type filter hook prerouting priority mangle; policy accept;",
         "    ip daddr != @vips return",
         "    counter name vip_packets",
+    ]
+    # a timeout policy attaches to a new, unconfirmed entry: after conntrack (priority -200),
+    # so here and never in the raw chain, where the packet has no entry yet
+    lines += [f"    ip daddr . meta l4proto . th dport @idle_{proto}_{idle}_rules ct timeout set \"idle_{proto}_{idle}\""
+              for proto, idle in classes]
+    lines += [
         "    meta mark set ip daddr . meta l4proto . th dport map @nat_ports counter name nat_port_packets accept",
         "    meta mark set ip daddr . meta l4proto . th dport map @snat_returns counter name snat_return_packets accept",
         "    ct mark != 0 meta mark set ct mark accept",

@@ -204,7 +204,11 @@ GROUP_SYSCTLS = {
     # host: a router for its VMs. Decapsulated packets arrive on the address-less VXLAN
     # device from any client, and replies leave by the underlay: reverse-path filtering
     # (even loose, which rejects address-less interfaces) cannot apply, so it is off.
-    "host": {"net.ipv4.ip_forward": 1, "net.ipv4.conf.all.rp_filter": 0, "net.ipv4.conf.default.rp_filter": 0},
+    # Its bridge is a plain switch: with Docker's br_netfilter on, bridged frames pass the IP
+    # hooks, and a hairpinned reply un-NATed to the VM it came from would have to leave by
+    # the port it arrived on, which a bridge never does (hairpinSnat, docs/scenarios.md).
+    "host": {"net.ipv4.ip_forward": 1, "net.ipv4.conf.all.rp_filter": 0, "net.ipv4.conf.default.rp_filter": 0,
+             "net.bridge.bridge-nf-call-iptables": 0},
     "vm": {},
     "client": {},
     "manager": {},

@@ -57,6 +57,19 @@ def test_hairpin_fails_at_the_self_mapped_share_and_the_second_nic_fixes_it(L, i
     assert fixed["failures"] == 0 and fixed["by_dip"].get("vm1", 0) > 0
 
 
+def test_hairpin_snat_on_the_host_fixes_it_without_a_second_nic(L, ilb):
+    """Fix 2 (hairpinSnat, a muxlab extension): the host source-NATs a flow mapped back to the
+    VM that sent it, so the VM sees the host as the caller and answers through it."""
+    api = L.api
+    lb = api.get("/loadBalancers/ilb")
+    lb["properties"]["hairpinSnat"] = True
+    api.put("/loadBalancers/ilb", lb)
+    L.synced(api)
+    fixed = L.flows("vm1", ILB_VIP, 80, 300)
+    print(f"hairpin with hairpinSnat: {fixed['failures']}/{fixed['flows']} failed; served by {fixed['by_dip']}")
+    assert fixed["failures"] == 0 and fixed["by_dip"].get("vm1", 0) > 0
+
+
 def snat_of(L, lb="web"):
     return {b["name"]: b for b in L.api.get(f"/loadBalancers/{lb}/outboundSnat")["value"]}
 

@@ -133,3 +133,21 @@ def test_rulesets_load_in_the_kernel(which):
     proc = subprocess.run(["unshare", "--net", "sh", "-c", "ip link add vxlan4242 type vxlan id 4242 dstport 4789 && nft -f /dev/stdin"],
                           input=text + text, text=True, capture_output=True)  # applied twice: idempotent replace
     assert proc.returncode == 0, proc.stderr
+
+
+def chains_setting_timeouts(text: str) -> set[str]:
+    """The priority of every chain holding a `ct timeout set` rule."""
+    out, priority = set(), None
+    for line in text.splitlines():
+        if "type filter hook" in line:
+            priority = line.split("priority")[1].split(";")[0].strip()
+        if "ct timeout set" in line:
+            out.add(priority)
+    return out
+
+
+def test_idle_timeouts_attach_after_conntrack_made_the_entry():
+    """A timeout policy set before conntrack (the raw chain, -300) finds no entry to attach to
+    and silently does nothing: the idle timeout would never expire a flow."""
+    for text in (ruleset(), host_dp.render_nft(fabric(), services(), "host1")):
+        assert chains_setting_timeouts(text) == {"mangle"}
