@@ -69,6 +69,26 @@ def snat_ports_in_use() -> set[tuple[str, int]]:
     return out
 
 
+def forget_self_mapped(vips: set[str]) -> int:
+    """Delete the conntrack entries of flows to `vips` mapped back to the VM that sent them.
+    Such an entry holds the NAT decided at its first packet, without the hairpin SNAT: a VM
+    reusing that source port would be caught by it, and fail, until it expires."""
+    from pyroute2 import Conntrack
+    from pyroute2.netlink.exceptions import NetlinkError
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+    gone = 0
+    with Conntrack() as ct:
+        for vip in vips:
+            for e in list(ct.dump_entries(tuple_orig=NFCTAttrTuple(daddr=vip))):
+                if e.tuple_reply is not None and e.tuple_orig.saddr == e.tuple_reply.saddr:
+                    try:
+                        ct.entry("del", tuple_orig=e.tuple_orig)
+                        gone += 1
+                    except NetlinkError:   # expired meanwhile
+                        pass
+    return gone
+
+
 def reason(st) -> str:
     """Why a backend is out of rotation, as Backend_Health holds it ('' while it is in)."""
     return "" if st.up else (st.last_error or "probe failed")
@@ -99,6 +119,10 @@ class HostAgent:
         if want != self.applied:
             apply(want)
             self.applied = want
+            newly = set(map(str, svc.hairpin_snat_vips)) - set(map(str, self.svc.hairpin_snat_vips if self.svc else ()))
+            if newly:
+                print(f"[host-agent {self.me}] hairpin SNAT on for {sorted(newly)}: "
+                      f"{forget_self_mapped(newly)} self-mapped flows forgotten", flush=True)
             print(f"[host-agent {self.me}] data path programmed ({len(datapath.local_rules(self.fabric, svc, self.me))} "
                   "local rule bindings)", flush=True)
         self.targets = probe_targets(self.fabric, svc, self.me)

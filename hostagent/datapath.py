@@ -168,6 +168,10 @@ def render_nft(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] |
         "  chain raw {",
         "    type filter hook prerouting priority raw; policy accept;",
         f'    iifname "{BRIDGE}" ip daddr @vips notrack return',
+        # The replies to such a call come straight from the serving host (DSR), source VIP.
+        # Tracked, each would leave an entry VIP:80 -> VM:port behind, whose reply direction
+        # is the VM's next call from that port: that call's SYN would then skip its NAT.
+        f'    iifname "{UPLINK}" ip saddr @vips notrack return',
         "  }",
         # idle timeouts attach to a new entry before it is confirmed: after conntrack made it
         # (priority -200), which is why they are not in the raw chain above

@@ -16,6 +16,7 @@ from .lbcheck import protocols
 from .service import LoadBalancer
 
 DISTRIBUTIONS = ("Default", "SourceIP", "SourceIPProtocol")
+IMPLICIT_OUTBOUND_IDLE_MINUTES = 4   # Azure: the idle timeout of outbound flows without an outbound rule
 
 
 @dataclass(frozen=True)
@@ -169,8 +170,9 @@ def compile_services(lbs: dict[str, LoadBalancer], fabric: Lab, allocations: dic
                 snat.append(Snat(lb_name, claim.rule, fes[fe], protocols(o.protocol), vm.name, str(vm.ip),
                                  lo, hi, o.idleTimeoutInMinutes * spm, o.enableTcpReset))
             else:
+                # the implicit outbound of a load-balancing rule: Azure's default idle timeout
                 snat.append(Snat(lb_name, "(load-balancing rules)", fes[fe], tuple(sorted(claim.protocols)), vm.name,
-                                 str(vm.ip), lo, hi))
+                                 str(vm.ip), lo, hi, IMPLICIT_OUTBOUND_IDLE_MINUTES * spm))
     return Services(tuple(rules), tuple(sorted(vips)), tuple(nat_ports), tuple(snat), tuple(sorted(hairpin)))
 
 

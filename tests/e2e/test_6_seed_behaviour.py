@@ -98,8 +98,8 @@ def test_snat_port_exhaustion_is_counted_and_named(L):
         refused = [a for a in result["attempts"] if not a[1]]
         assert all(c["broken_at"] is None for c in result["conns"])
         assert refused and all(a[3] == "ConnectionRefusedError" for a in refused)
-        row = L.wait_for("vm3's failures reported", lambda: (lambda b: b if b["failures"] else None)(snat_of(L)["vm3"]),
-                         timeout=10)
+        row = L.wait_for("vm3's failures reported",
+                         lambda: (lambda b: b if b["failures"] >= len(refused) else None)(snat_of(L)["vm3"]), timeout=10)
         print(f"exhaustion: 8 ports, 8 held, {len(refused)} refused; reported {row}")
         assert row["allocatedPorts"] == 8 and row["failures"] >= len(refused) > 0
         shown = cli("snat", "show", "web", "--name", E2E_LAB).stdout
