@@ -1,5 +1,6 @@
-"""Issue 3 benchmark: the load-balanced path against a direct routed path between the same
-client and VM, in one lab run, reported as ratios.
+"""Issues 3 and 10 benchmark: the load-balanced path against a direct routed path between the
+same client and VM, and both against a bare veth pair between two namespaces (the machine's
+own reference), all in one run, reported as ratios.
 
 - iperf3 TCP throughput: client1 -> 203.0.113.30 (bench VIP, pool = vm1) vs -> 10.1.1.11 (vm1)
 - small-packet UDP: iperf3 -u -l 64, unlimited rate: packets/s received by vm1
@@ -9,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import time
 
+from muxlab.versions import NODE_IMAGE
 
 from .common import down, save, sh, summary, up
 
@@ -18,7 +22,10 @@ VIP, DIP = "203.0.113.30", "10.1.1.11"
 
 def iperf(ref, target: str, udp: bool, seconds: int) -> dict:
     args = f"-c {target} -t {seconds} -J" + (" -u -b 0 -l 64" if udp else "")
-    out = json.loads(sh(ref, "client1", f"iperf3 {args}", timeout=seconds + 60))
+    return parse_iperf(json.loads(sh(ref, "client1", f"iperf3 {args}", timeout=seconds + 60)), udp)
+
+
+def parse_iperf(out: dict, udp: bool) -> dict:
     end = out["end"]
     if udp:
         s = end["sum"]
@@ -27,11 +34,89 @@ def iperf(ref, target: str, udp: bool, seconds: int) -> dict:
     return {"gbit_s": round(end["sum_received"]["bits_per_second"] / 1e9, 3)}
 
 
+class BareVeth:
+    """Two containers of the node image with nothing but one veth pair between them: what
+    this machine's kernel carries between two namespaces, no lab, no hops."""
+
+    def __init__(self):
+        self.names = [f"muxlab-bench-veth{i}" for i in (1, 2)]
+
+    def __enter__(self):
+        for n in self.names:
+            subprocess.run(["docker", "rm", "-f", n], capture_output=True)
+            subprocess.run(["docker", "run", "-d", "--name", n, "--network", "none", "--cap-add", "NET_ADMIN",
+                            "--entrypoint", "sleep", NODE_IMAGE, "infinity"], check=True, capture_output=True)
+        pids = [subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", n], check=True, capture_output=True,
+                               text=True).stdout.strip() for n in self.names]
+        subprocess.run(["ip", "link", "add", "bv1", "netns", pids[0], "type", "veth", "peer", "name", "bv2",
+                        "netns", pids[1]], check=True)
+        for n, dev, addr in ((self.names[0], "bv1", "10.255.0.1/30"), (self.names[1], "bv2", "10.255.0.2/30")):
+            self.sh(n, f"ip addr add {addr} dev {dev} && ip link set {dev} up")
+        subprocess.Popen(["docker", "exec", "-d", self.names[1], "iperf3", "-s"]).wait()
+        time.sleep(0.5)
+        return self
+
+    def sh(self, name, cmd, timeout=120):
+        return subprocess.run(["docker", "exec", name, "sh", "-c", cmd], check=True, capture_output=True, text=True,
+                              timeout=timeout).stdout
+
+    def iperf(self, udp: bool, seconds: int) -> dict:
+        args = f"-c 10.255.0.2 -t {seconds} -J" + (" -u -b 0 -l 64" if udp else "")
+        return parse_iperf(json.loads(self.sh(self.names[0], f"iperf3 {args}", timeout=seconds + 60)), udp)
+
+    def __exit__(self, *exc):
+        for n in self.names:
+            subprocess.run(["docker", "rm", "-f", n], capture_output=True)
+
+
 def conns(ref, target: str, port: int, n: int) -> float:
     out = json.loads(sh(ref, "client1", f"python -m muxlab.node.flows --vip {target} --port {port} --flows {n} --workers 16", timeout=300))
     if out["failures"]:
         raise RuntimeError(f"{out['failures']} connections failed: {out['errors']}")
     return out["flows_per_second"]
+
+
+TARGETS = {"tcp_lb_over_direct": 0.85, "tcp_lb_over_bare_veth": 0.5, "udp64_lb_over_direct": 0.7}
+
+
+def cpu_split() -> dict:
+    """Jiffies of the whole machine by kind (/proc/stat): containers share one kernel."""
+    f = open("/proc/stat").readline().split()[1:8]
+    return dict(zip(("user", "nice", "system", "idle", "iowait", "irq", "softirq"), map(int, f)))
+
+
+def profile(ref, seconds: int) -> dict:
+    """Where the time goes on the load-balanced TCP path: the machine's CPU split (softirq is
+    the kernel forwarding packets), the kernel functions perf samples most, and the drops
+    each node's interfaces counted, all during one iperf3 run."""
+    drops = lambda: {n.name: {d: int(x) for d, x in (line.split() for line in sh(
+        ref, n.name, "for d in /sys/class/net/eth[1-9]*; do echo ${d##*/} $(( $(cat $d/statistics/rx_dropped) + "
+                     "$(cat $d/statistics/tx_dropped) )); done").splitlines())}
+        for n in [*ref.lab.muxes, *ref.lab.hosts] + [type("N", (), {"name": x}) for x in ("edge", "client1", "vm1")]}
+    before_d, before_c = drops(), cpu_split()
+    perf = subprocess.Popen(["perf", "record", "-a", "-o", "/tmp/muxlab-bench.perf", "--", "sleep", str(seconds)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gbit = iperf(ref, VIP, False, seconds)["gbit_s"]
+    perf.wait()
+    after_c, after_d = cpu_split(), drops()
+    total = sum(after_c.values()) - sum(before_c.values())
+    split = {k: round(100 * (after_c[k] - before_c[k]) / total, 1) for k in after_c}
+    rep = subprocess.run(["perf", "report", "-i", "/tmp/muxlab-bench.perf", "--sort", "symbol", "--stdio"],
+                         capture_output=True, text=True).stdout
+    top = [" ".join(line.split()) for line in rep.splitlines() if line.strip() and not line.startswith("#")][:12]
+    dropped = {n: {d: after_d[n][d] - before_d[n].get(d, 0) for d in after_d[n] if after_d[n][d] - before_d[n].get(d, 0)}
+               for n in after_d}
+    return {"tcp_gbit_s": gbit, "cpu_percent": split, "top_symbols": top,
+            "drops": {n: d for n, d in dropped.items() if d}}
+
+
+def offload_state(ref) -> dict:
+    out = {}
+    for node in ("edge", "mux1", "host1", "client1", "vm1"):
+        text = sh(ref, node, "ethtool -k eth1")
+        out[node] = {k: v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())
+                     if k in ("tx-checksumming", "tcp-segmentation-offload", "generic-receive-offload")}
+    return out
 
 
 def main() -> None:
@@ -42,19 +127,31 @@ def main() -> None:
     a = ap.parse_args()
     ref = up()
     try:
-        rows = {"tcp_gbit_s": ([], []), "udp64_pps": ([], []), "new_conns_per_s": ([], [])}
-        for _ in range(a.reps):  # alternate paths so drift hits both alike
-            rows["tcp_gbit_s"][0].append(iperf(ref, VIP, False, a.seconds)["gbit_s"])
-            rows["tcp_gbit_s"][1].append(iperf(ref, DIP, False, a.seconds)["gbit_s"])
-            rows["udp64_pps"][0].append(iperf(ref, VIP, True, a.seconds)["pps"])
-            rows["udp64_pps"][1].append(iperf(ref, DIP, True, a.seconds)["pps"])
-            rows["new_conns_per_s"][0].append(conns(ref, "203.0.113.10", 80, a.conns))
-            rows["new_conns_per_s"][1].append(conns(ref, DIP, 8080, a.conns))
-        result = {}
-        for metric, (lb, direct) in rows.items():
+        rows = {"tcp_gbit_s": ([], [], []), "udp64_pps": ([], [], []), "new_conns_per_s": ([], [], [])}
+        with BareVeth() as bare:
+            for _ in range(a.reps):  # alternate paths so drift hits all alike
+                rows["tcp_gbit_s"][0].append(iperf(ref, VIP, False, a.seconds)["gbit_s"])
+                rows["tcp_gbit_s"][1].append(iperf(ref, DIP, False, a.seconds)["gbit_s"])
+                rows["tcp_gbit_s"][2].append(bare.iperf(False, a.seconds)["gbit_s"])
+                rows["udp64_pps"][0].append(iperf(ref, VIP, True, a.seconds)["pps"])
+                rows["udp64_pps"][1].append(iperf(ref, DIP, True, a.seconds)["pps"])
+                rows["udp64_pps"][2].append(bare.iperf(True, a.seconds)["pps"])
+                rows["new_conns_per_s"][0].append(conns(ref, "203.0.113.10", 80, a.conns))
+                rows["new_conns_per_s"][1].append(conns(ref, DIP, 8080, a.conns))
+        result = {"offloads": offload_state(ref)}
+        for metric, (lb, direct, veth) in rows.items():
             lb_s, d_s = summary(lb), summary(direct)
             result[metric] = {"load_balanced": lb_s, "direct": d_s, "ratio_lb_over_direct": round(lb_s["median"] / d_s["median"], 3)}
-            print(metric, result[metric]["ratio_lb_over_direct"], lb_s["median"], d_s["median"])
+            if veth:
+                v_s = summary(veth)
+                result[metric] |= {"bare_veth": v_s, "ratio_lb_over_bare_veth": round(lb_s["median"] / v_s["median"], 3)}
+            print(metric, result[metric])
+        got = {"tcp_lb_over_direct": result["tcp_gbit_s"]["ratio_lb_over_direct"],
+               "tcp_lb_over_bare_veth": result["tcp_gbit_s"]["ratio_lb_over_bare_veth"],
+               "udp64_lb_over_direct": result["udp64_pps"]["ratio_lb_over_direct"]}
+        result["targets"] = {k: {"target": t, "measured": got[k], "met": got[k] >= t} for k, t in TARGETS.items()}
+        if not all(t["met"] for t in result["targets"].values()):
+            result["profile"] = profile(ref, a.seconds)
         save("datapath", result)
     finally:
         down()

@@ -34,13 +34,29 @@ def main() -> None:
     if dp:
         out += ["## Data path (`bench.datapath_bench`)", f"_{dp['machine']['when']}_", "",
                 "client1 to vm1 through the load balancer (VIP 203.0.113.30: edge, MUX, VXLAN, host NAT, DSR reply)",
-                "against the direct routed path (edge, host) to vm1's DIP, in the same run. Medians.", "",
-                "| metric | load-balanced | direct | ratio |", "|---|---|---|---|"]
+                "against the direct routed path (edge, host) to vm1's DIP, and a bare veth pair between two",
+                "namespaces (the machine's own reference), all in the same run. Medians.", "",
+                "| metric | load-balanced | direct | bare veth | LB / direct | LB / bare veth |", "|---|---|---|---|---|---|"]
         names = {"tcp_gbit_s": "iperf3 TCP, Gbit/s", "udp64_pps": "iperf3 UDP 64-byte payload, packets/s received",
                  "new_conns_per_s": "new TCP connections/s (16 workers; LB to all six DIPs)"}
         for k, label in names.items():
             r = dp[k]
-            out.append(f"| {label} | {r['load_balanced']['median']} | {r['direct']['median']} | **{r['ratio_lb_over_direct']}** |")
+            veth = r.get("bare_veth", {}).get("median", "-")
+            out.append(f"| {label} | {r['load_balanced']['median']} | {r['direct']['median']} | {veth} | "
+                       f"**{r['ratio_lb_over_direct']}** | {r.get('ratio_lb_over_bare_veth', '-')} |")
+        if "targets" in dp:
+            out += ["", "Targets (issue 10): " + "; ".join(
+                f"{k.replace('_', ' ')} {t['measured']} against {t['target']}: {'met' if t['met'] else '**missed**'}"
+                for k, t in dp["targets"].items()) + "."]
+        if "offloads" in dp:
+            out += ["", "Offloads on each node's eth1 during the run: " + "; ".join(
+                f"{n} " + ", ".join(f"{f} {v}" for f, v in feats.items()) for n, feats in dp["offloads"].items()) + "."]
+        if "profile" in dp:
+            p = dp["profile"]
+            out += ["", f"Where the time goes (one more load-balanced TCP run, {p['tcp_gbit_s']} Gbit/s): machine CPU "
+                    + ", ".join(f"{k} {v} %" for k, v in p["cpu_percent"].items() if v) + "; interface drops: "
+                    + (", ".join(f"{n} {d}" for n, d in p["drops"].items()) or "none") + ". Kernel functions perf sampled most:",
+                    "", "```", *p["top_symbols"], "```"]
         out.append("")
     fo = load("failover")
     if fo:
@@ -71,6 +87,28 @@ def main() -> None:
         out += ["", f"MUX agent at rest, over {mg['idle_window_s']:.0f} s: " + ", ".join(
             f"{m} {u['cpu_percent_of_a_core']} % of a core, {u['rss_mib']} MiB RSS" for m, u in mg["mux_agent_idle"].items())
             + f". Before: {mg['before_reference']}.", ""]
+    sd = load("seeds")
+    if sd:
+        h, o, x = sd["hairpin"], sd["outbound"], sd["exhaustion"]
+        out += ["## The seeds' behaviours (`bench.seeds_bench`)", f"_{sd['machine']['when']}_", "",
+                f"Hairpin: vm1 calls the internal load balancer 10.1.0.100, whose pool includes vm1; vm1 owns "
+                f"{h['share_of_vm1'] * 100:.1f} % of its Maglev table. Failed flows per run:", "",
+                "| case | failed / flows, each run | failure rate | flows served by vm1 |", "|---|---|---|---|"]
+        for k, label in (("before", "no fix"), ("second_nic", "fix 1: second NIC + static route"),
+                         ("hairpin_snat", "fix 2: `hairpinSnat` on the host")):
+            runs = h[k]
+            total = sum(r["failed"] for r in runs) / sum(r["flows"] for r in runs)
+            each = ", ".join("%d/%d" % (r["failed"], r["flows"]) for r in runs)
+            out.append(f"| {label} | {each} | {total * 100:.1f} % | "
+                       f"{sum(r['served_by_vm1'] for r in runs)} |")
+        ranges = ", ".join("%s %d-%d" % (vm, *v["range"]) for vm, v in o["per_vm"].items())
+        returns = ", ".join("%s %d" % mn for mn in o["return_packets_per_mux"].items())
+        out += ["", f"Outbound SNAT: {o['connections']} connections from {len(o['per_vm'])} VMs to client1:9000, "
+                f"{o['from_vip_in_range']} seen with source {o['vip']} and a port inside their VM's range "
+                f"({ranges}); return packets per MUX: {returns}.", "",
+                f"Exhaustion: with {x['allocated_ports']} ports, {x['held']} connections held ({x['held_broken']} broke), "
+                f"{x['attempts_refused']} further attempts refused ({', '.join(x['refusal_errors'])}); the manager reports "
+                f"ports in use {x['reported']['portsInUse']}, failures {x['reported']['failures']}.", ""]
     (HERE / "RESULTS.md").write_text("\n".join(out))
     print("\n".join(out))
 

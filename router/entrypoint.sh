@@ -10,6 +10,18 @@ for _ in $(seq 1 1500); do
 done
 echo "muxlab-router: $have of $want lab interfaces present"
 ip route del default 2>/dev/null || true
+# containerlab switches TX checksum offload (and so segmentation) off on every veth: switch
+# back on what the kernel allows, at start and for any link re-plugged later (a new ifindex)
+offloads() {
+  for i in $(ls /sys/class/net | grep '^eth[1-9][0-9]*$'); do
+    ethtool -K "$i" tx on sg on tso on gso on gro on >/dev/null 2>&1
+  done
+}
+offloads && echo "muxlab-router: offloads switched on"
+(last=""; while sleep 2; do
+   now=$(cat /sys/class/net/eth[1-9]*/ifindex 2>/dev/null | tr '\n' ' ')
+   [ "$now" != "$last" ] && offloads && last=$now
+ done) &
 # ingress filtering of the internet ports (rendered from the lab model)
 [ -f /etc/muxlab/edge.nft ] && nft -f /etc/muxlab/edge.nft && echo "muxlab-router: loaded edge.nft"
 mkdir -p /var/log/frr /var/run/frr && chown frr:frr /var/log/frr /var/run/frr

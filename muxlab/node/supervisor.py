@@ -17,6 +17,7 @@ from pathlib import Path
 from muxlab.model.fabric import load_lab
 from muxlab.model.render import NodePlan, node_plan
 
+from .offloads import Offloads
 from .runtime import FABRIC_PATH, RUN_DIR
 
 PY = sys.executable
@@ -166,6 +167,7 @@ class Supervisor:
         self.procs = procs
         self.plan = plan
         self.network_checked = time.monotonic()
+        self.offloads = Offloads(list(plan.interfaces))
         self.running: dict[str, subprocess.Popen] = {}
         self.stopping = False
 
@@ -196,6 +198,7 @@ class Supervisor:
                     configure_network(self.plan)
                 except Exception as exc:  # a link that is down right now: next time
                     log(f"network re-check: {exc}")
+                self.check_offloads()
             # reap anything else that died (PID 1 duty)
             try:
                 while os.waitpid(-1, os.WNOHANG)[0] > 0:
@@ -203,6 +206,10 @@ class Supervisor:
             except ChildProcessError:
                 pass
             time.sleep(0.5)
+
+    def check_offloads(self) -> None:
+        for dev, turned_on in self.offloads.ensure().items():
+            log(f"{dev}: offloads switched on: {', '.join(turned_on) or 'none needed'}")
 
     def stop(self) -> None:
         self.stopping = True
@@ -223,7 +230,9 @@ def main() -> None:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     (RUN_DIR / "network-ready").write_text(str(time.time()))
     log("network configured")
-    Supervisor(role_processes(lab, plan), plan).run()
+    supervisor = Supervisor(role_processes(lab, plan), plan)
+    supervisor.check_offloads()
+    supervisor.run()
 
 
 if __name__ == "__main__":
