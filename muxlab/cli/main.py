@@ -26,6 +26,24 @@ def cmd_images(a) -> None:
     images.build_all(no_cache=a.no_cache)
 
 
+def cmd_generate(a) -> None:
+    from pathlib import Path
+
+    from muxlab.model.generate import GenerateError, generate
+
+    from .lab import render_folder
+    folder = Path(a.output).resolve()
+    try:
+        files = generate(a.lab_name or folder.name, a.muxes, a.hosts, a.vms_per_host, a.clients, a.lbs, a.managers)
+    except GenerateError as exc:
+        raise MuxlabError(str(exc)) from None
+    folder.mkdir(parents=True, exist_ok=True)
+    for rel, text in files.items():
+        (folder / rel).write_text(text)
+    render_folder(folder)
+    print(f"wrote {folder}: deploy it with `muxlab up -t {folder / 'muxlab.clab.yml'}`")
+
+
 def cmd_render(a) -> None:
     from pathlib import Path
 
@@ -165,6 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     b = isub.add_parser("build", help="build base (if needed), router and node images")
     b.add_argument("--no-cache", action="store_true", help="rebuild every layer")
     b.set_defaults(fn=cmd_images)
+    p = sub.add_parser("generate", help="write a lab of any size (fabric, load balancers, topology) into a folder")
+    p.add_argument("--muxes", type=int, default=3)
+    p.add_argument("--hosts", type=int, default=3)
+    p.add_argument("--vms-per-host", type=int, default=2)
+    p.add_argument("--clients", type=int, default=1)
+    p.add_argument("--lbs", type=int, default=1, help="load balancers, one VIP each (public while 203.0.113.0/24 lasts)")
+    p.add_argument("--managers", type=int, default=3)
+    p.add_argument("--lab-name", help="the lab's name (default: the folder's)")
+    p.add_argument("-o", "--output", required=True, help="the folder to write")
+    p.set_defaults(fn=cmd_generate)
     p = sub.add_parser("render", help="re-render the topology and configs from lab.yml (the fabric)")
     p.add_argument("--topology", "-t")
     p.set_defaults(fn=cmd_render)

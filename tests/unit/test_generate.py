@@ -1,0 +1,46 @@
+"""`muxlab generate`: any size within the addressing plan, valid for the lab model, the load
+balancer checks and containerlab's own schema checks where containerlab is installed."""
+import shutil
+import subprocess
+
+import pytest
+
+from muxlab.cli.lab import render_folder
+from muxlab.model import lbcheck
+from muxlab.model.fabric import load_lab
+from muxlab.model.generate import GenerateError, generate
+from muxlab.model.service import load_document
+
+
+def write(tmp_path, **kw):
+    args = dict(muxes=3, hosts=3, vms_per_host=2, clients=1, lbs=1) | kw
+    for rel, text in generate("gen", **args).items():
+        (tmp_path / rel).write_text(text)
+    render_folder(tmp_path)
+    return load_lab(tmp_path / "lab.yml"), load_document(tmp_path / "loadbalancers.yml")
+
+
+@pytest.mark.parametrize("size", [dict(), dict(muxes=8, hosts=20, vms_per_host=4, clients=4, lbs=300),
+                                  dict(muxes=1, hosts=1, vms_per_host=1, lbs=2000)])
+def test_generated_labs_are_valid(tmp_path, size):
+    fabric, lbs = write(tmp_path, **size)
+    args = dict(muxes=3, hosts=3, vms_per_host=2, clients=1, lbs=1) | size
+    assert (len(fabric.muxes), len(fabric.hosts), len(fabric.vms)) == (args["muxes"], args["hosts"],
+                                                                       args["hosts"] * args["vms_per_host"])
+    assert len(lbs) == args["lbs"] and lbcheck.check(lbs, fabric) == []
+    assert (tmp_path / "muxlab.clab.yml").exists()
+
+
+@pytest.mark.skipif(not shutil.which("containerlab"), reason="containerlab not installed")
+def test_containerlab_validates_the_generated_topology(tmp_path):
+    write(tmp_path, muxes=4, hosts=5, vms_per_host=2, clients=2, lbs=10)
+    proc = subprocess.run(["containerlab", "validate", "-t", str(tmp_path / "muxlab.clab.yml")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Topology is valid" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_beyond_the_plan_is_refused_naming_the_flag(tmp_path):
+    with pytest.raises(GenerateError, match="--muxes 200"):
+        generate("x", 200, 1, 1, 1, 1)
+    with pytest.raises(GenerateError, match="--lab-name 'My_Lab'"):
+        generate("My_Lab", 3, 3, 2, 1, 1)
