@@ -25,6 +25,7 @@ from muxlab.node.ovsdb import Db, managers_remote
 from muxlab.node.runtime import FABRIC_PATH
 
 from . import datapath
+from .usage import nft_counters, snat_ports_in_use
 from .probes import Prober, probe_targets
 
 TABLES = {**LB_COLUMNS, "Backend_Health": None, "Chassis": ["name", "heartbeat", "nb_cfg", "synced_at", "snat_usage"]}
@@ -46,34 +47,6 @@ def apply(state: tuple) -> None:
         ensure_vxlan(ipr, dev, vni, local, mtu)
         reconcile_policy_routes(ipr, list(routes), RULE_PRIORITY)
     nft_apply(ruleset)
-
-
-def nft_counters(table: str) -> dict[str, int]:
-    """Packets of every named counter of an nftables table (nft's JSON output)."""
-    proc = subprocess.run(["nft", "-j", "list", "counters", "table", "ip", table], capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {}
-    return {o["counter"]["name"]: o["counter"]["packets"] for o in json.loads(proc.stdout)["nftables"] if "counter" in o}
-
-
-def snat_ports_in_use() -> set[tuple[str, int]]:
-    """(VIP, port) of every source-NATed connection in conntrack. The conntrack tool, not a
-    netlink dump parsed here: it filters in the kernel and parses in C, 70 ms where pyroute2
-    took 5 s for 2000 entries, time this agent's probes and heartbeat cannot spare."""
-    proc = subprocess.run(["conntrack", "-L", "--src-nat"], capture_output=True, text=True, timeout=5)
-    return snat_holders(proc.stdout)
-
-
-def snat_holders(listing: str) -> set[tuple[str, int]]:
-    """From `conntrack -L` lines: the reply tuple's destination, which is what a source-NATed
-    connection holds (the second dst= and dport= of a line)."""
-    out = set()
-    for line in listing.splitlines():
-        dsts = [w[4:] for w in line.split() if w.startswith("dst=")]
-        dports = [w[6:] for w in line.split() if w.startswith("dport=")]
-        if len(dsts) >= 2 and len(dports) >= 2:
-            out.add((dsts[1], int(dports[1])))
-    return out
 
 
 def forget_self_mapped(vips: set[str], dips: list[str]) -> None:

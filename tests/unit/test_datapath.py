@@ -154,7 +154,7 @@ def test_idle_timeouts_attach_after_conntrack_made_the_entry():
 
 
 def test_snat_holders_are_the_reply_destinations():
-    from hostagent.agent import snat_holders
+    from hostagent.usage import snat_holders
     listing = ("tcp      6 9 CLOSE src=10.1.2.13 dst=192.0.2.10 sport=45165 dport=9000 src=192.0.2.10 dst=203.0.113.11 "
                "sport=9000 dport=3800 [ASSURED] mark=0 use=1\n"
                "udp      17 29 src=10.1.2.14 dst=192.0.2.10 sport=5353 dport=53 [UNREPLIED] src=192.0.2.10 dst=203.0.113.11 "
