@@ -42,6 +42,21 @@ def cmd_generate(a) -> None:
         (folder / rel).write_text(text)
     render_folder(folder)
     print(f"wrote {folder}: deploy it with `muxlab up -t {folder / 'muxlab.clab.yml'}`")
+    if a.split:
+        import yaml
+
+        from muxlab.model.generate import split_topology
+        # each machine's address: given, or an environment variable with a placeholder default
+        machines = (a.machines.split(",") if a.machines else
+                    [f"${{MUXLAB_MACHINE_{i}:=192.168.100.{i}}}" for i in range(1, a.split + 1)])
+        if len(machines) != a.split:
+            raise MuxlabError(f"--machines {a.machines}: {len(machines)} addresses for --split {a.split}")
+        topo = yaml.safe_load((folder / "muxlab.clab.yml").read_text())
+        for i, part in enumerate(split_topology(topo, machines), start=1):
+            path = folder / f"muxlab.m{i}.clab.yml"
+            path.write_text(f"# Machine {i} of {a.split} (docs/scaling.md): `containerlab deploy -t {path.name}` there.\n"
+                            + yaml.safe_dump(part, sort_keys=False))
+            print(f"wrote {path} ({len(part['topology']['nodes'])} nodes)")
 
 
 def cmd_render(a) -> None:
@@ -192,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--managers", type=int, default=3)
     p.add_argument("--lab-name", help="the lab's name (default: the folder's)")
     p.add_argument("-o", "--output", required=True, help="the folder to write")
+    p.add_argument("--split", type=int, default=0, help="also write one topology per machine, for N machines")
+    p.add_argument("--machines", help="the machines' addresses, comma-separated (default: MUXLAB_MACHINE_i variables)")
     p.set_defaults(fn=cmd_generate)
     p = sub.add_parser("render", help="re-render the topology and configs from lab.yml (the fabric)")
     p.add_argument("--topology", "-t")

@@ -92,3 +92,46 @@ def generate(name: str, muxes: int, hosts: int, vms_per_host: int, clients: int,
     vm_ips = {vm: v["ip"] for vm, v in fabric["vms"].items()}
     return {"lab.yml": head + yaml.safe_dump(fabric, sort_keys=False),
             "loadbalancers.yml": head + yaml.safe_dump(load_balancers(lbs, vm_ips), sort_keys=False)}
+
+
+STITCH_VNI_BASE = 10000      # one VNI per link between machines, clear of the lab's own overlay VNI
+
+
+def split_topology(topology: dict, machines: list[str]) -> list[dict]:
+    """One containerlab topology per machine (docs/scaling.md). Machine 1 keeps the edge, the
+    managers, the MUXes and the clients; hosts (each with its VMs) go round-robin over all
+    machines. A link whose ends land on two machines becomes a `vxlan-stitch` link on each
+    side, to the other machine's address, with its own VNI and the link's MTU."""
+    if len(machines) < 2:
+        raise GenerateError(f"--split {len(machines)}: a split needs at least 2 machines")
+    nodes = topology["topology"]["nodes"]
+    hosts = sorted((n for n, v in nodes.items() if v.get("group") == "host"), key=lambda n: int(n[4:]))
+    where = {n: 0 for n in nodes}
+    for i, h in enumerate(hosts):
+        where[h] = i % len(machines)
+    for n, v in nodes.items():
+        if v.get("group") == "vm":
+            peer = next(ep.split(":")[0] for link in topology["topology"]["links"] for ep in link["endpoints"]
+                        if n in (e.split(":")[0] for e in link["endpoints"]) and not ep.startswith(f"{n}:"))
+            where[n] = where[peer]
+    out = []
+    for m, _ in enumerate(machines):
+        part = {k: v for k, v in topology.items() if k != "topology"}
+        part["name"] = f"{topology['name']}-m{m + 1}"
+        links = []
+        for i, link in enumerate(topology["topology"]["links"]):
+            ends = [ep.split(":") for ep in link["endpoints"]]
+            sides = [where[node] for node, _ in ends]
+            if sides == [m, m]:
+                links.append(link)
+            elif m in sides:
+                j = sides.index(m)
+                node, iface = ends[j]
+                other = sides[1 - j]
+                links.append({"type": "vxlan-stitch", "endpoint": {"node": node, "interface": iface},
+                              "remote": machines[other], "vni": STITCH_VNI_BASE + i, "udp-port": 14789,
+                              **({"mtu": link["mtu"]} if "mtu" in link else {})})
+        part["topology"] = {**{k: v for k, v in topology["topology"].items() if k not in ("nodes", "links")},
+                            "nodes": {n: v for n, v in nodes.items() if where[n] == m}, "links": links}
+        out.append(part)
+    return out

@@ -18,7 +18,7 @@ def summarise(path: str) -> list[dict]:
         ip = pkt.getlayer(IP)
         if ip is None:
             continue
-        rec = {"src": ip.src, "dst": ip.dst, "proto": ip.proto, "len": ip.len}
+        rec = {"src": ip.src, "dst": ip.dst, "proto": ip.proto, "len": ip.len, "fragment": bool(ip.flags.MF or ip.frag)}
         l4 = ip.getlayer(TCP) or ip.getlayer(UDP)
         if l4 is not None:
             rec["sport"], rec["dport"] = l4.sport, l4.dport

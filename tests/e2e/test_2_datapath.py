@@ -141,9 +141,10 @@ def test_full_size_tcp_transfer_both_ways(L):
     vm, got, received, sent = out.stdout.split()
     assert got == "got" and int(received) == n and int(sent) == n, out.stdout
     vx = [p for pkts in caps.values() for p in pkts if "inner" in p]
-    # full 1500-byte inner packets crossed the underlay unfragmented (1550 outer)
-    assert max(p["inner"]["len"] for p in vx) == 1500
-    assert max(p["len"] for p in vx) == 1550
+    # full-size inner packets crossed the underlay whole: never fragmented, VXLAN adding its
+    # 50 bytes to each. (With offloads on, a capture shows segments still merged: >= 1500.)
+    assert max(p["inner"]["len"] for p in vx) >= 1500
+    assert all(p["len"] == p["inner"]["len"] + 50 and not p["fragment"] for p in vx)
 
 
 @pytest.mark.parametrize("node,agent", [("host2", "hostagent.agent"), ("mux1", "mux.agent")])

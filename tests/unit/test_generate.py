@@ -44,3 +44,28 @@ def test_beyond_the_plan_is_refused_naming_the_flag(tmp_path):
         generate("x", 200, 1, 1, 1, 1)
     with pytest.raises(GenerateError, match="--lab-name 'My_Lab'"):
         generate("My_Lab", 3, 3, 2, 1, 1)
+
+
+def test_split_places_every_node_once_and_stitches_both_ends(tmp_path):
+    import yaml
+
+    from muxlab.model.generate import split_topology
+    write(tmp_path, muxes=3, hosts=5, vms_per_host=2, clients=2, lbs=3)
+    topo = yaml.safe_load((tmp_path / "muxlab.clab.yml").read_text())
+    parts = split_topology(topo, ["192.168.100.1", "192.168.100.2", "192.168.100.3"])
+    placed = [n for p in parts for n in p["topology"]["nodes"]]
+    assert sorted(placed) == sorted(topo["topology"]["nodes"])
+    stitched = [(p["name"], link["vni"], link["remote"]) for p in parts for link in p["topology"]["links"]
+                if link.get("type") == "vxlan-stitch"]
+    by_vni = {}
+    for name, vni, remote in stitched:
+        by_vni.setdefault(vni, []).append(name)
+    assert by_vni and all(len(ends) == 2 and ends[0] != ends[1] for ends in by_vni.values())
+    # a VM stays on its host's machine: only edge<->host links cross
+    assert len(by_vni) == 3     # hosts 2, 3 and 5 left machine 1 (round-robin over 3)
+    if shutil.which("containerlab"):
+        for i, part in enumerate(parts, start=1):
+            path = tmp_path / f"muxlab.m{i}.clab.yml"
+            path.write_text(yaml.safe_dump(part, sort_keys=False))
+            proc = subprocess.run(["containerlab", "validate", "-t", str(path)], capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
