@@ -19,15 +19,25 @@ from muxlab.node.runtime import RUN_DIR
 ANNOUNCE_FILE = RUN_DIR / "announce.json"
 
 
+BATCH = 200   # prefixes per command: thousands of VIPs go out in a few UPDATE-sized commands
+
+
 def send(line: str) -> None:
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
-    # with api ack enabled ExaBGP answers "done" (or "error") for each command
-    ready, _, _ = select.select([sys.stdin], [], [], 2.0)
+    # with api ack enabled ExaBGP answers "done" (or "error") for each command; reading every
+    # answer keeps its pipe to us from filling up, which would block ExaBGP itself
+    ready, _, _ = select.select([sys.stdin], [], [], 5.0)
     if ready:
         ack = sys.stdin.readline().strip()
         if ack != "done":
-            print(f"bgp_helper: {line!r} -> {ack!r}", file=sys.stderr, flush=True)
+            print(f"bgp_helper: {line[:120]!r} -> {ack!r}", file=sys.stderr, flush=True)
+
+
+def commands(verb: str, prefixes: list[str]) -> list[str]:
+    """`announce`/`withdraw` commands for `prefixes`, BATCH at a time, next hop this MUX."""
+    return [f"{verb} attributes next-hop self nlri {' '.join(prefixes[i:i + BATCH])}"
+            for i in range(0, len(prefixes), BATCH)]
 
 
 def wanted() -> set[str] | None:
@@ -52,10 +62,8 @@ def main() -> None:
                 present, checked_at = datapath_present(), time.monotonic()
             want = wanted() if present else set()
             if want is not None:
-                for prefix in sorted(want - announced):
-                    send(f"announce route {prefix} next-hop self")
-                for prefix in sorted(announced - want):
-                    send(f"withdraw route {prefix} next-hop self")
+                for line in commands("announce", sorted(want - announced)) + commands("withdraw", sorted(announced - want)):
+                    send(line)
                 announced = want
         except Exception as exc:  # never exit
             print(f"bgp_helper: {exc!r}", file=sys.stderr, flush=True)

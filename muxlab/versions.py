@@ -1,7 +1,7 @@
 """Every pinned version in one place: images, bootstrap and docs read them from here."""
 
 CONTAINERLAB = "v0.79.0"
-EXABGP = "4.2.25"
+EXABGP = "5.0.15"   # the maintained line (4.2 stopped at 4.2.25)
 PYROUTE2 = "0.7.12"
 SCAPY = "2.6.1"
 PYYAML = "6.0.2"

@@ -51,6 +51,10 @@ EXABGP_ENV = {
     "exabgp_log_destination": "stdout",
     "exabgp_api_cli": "false",
     "exabgp_api_ack": "true",
+    # ExaBGP 5.0 logs every keepalive (statistics) and every route a process adds (processes):
+    # thousands of lines per change with thousands of VIPs. Sessions and errors still show.
+    "exabgp_log_statistics": "false",
+    "exabgp_log_processes": "false",
 }
 
 

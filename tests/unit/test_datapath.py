@@ -160,3 +160,12 @@ def test_snat_holders_are_the_reply_destinations():
                "udp      17 29 src=10.1.2.14 dst=192.0.2.10 sport=5353 dport=53 [UNREPLIED] src=192.0.2.10 dst=203.0.113.11 "
                "sport=53 dport=4100 mark=0 use=1\n")
     assert snat_holders(listing) == {("203.0.113.11", 3800), ("203.0.113.11", 4100)}
+
+
+def test_bgp_helper_batches_prefixes_into_few_commands():
+    from mux.bgp_helper import BATCH, commands
+    prefixes = [f"10.1.{i // 250}.{i % 250}/32" for i in range(2 * BATCH + 1)]
+    lines = commands("announce", prefixes)
+    assert len(lines) == 3 and all(line.startswith("announce attributes next-hop self nlri ") for line in lines)
+    assert sum(len(line.split("nlri ")[1].split()) for line in lines) == len(prefixes)
+    assert commands("withdraw", []) == []
