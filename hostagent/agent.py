@@ -29,6 +29,7 @@ from .usage import nft_counters, snat_ports_in_use
 from .probes import Prober, probe_targets
 
 TABLES = {**LB_COLUMNS, "Backend_Health": None, "Chassis": ["name", "heartbeat", "nb_cfg", "synced_at", "snat_usage"]}
+USAGE_EVERY_BEATS = 3   # SNAT usage (a conntrack listing) every third heartbeat
 # this agent writes these and need not be woken when anybody does
 QUIET = ([("Backend_Health", c) for c in ("host", "vm", "probe", "up", "reason", "since")]
          + [("Chassis", c) for c in ("heartbeat", "nb_cfg", "synced_at", "snat_usage")])
@@ -122,7 +123,8 @@ class HostAgent:
     def report(self, force_beat: bool) -> None:
         """Write probe results that differ from what the database holds, and the heartbeat."""
         db = self.db
-        usage = self.usage() if force_beat else self.snat_usage
+        # every few heartbeats: listing conntrack costs the data path time too
+        usage = self.usage() if force_beat and self.beat % USAGE_EVERY_BEATS == 0 else self.snat_usage
         states = {key: st for key, st in self.prober.states.items() if key in self.targets}
         stale = [r for r in db.rows("Backend_Health") if r.host == self.me and (r.vm, r.probe) not in states]
         changed = []
