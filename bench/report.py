@@ -109,6 +109,23 @@ def main() -> None:
                 f"Exhaustion: with {x['allocated_ports']} ports, {x['held']} connections held ({x['held_broken']} broke), "
                 f"{x['attempts_refused']} further attempts refused ({', '.join(x['refusal_errors'])}); the manager reports "
                 f"ports in use {x['reported']['portsInUse']}, failures {x['reported']['failures']}.", ""]
+    sc = load("scale")
+    if sc:
+        out += ["## Scale curve (`bench.scale_bench`)", f"_{sc['machine']['when']}_", "",
+                "Labs written by `muxlab generate` (1 client, 3 load balancers whose pools hold every VM), deployed one",
+                "after the other on this machine. ![scale curve](results/scale.png)", "",
+                "| MUXes | hosts | VMs | containers | deploy | memory, all nodes | per MUX / host / VM | idle CPU (of 2 cores) "
+                "| converge after a change | MUX kill: next hop gone |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for p in sc["points"]:
+            m = p["mem_per_node_mib"]
+            out.append(f"| {p['muxes']} | {p['hosts']} | {p['vms']} | {p['nodes']} | {p['deploy_s']} s | "
+                       f"{p['mem_total_mib']:.0f} MiB | {m['mux']:.0f} / {m['host']:.0f} / {m['vm']:.0f} MiB | "
+                       f"{p['idle_cpu_percent_of_machine']} % | {p['converge_after_change_s']} s | {p['mux_kill_nexthop_removed_s']} s |")
+        if sc.get("stopped_at"):
+            st = sc["stopped_at"]
+            out += ["", f"Stopped at {st['size'][0]} MUXes, {st['size'][1]} hosts, {st['size'][1] * st['size'][2]} VMs: "
+                    f"{st['error'][:200]}"]
+        out.append("")
     (HERE / "RESULTS.md").write_text("\n".join(out))
     print("\n".join(out))
 
