@@ -18,7 +18,7 @@ Per packet (all in the kernel, see docs/datapath.md):
 """
 from __future__ import annotations
 
-import re
+import hashlib
 from dataclasses import dataclass, field
 
 from muxlab.model import maglev
@@ -59,20 +59,28 @@ class Service:
     rule: Rule
     size: int
     table: tuple[str | None, ...]     # Maglev table of VM names (None: no backend in rotation)
+    # Named by content: rules whose tables are the same (the same pool, the same members in
+    # rotation) share one nft map, however many VIPs and ports use it.
+    table_name: str = ""
 
     @property
     def chain(self) -> str:
-        return "svc_" + re.sub(r"[^A-Za-z0-9]", "_", self.rule.key)
+        """The chain that hashes into the table: one per (hashed fields, table)."""
+        return f"pick_{self.rule.distribution.lower()}_{self.table_name[7:]}"
 
 
 def services(fabric: Lab, svc: Services, health: Health) -> list[Service]:
-    out = []
+    out, computed = [], {}
     for rule in svc.rules:
         # Size from the whole pool, not the healthy part: a table that keeps its size only
         # moves the buckets of the backends that left.
         size = fabric.effective_table_size(len(rule.backends))
-        names = [b.vm for b in rule.backends if in_rotation(fabric, health, rule, b)]
-        out.append(Service(rule, size, tuple(maglev.lookup_table(names, size))))
+        names = tuple(sorted(b.vm for b in rule.backends if in_rotation(fabric, health, rule, b)))
+        if (names, size) not in computed:   # a table depends on these alone: compute it once
+            table = tuple(maglev.lookup_table(list(names), size))
+            computed[(names, size)] = table, "maglev_" + hashlib.sha1(f"{size}:{table}".encode()).hexdigest()[:12]
+        table, name = computed[(names, size)]
+        out.append(Service(rule, size, table, name))
     return out
 
 
@@ -117,10 +125,12 @@ def render_nft(fabric: Lab, svc: Services, svcs: list[Service], remedies: frozen
     if svcs:
         entries = ", ".join(f"{s.rule.vip} . {s.rule.protocol} . {s.rule.port} : goto {s.chain}" for s in svcs)
         lines.append(f"  map services {{ type ipv4_addr . inet_proto . inet_service : verdict; elements = {{ {entries} }}; }}")
-    for s in svcs:
+    tables = {s.table_name: s for s in svcs}
+    pickers = {s.chain: s for s in svcs}
+    for name, s in tables.items():
         elems = ", ".join(f"{i} : {dip_mark(vm_ip[vm]):#010x}" for i, vm in enumerate(s.table) if vm)
         body = f" elements = {{ {elems} }};" if elems else ""
-        lines.append(f"  map {s.chain}_table {{ typeof numgen inc mod 2 : meta mark;{body} }}")
+        lines.append(f"  map {name} {{ typeof numgen inc mod 2 : meta mark;{body} }}")
     lines += [
         "  chain raw {", "    type filter hook prerouting priority raw; policy accept;",
         "    ip daddr != @vips return",
@@ -147,11 +157,11 @@ def render_nft(fabric: Lab, svc: Services, svcs: list[Service], remedies: frozen
     if svcs:
         lines.append("    ip daddr . meta l4proto . th dport vmap @services")
     lines += ["    counter name no_service drop", "  }"]
-    for s in svcs:
+    for chain, s in pickers.items():
         lines += [
-            f"  chain {s.chain} {{",
+            f"  chain {chain} {{",
             f"    meta mark set jhash {HASH_FIELDS[s.rule.distribution]} mod {s.size} seed {fabric.hash_seed:#x} "
-            f"map @{s.chain}_table ct mark set meta mark accept",
+            f"map @{s.table_name} ct mark set meta mark accept",
             "    counter name no_backend drop", "  }",
         ]
     mss = fabric.overlay_mss

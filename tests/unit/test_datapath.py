@@ -32,7 +32,7 @@ def test_every_mux_computes_the_same_tables():
 
 def test_table_size_is_prime_and_fixed_by_pool_not_health():
     s = svcs()["web/http"]
-    assert s.size == 601 and None not in s.table and s.chain == "svc_web_http"
+    assert s.size == 601 and None not in s.table and s.chain == f"pick_default_{s.table_name[7:]}"
     sick_ = svcs(sick("vm3"))["web/http"]
     assert sick_.size == 601 and "vm3" not in sick_.table
     # only vm3's buckets (and Maglev's small slack) moved
@@ -81,13 +81,15 @@ def test_load_distribution_picks_the_hashed_fields(mode, fields):
     web = lbs["web"].model_copy(deep=True)
     web.properties.loadBalancingRules[0].properties.loadDistribution = mode
     text = ruleset(lbs={**lbs, "web": web})
-    assert f"meta mark set jhash {fields} mod 601 seed 0x4d55584c map @svc_web_http_table" in text
+    table = svcs(lbs={**lbs, "web": web})["web/http"].table_name
+    assert f"meta mark set jhash {fields} mod 601 seed 0x4d55584c map @{table}" in text
 
 
 def test_mux_ruleset_shape():
     text = ruleset()
-    assert "203.0.113.10 . tcp . 80 : goto svc_web_http" in text
-    assert "jhash ip saddr . th sport . ip daddr . th dport mod 601 seed 0x4d55584c map @svc_web_http_table" in text
+    http = svcs()["web/http"]
+    assert f"203.0.113.10 . tcp . 80 : goto {http.chain}" in text
+    assert f"jhash ip saddr . th sport . ip daddr . th dport mod 601 seed 0x4d55584c map @{http.table_name}" in text
     assert "tcp flags & (syn | ack) == syn notrack" in text
     assert "ct mark != 0 meta mark set ct mark accept" in text
     assert text.count(": 0x0a01010b") > 50  # vm1's buckets
@@ -169,3 +171,14 @@ def test_bgp_helper_batches_prefixes_into_few_commands():
     assert len(lines) == 3 and all(line.startswith("announce attributes next-hop self nlri ") for line in lines)
     assert sum(len(line.split("nlri ")[1].split()) for line in lines) == len(prefixes)
     assert commands("withdraw", []) == []
+
+
+def test_rules_with_the_same_table_share_one_map_and_chain():
+    """web's http and dns rules use one pool: while its members are all in rotation, one
+    Maglev map and one picking chain serve both; a probe failing on one rule splits them."""
+    both = svcs()
+    assert both["web/http"].table_name == both["web/dns"].table_name and both["web/http"].chain == both["web/dns"].chain
+    text = ruleset()
+    assert text.count(f"map {both['web/http'].table_name} ") == 1
+    split = svcs(sick("vm3"))
+    assert split["web/http"].table_name != split["web/dns"].table_name

@@ -1,0 +1,70 @@
+"""Issue 10 benchmark, many VIPs through BGP: on the default lab, `muxlab apply` of N load
+balancers (one VIP each, the lab's six VMs as pool, no probe), then the time until the edge's
+kernel holds every VIP with every MUX as next hop, and after `docker kill` of a MUX the time
+until its N next hops have left. `python -m bench.bgp_scale_bench [--vips 2000]`."""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+from muxlab.model.generate import load_balancers
+
+from .common import BENCH_LAB, cli, down, save, sh, up
+
+def edge_counts(ref, addr: str) -> tuple[int, int]:
+    """(bench VIPs in the edge's kernel, of them how many still have `addr` as a next hop)."""
+    out = sh(ref, "edge", f"ip -o route | grep -c ' proto bgp' ; ip -o route | grep ' proto bgp' | grep -c 'via {addr} '")
+    total, via = (int(x) for x in out.split())
+    return total, via
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--vips", type=int, default=2000)
+    a = ap.parse_args()
+    ref = up()
+    try:
+        vm_ips = {vm.name: str(vm.ip) for vm in ref.lab.vms}
+        doc = load_balancers(a.vips + 10, vm_ips)
+        # skip the first 10 public addresses: the default lab's own VIPs live there
+        lbs = {f"bulk{i}": lb for i, lb in enumerate(list(doc["loadBalancers"].values())[10:])}
+        for lb in lbs.values():
+            lb["properties"].pop("probes")
+            lb["properties"]["loadBalancingRules"][0]["properties"].pop("probe")
+        path = Path("/tmp/muxlab-bgp-scale.yml")
+        path.write_text(yaml.safe_dump({"loadBalancers": lbs}))
+        base_total, _ = edge_counts(ref, "0.0.0.0")
+        want = base_total + len(lbs)
+        mux = ref.lab.muxes[-1]
+        t0 = time.monotonic()
+        cli("apply", str(path), "--yes", "--name", BENCH_LAB, timeout=1800)
+        api_s = time.monotonic() - t0
+        while True:
+            total, via = edge_counts(ref, str(mux.address))
+            if total >= want and via >= want:
+                break
+            if time.monotonic() - t0 > 1200:
+                raise RuntimeError(f"after 1200 s the edge holds {total} of {want} VIPs, {via} via {mux.name}")
+            time.sleep(0.2)
+        announced_s = time.monotonic() - t0
+        t1 = time.monotonic()
+        subprocess.run(["docker", "kill", ref.container(mux.name)], check=True, capture_output=True)
+        while edge_counts(ref, str(mux.address))[1] > 0:
+            if time.monotonic() - t1 > 600:
+                raise RuntimeError(f"{mux.name}'s next hops did not leave within 600 s")
+            time.sleep(0.1)
+        withdrawn_s = time.monotonic() - t1
+        result = {"vips": len(lbs), "muxes": len(ref.lab.muxes), "apply_returned_s": round(api_s, 2),
+                  "every_vip_via_every_mux_s": round(announced_s, 2), "killed_mux_nexthops_gone_s": round(withdrawn_s, 2)}
+        print(result)
+        save("bgp_scale", result)
+    finally:
+        down()
+
+
+if __name__ == "__main__":
+    main()
