@@ -109,6 +109,25 @@ def main() -> None:
                 f"Exhaustion: with {x['allocated_ports']} ports, {x['held']} connections held ({x['held_broken']} broke), "
                 f"{x['attempts_refused']} further attempts refused ({', '.join(x['refusal_errors'])}); the manager reports "
                 f"ports in use {x['reported']['portsInUse']}, failures {x['reported']['failures']}.", ""]
+    mu = load("mux_update")
+    if mu:
+        out += ["## A MUX's cost per change (`bench.mux_update_bench`)", f"_{mu['machine']['when']}_", "",
+                "One backend's host fails: the MUX recomputes its Maglev tables, renders its ruleset and the kernel loads it",
+                "(`nft -f`, one transaction, in a throwaway namespace). One load-balancing rule per VIP, every pool the same",
+                "six VMs, so all rules share one Maglev map: the best case for sharing; distinct pools cost one map each.", "",
+                "| VIPs | table size | maps | tables | render | kernel load | total | ruleset | kernel memory (slab) |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for r in mu["rows"]:
+            out.append(f"| {r['vips']} | {r['table_size']} | {r['maps']} | {r['compute_tables_s']} s | {r['render_s']} s | "
+                       f"{r['nft_load_s']} s | **{r['total_s']} s** | {r['ruleset_bytes'] // 1024} KiB | {r['kernel_slab_kib']} KiB |")
+        out.append("")
+    bg = load("bgp_scale")
+    if bg:
+        out += ["## Many VIPs through BGP (`bench.bgp_scale_bench`)", f"_{bg['machine']['when']}_", "",
+                f"{bg['vips']} load balancers (one VIP each) applied to the default lab in one `muxlab apply`: it returned after "
+                f"{bg['apply_returned_s']} s (validated, stored, applied by every agent); the edge held every VIP with all "
+                f"{bg['muxes']} MUXes as next hops {bg['every_vip_via_every_mux_s']} s after the call. After `docker kill` of a MUX, "
+                f"its {bg['vips']} next hops left the edge's kernel in {bg['killed_mux_nexthops_gone_s']} s.", ""]
     sc = load("scale")
     if sc:
         out += ["## Scale curve (`bench.scale_bench`)", f"_{sc['machine']['when']}_", "",

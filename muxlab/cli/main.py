@@ -94,7 +94,7 @@ def cmd_status(a) -> None:
 
 def cmd_apply(a) -> None:
     from . import lab, tenant
-    print(tenant.apply(lab.resolve(a.topology, a.name), a.file, a.yes, a.prune))
+    print(tenant.apply(lab.resolve(a.topology, a.name), a.file, a.yes, a.prune, timeout=a.timeout))
 
 
 def cmd_lb(a) -> None:
@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="load balancers: YAML or JSON (muxlab's loadBalancers file, one LB, or an ARM template)")
     p.add_argument("--yes", "-y", action="store_true", help="apply without asking (scripts)")
     p.add_argument("--prune", action="store_true", help="also delete load balancers the file does not name")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds to wait for the managers' answer and for every agent to apply it (default 120)")
     _lab_args(p)
     p.set_defaults(fn=cmd_apply)
     _verbs(sub, "lb", "list, show or delete load balancers", "lb_cmd", {"list": [], "show": ["lb"], "delete": ["lb"]}, cmd_lb)

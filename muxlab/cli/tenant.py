@@ -15,9 +15,11 @@ def held(ref: LabRef) -> dict[str, LoadBalancer]:
     return {n: LoadBalancer.model_validate(lb) for n, lb in ref.api().load_balancers().items()}
 
 
-def apply(ref: LabRef, path: str, yes: bool, prune: bool, wait: bool = True) -> str:
+def apply(ref: LabRef, path: str, yes: bool, prune: bool, wait: bool = True, timeout: float = 120.0) -> str:
     new = load_document(path)  # refuses a malformed file before talking to anybody
-    api = ref.api()
+    # a bulk write (thousands of load balancers) is validated whole before it is stored:
+    # give the manager time to answer, and the agents time to apply it
+    api = ref.api(timeout=timeout)
     old = held(ref)
     # compare with the addresses the managers will keep for public IPs given only by id
     changes = diff(old, allocate_public_ips(new, ref.lab, old), prune)
@@ -35,7 +37,7 @@ def apply(ref: LabRef, path: str, yes: bool, prune: bool, wait: bool = True) -> 
     lines = [f"applied in one transaction (configuration {result['nb_cfg']})"]
     if wait:
         agents = [m.name for m in ref.lab.muxes] + [h.name for h in ref.lab.hosts]
-        waited = api.wait_synced(agents, nb_cfg=result["nb_cfg"])
+        waited = api.wait_synced(agents, nb_cfg=result["nb_cfg"], timeout=timeout)
         lines.append(f"every MUX and host agent has it ({waited:.2f} s)")
     return "\n".join(lines)
 
