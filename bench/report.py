@@ -16,13 +16,17 @@ def s(x: dict | None, unit: str = "s") -> str:
     return "-" if not x else f"{x['median']} {unit} (max {x['max']}, n={x['n']})"
 
 
+def heading(title: str, module: str, result: dict) -> list[str]:
+    return [f"## {title} (`bench.{module}`)", f"_{result['machine']['when']}_", ""]
+
+
 def main() -> None:
     out = ["# Benchmark results", "",
            "Measured on the project's machine (2 cores, 24 GiB) by the scripts in this folder; the raw JSON is in",
            "`results/`. Regenerate with `python -m bench.<name>` then `python -m bench.report`.", ""]
     lab = load("lab")
     if lab:
-        out += ["## Lab (`bench.lab_bench`)", f"_{lab['machine']['when']}_", "",
+        out += [*heading("Lab", "lab_bench", lab),
                 "| what | result |", "|---|---|"]
         if "cold" in lab:
             c = lab["cold"]
@@ -32,7 +36,7 @@ def main() -> None:
         out.append("")
     dp = load("datapath")
     if dp:
-        out += ["## Data path (`bench.datapath_bench`)", f"_{dp['machine']['when']}_", "",
+        out += [*heading("Data path", "datapath_bench", dp),
                 "client1 to vm1 through the load balancer (VIP 203.0.113.30: edge, MUX, VXLAN, host NAT, DSR reply)",
                 "against the direct routed path (edge, host) to vm1's DIP, and a bare veth pair between two",
                 "namespaces (the machine's own reference), all in the same run. Medians.", "",
@@ -60,7 +64,7 @@ def main() -> None:
         out.append("")
     fo = load("failover")
     if fo:
-        out += ["## Failover (`bench.failover_bench`)", f"_{fo['machine']['when']}_", "",
+        out += [*heading("Failover", "failover_bench", fo),
                 f"Client: {fo['client']}. Recovery = time from the fault until new connections are all served again.", "",
                 "| MUX failure | next hop leaves the edge's kernel | recovery | established connections broken | unserved attempts |",
                 "|---|---|---|---|---|"]
@@ -74,7 +78,7 @@ def main() -> None:
                 f"(probe every {p['interval_s']} s, timeout {p['timeout_s']} s, out after {p['unhealthy_threshold']}, back after {p['healthy_threshold']}).", ""]
     mg = load("manager")
     if mg:
-        out += ["## Control plane (`bench.manager_bench`)", f"_{mg['machine']['when']}_", "",
+        out += [*heading("Control plane", "manager_bench", mg),
                 "From just before the API call until the first new connection is answered per the new state (seen by a",
                 "prober already running in client1), beside the API's own answer and every agent reporting the change.",
                 f"Ananta's reference for VIP configuration: median {mg['ananta_reference_vip_config_median_s'] * 1000:.0f} ms.", "",
@@ -90,7 +94,7 @@ def main() -> None:
     sd = load("seeds")
     if sd:
         h, o, x = sd["hairpin"], sd["outbound"], sd["exhaustion"]
-        out += ["## The seeds' behaviours (`bench.seeds_bench`)", f"_{sd['machine']['when']}_", "",
+        out += [*heading("The seeds' behaviours", "seeds_bench", sd),
                 f"Hairpin: vm1 calls the internal load balancer 10.1.0.100, whose pool includes vm1; vm1 owns "
                 f"{h['share_of_vm1'] * 100:.1f} % of its Maglev table. Failed flows per run:", "",
                 "| case | failed / flows, each run | failure rate | flows served by vm1 |", "|---|---|---|---|"]
@@ -111,7 +115,7 @@ def main() -> None:
                 f"ports in use {x['reported']['portsInUse']}, failures {x['reported']['failures']}.", ""]
     mu = load("mux_update")
     if mu:
-        out += ["## A MUX's cost per change (`bench.mux_update_bench`)", f"_{mu['machine']['when']}_", "",
+        out += [*heading("A MUX's cost per change", "mux_update_bench", mu),
                 "One backend's host fails: the MUX recomputes its Maglev tables, renders its ruleset and the kernel loads it",
                 "(`nft -f`, one transaction, in a throwaway namespace). One load-balancing rule per VIP, every pool the same",
                 "six VMs, so all rules share one Maglev map: the best case for sharing; distinct pools cost one map each.", "",
@@ -123,14 +127,14 @@ def main() -> None:
         out.append("")
     bg = load("bgp_scale")
     if bg:
-        out += ["## Many VIPs through BGP (`bench.bgp_scale_bench`)", f"_{bg['machine']['when']}_", "",
+        out += [*heading("Many VIPs through BGP", "bgp_scale_bench", bg),
                 f"{bg['vips']} load balancers (one VIP each) applied to the default lab in one `muxlab apply`: it returned after "
                 f"{bg['apply_returned_s']} s (validated, stored, applied by every agent); the edge held every VIP with all "
                 f"{bg['muxes']} MUXes as next hops {bg['every_vip_via_every_mux_s']} s after the call. After `docker kill` of a MUX, "
                 f"its {bg['vips']} next hops left the edge's kernel in {bg['killed_mux_nexthops_gone_s']} s.", ""]
     sc = load("scale")
     if sc:
-        out += ["## Scale curve (`bench.scale_bench`)", f"_{sc['machine']['when']}_", "",
+        out += [*heading("Scale curve", "scale_bench", sc),
                 "Labs written by `muxlab generate` (1 client, 3 load balancers whose pools hold every VM), deployed one",
                 "after the other on this machine. ![scale curve](results/scale.png)", "",
                 "| MUXes | hosts | VMs | containers | deploy | memory, all nodes | per MUX / host / VM | idle CPU (of 2 cores) "
