@@ -77,8 +77,7 @@ def build(kind: str, no_cache: bool = False) -> None:
     ref = versions.ROUTER_IMAGE if kind == "router" else versions.NODE_IMAGE
     with _context(kind) as ctx:
         cmd = ["docker", "build", "-t", ref, "--label", f"muxlab.image={kind}"]
-        if kind == "router":
-            cmd += ["--build-arg", f"FRR_APT={versions.FRR_APT}"]
+        cmd += ["--build-arg", f"FRR_APT={versions.FRR_APT}"]   # the edge's FRR, and the MUXes' bfdd
         if no_cache:
             cmd.append("--no-cache")
         say(f"building {ref}")

@@ -15,23 +15,23 @@ import time
 from pathlib import Path
 
 from muxlab.model.fabric import load_lab
-from muxlab.model.render import NodePlan, node_plan
+from muxlab.model.render import NodePlan, node_plan, render_mux_bfdd
 
 from .offloads import Offloads
 from .runtime import FABRIC_PATH, RUN_DIR
 
 PY = sys.executable
 NETWORK_RECHECK = 2.0  # seconds between re-applications of the node's network plan
+BFDD_CONF = RUN_DIR / "bfdd.conf"
 
 
 def role_processes(lab, plan: NodePlan) -> list[tuple[str, list[str]]]:
     """The long-running processes of a node, by name (names are what fault injection holds down)."""
     if plan.role == "mux":
-        interval_us = str(lab.bfd_interval_ms * 1000)
         return [("mux-agent", [PY, "-m", "mux.agent"]),
                 ("exabgp", ["/opt/muxlab/bin/exabgp", "/etc/exabgp/exabgp.conf"]),
-                ("bfd", [PY, "-m", "mux.bfd", "--interval-us", interval_us, "--multiplier", str(lab.bfd_multiplier),
-                         plan.default_via])]
+                # FRR's bfdd alone answers the edge's BFD (ExaBGP has none): docs/failover.md
+                ("bfd", ["/usr/lib/frr/bfdd", "-f", str(BFDD_CONF), "--log", "stdout"])]
     if plan.role == "manager":
         return [("ovsdb-server", [PY, "-m", "manager.cluster"]), ("manager-api", [PY, "-m", "manager.api"])]
     if plan.role == "host":
@@ -223,10 +223,21 @@ class Supervisor:
         sys.exit(0)
 
 
+def prepare_bfdd(lab, name: str) -> None:
+    """bfdd's configuration, and the run directory FRR daemons keep their sockets in."""
+    import shutil
+    BFDD_CONF.parent.mkdir(parents=True, exist_ok=True)
+    BFDD_CONF.write_text(render_mux_bfdd(lab, name))
+    Path("/var/run/frr").mkdir(parents=True, exist_ok=True)
+    shutil.chown("/var/run/frr", "frr", "frr")
+
+
 def main() -> None:
     name = os.environ.get("MUXLAB_NODE") or socket.gethostname()
     lab = load_lab(FABRIC_PATH)
     plan = node_plan(lab, name)
+    if plan.role == "mux":
+        prepare_bfdd(lab, name)
     log(f"role {plan.role}; waiting for {plan.interfaces}")
     wait_for_interfaces(plan.interfaces)
     bring_up(plan)

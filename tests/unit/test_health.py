@@ -1,11 +1,10 @@
-"""BFD state machine, probe thresholds, host liveness, failover analysis: pure logic."""
+"""BFD configuration, probe thresholds, host liveness, failover analysis: pure logic."""
 import time
 
 import pytest
 
 from hostagent.probes import ProbeState, probe_targets
 from mux import datapath
-from mux.bfd import DOWN, INIT, UP, Packet, Session
 from muxlab.cli.failover import analyse
 from muxlab.model.compiled import Probe
 from muxlab.node.desired import STALE_AFTER, Liveness
@@ -14,48 +13,12 @@ from tests.unit.conftest import fabric, services
 
 # ---------------------------------------------------------------- BFD
 
-def test_bfd_packet_roundtrip():
-    p = Packet(UP, 0x11223344, 0x55667788, 3, 300_000, 300_000, poll=True)
-    raw = p.encode()
-    assert len(raw) == 24 and raw[0] == 0x20 and raw[1] == (UP << 6) | 0x20
-    assert Packet.decode(raw) == p
-    with pytest.raises(ValueError):
-        Packet.decode(raw[:10])
-    with pytest.raises(ValueError):
-        Packet.decode(bytes([0x40]) + raw[1:])  # version 2
-
-
-def test_bfd_three_way_handshake_and_detection():
-    a, b = Session(1), Session(2)
-    t = 100.0
-    b.receive(a.packet(), t)                  # a Down -> b Init
-    assert b.state == INIT
-    a.receive(b.packet(), t)                  # b Init -> a Up
-    assert a.state == UP
-    b.receive(a.packet(), t)                  # a Up -> b Up
-    assert b.state == UP
-    assert not a.expire(t + 0.5)
-    assert a.expire(t + a.detection_time() + 0.01) and a.state == DOWN  # silence -> Down
-
-
-def test_bfd_answers_poll_with_final_and_follows_peer_down():
-    s = Session(7)
-    s.receive(Packet(DOWN, 9, 0), 1.0)
-    s.receive(Packet(UP, 9, 7, poll=True), 1.1)
-    assert s.state == UP and s.packet().final and not s.packet().final
-    s.receive(Packet(DOWN, 9, 7), 1.2)
-    assert s.state == DOWN
-
-
-def test_bfd_ignores_packets_for_another_session():
-    s = Session(7)
-    assert not s.receive(Packet(DOWN, 9, 12345), 1.0) and s.state == DOWN
-
-
-def test_bfd_detection_time_uses_peer_interval():
-    s = Session(1, tx_us=300_000, rx_us=300_000, mult=3)
-    s.receive(Packet(DOWN, 2, 0, detect_mult=3, desired_min_tx_us=1_000_000), 0.0)
-    assert s.detection_time() == pytest.approx(3.0)
+def test_each_mux_runs_bfdd_towards_the_edge_on_the_lab_timers():
+    from muxlab.model.render import render_mux_bfdd
+    lab = fabric()
+    text = render_mux_bfdd(lab, "mux2")
+    assert " peer 10.0.1.2 local-address 10.0.1.3" in text
+    assert f"  receive-interval {lab.bfd_interval_ms}" in text and f"  detect-multiplier {lab.bfd_multiplier}" in text
 
 
 # ---------------------------------------------------------------- probes
