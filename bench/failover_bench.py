@@ -12,6 +12,8 @@ import time
 from muxlab.cli import faults
 from muxlab.cli.failover import analyse
 from muxlab.cli.lab import vip_nexthops
+from muxlab.model.compiled import compile_services
+from muxlab.model.service import LoadBalancer
 
 from .common import down, save, summary, up
 from .lab_bench import POLL
@@ -96,8 +98,8 @@ def main() -> None:
                             "unserved_attempts": summary([r["unserved_after_fault"] for r in runs]),
                             "nexthop_removed_s": summary([r["nexthop_removed_s"] for r in runs if r["nexthop_removed_s"] is not None])}
             print(mode, json.dumps(result[mode]["recovery_s"]), "broken", result[mode]["broken_share"]["max"], flush=True)
-        lab = ref.lab
-        probe = lab.probes["http-health"]
+        lbs = {n: LoadBalancer.model_validate(lb) for n, lb in ref.api().load_balancers().items()}
+        probe = compile_services(lbs, ref.lab).probes()["web/http-health"]   # as the agents compile it
         pairs = [vm_removal(ref) for _ in range(a.reps)]
         result["vm_service_stop_to_removal_s"] = summary([p[0] for p in pairs])
         result["vm_service_start_to_return_s"] = summary([p[1] for p in pairs])
