@@ -177,7 +177,10 @@ class HostAgent:
 def main() -> None:
     me = socket.gethostname()
     fabric = load_lab(FABRIC_PATH)
-    db = Db(managers_remote(len(fabric.managers)), TABLES, quiet=QUIET)
+    # its own rows only: every host's heartbeat to every host would grow with the square of
+    # the hosts, and was what used the CPU of large labs at rest (docs/scaling.md)
+    db = Db(managers_remote(len(fabric.managers)), TABLES, quiet=QUIET,
+            conditions={"Chassis": [["name", "==", me]], "Backend_Health": [["host", "==", me]]})
     agent = HostAgent(me, fabric, db)
     print(f"[host-agent {me}] watching the managers' OVSDB", flush=True)
     watch(db, lambda: agent.step(time.monotonic()), lambda: agent.next_wakeup(time.monotonic()))

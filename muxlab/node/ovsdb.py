@@ -50,10 +50,12 @@ def managers_remote(n_managers: int) -> str:
 
 class Db:
     """One IDL connection. `tables`: table -> columns to replicate (None: all columns);
-    `quiet`: (table, column) pairs this client writes but need not be woken by."""
+    `quiet`: (table, column) pairs this client writes but need not be woken by;
+    `conditions`: table -> OVSDB condition, the rows of it to replicate (default: all)."""
 
     def __init__(self, remote: str, tables: dict[str, list[str] | None] | None = None, leader_only: bool = False,
-                 quiet: Iterable[tuple[str, str]] = (), probe_ms: int = 2000):
+                 quiet: Iterable[tuple[str, str]] = (), probe_ms: int = 2000,
+                 conditions: dict[str, list] | None = None):
         ovs.vlog.Vlog.init(None)  # IDL's own log lines to stderr, not to a file
         helper = ovs.db.idl.SchemaHelper(location=str(SCHEMA))
         if tables is None:
@@ -64,6 +66,10 @@ class Db:
         self.idl = ovs.db.idl.Idl(remote, helper, probe_interval=probe_ms, leader_only=leader_only)
         for table, column in quiet:
             self.idl.tables[table].columns[column].alert = False
+        # conditional monitoring (OVSDB monitor_cond): only the rows this client needs cross
+        # the wire, e.g. a host agent's own Chassis row, not every host's heartbeat each second
+        for table, cond in (conditions or {}).items():
+            self.idl.cond_change(table, cond)
         self.seen_seqno = -1
         self.connected_since: float | None = None
 
