@@ -33,6 +33,14 @@ def sh(ref, node, cmd, timeout=120):
     return labmod.docker_exec(ref, node, ["sh", "-c", cmd], timeout=timeout).stdout
 
 
+CPU_KINDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal", "guest", "guest_nice")
+
+
+def cpu_jiffies() -> dict[str, int]:
+    """Jiffies of the whole machine by kind (/proc/stat): containers share one kernel."""
+    return dict(zip(CPU_KINDS, map(int, open("/proc/stat").readline().split()[1:])))
+
+
 def summary(values: list[float]) -> dict:
     return {"n": len(values), "median": round(statistics.median(values), 3), "min": round(min(values), 3),
             "max": round(max(values), 3), "values": [round(v, 3) for v in values]}

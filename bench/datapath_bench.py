@@ -15,7 +15,7 @@ import time
 
 from muxlab.versions import NODE_IMAGE
 
-from .common import down, save, sh, summary, up
+from .common import CPU_KINDS, cpu_jiffies, down, save, sh, summary, up
 
 VIP, DIP = "203.0.113.30", "10.1.1.11"
 
@@ -79,28 +79,27 @@ def conns(ref, target: str, port: int, n: int) -> float:
 TARGETS = {"tcp_lb_over_direct": 0.85, "tcp_lb_over_bare_veth": 0.5, "udp64_lb_over_direct": 0.7}
 
 
-def cpu_split() -> dict:
-    """Jiffies of the whole machine by kind (/proc/stat): containers share one kernel."""
-    f = open("/proc/stat").readline().split()[1:8]
-    return dict(zip(("user", "nice", "system", "idle", "iowait", "irq", "softirq"), map(int, f)))
-
-
 def profile(ref, seconds: int) -> dict:
     """Where the time goes on the load-balanced TCP path: the machine's CPU split (softirq is
     the kernel forwarding packets), the kernel functions perf samples most, and the drops
     each node's interfaces counted, all during one iperf3 run."""
-    drops = lambda: {n.name: {d: int(x) for d, x in (line.split() for line in sh(
-        ref, n.name, "for d in /sys/class/net/eth[1-9]*; do echo ${d##*/} $(( $(cat $d/statistics/rx_dropped) + "
-                     "$(cat $d/statistics/tx_dropped) )); done").splitlines())}
-        for n in [*ref.lab.muxes, *ref.lab.hosts] + [type("N", (), {"name": x}) for x in ("edge", "client1", "vm1")]}
-    before_d, before_c = drops(), cpu_split()
+    nodes = ["edge", *ref.lab.agents, "client1", "vm1"]
+
+    def drops() -> dict[str, dict[str, int]]:
+        """Per node, per lab interface: packets dropped in and out so far."""
+        count = ("for d in /sys/class/net/eth[1-9]*; do echo ${d##*/} "
+                 "$(( $(cat $d/statistics/rx_dropped) + $(cat $d/statistics/tx_dropped) )); done")
+        return {n: {d: int(x) for d, x in (line.split() for line in sh(ref, n, count).splitlines())} for n in nodes}
+
+    before_d, before_c = drops(), cpu_jiffies()
     perf = subprocess.Popen(["perf", "record", "-a", "-o", "/tmp/muxlab-bench.perf", "--", "sleep", str(seconds)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     gbit = iperf(ref, VIP, False, seconds)["gbit_s"]
     perf.wait()
-    after_c, after_d = cpu_split(), drops()
-    total = sum(after_c.values()) - sum(before_c.values())
-    split = {k: round(100 * (after_c[k] - before_c[k]) / total, 1) for k in after_c}
+    after_c, after_d = cpu_jiffies(), drops()
+    kinds = CPU_KINDS[:7]   # user .. softirq: what a forwarding machine spends its time on
+    total = sum(after_c[k] - before_c[k] for k in kinds)
+    split = {k: round(100 * (after_c[k] - before_c[k]) / total, 1) for k in kinds}
     rep = subprocess.run(["perf", "report", "-i", "/tmp/muxlab-bench.perf", "--sort", "symbol", "--stdio"],
                          capture_output=True, text=True).stdout
     top = [" ".join(line.split()) for line in rep.splitlines() if line.strip() and not line.startswith("#")][:12]

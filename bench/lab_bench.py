@@ -38,7 +38,11 @@ done"""
 
 
 def kill_once(mux: str, addr: str) -> float:
-    ref = up()
+    return kill_and_time(up(), mux, addr)
+
+
+def kill_and_time(ref, mux: str, addr: str) -> float:
+    """`docker kill` of a MUX until its next hop leaves the edge's kernel, in seconds."""
     poller = subprocess.Popen(["docker", "exec", ref.container("edge"), "sh", "-c", POLL.format(addr=addr)],
                               stdout=subprocess.PIPE, text=True)
     time.sleep(0.5)

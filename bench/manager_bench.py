@@ -82,7 +82,7 @@ def main() -> None:
     ref = up()
     try:
         api = ref.api()
-        agents = [m.name for m in ref.lab.muxes] + [h.name for h in ref.lab.hosts]
+        agents = ref.lab.agents
         time.sleep(5)  # let start-up settle before measuring idle
         idle = {m.name: agent_usage(ref, m.name) for m in ref.lab.muxes}
 

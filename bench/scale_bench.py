@@ -15,8 +15,8 @@ from pathlib import Path
 from muxlab.cli import lab as labmod
 from muxlab.model.generate import generate
 
-from .common import RESULTS, cli, save
-from .lab_bench import POLL
+from .common import RESULTS, cli, cpu_jiffies, save
+from .lab_bench import kill_and_time
 
 NAME = "muxlab-scale"
 FOLDER = Path(__file__).resolve().parents[1] / ".labs" / "scale"
@@ -45,13 +45,12 @@ def node_stats() -> dict[str, dict]:
 
 def machine_cpu_busy(seconds: float) -> float:
     """Share of both cores busy over `seconds` (/proc/stat), in percent."""
-    def sample():
-        f = list(map(int, open("/proc/stat").readline().split()[1:]))
-        return sum(f), f[3] + f[4]
-    t0, i0 = sample()
+    before = cpu_jiffies()
     time.sleep(seconds)
-    t1, i1 = sample()
-    return round(100 * (1 - (i1 - i0) / (t1 - t0)), 1)
+    after = cpu_jiffies()
+    total = sum(after.values()) - sum(before.values())
+    idle = sum(after[k] - before[k] for k in ("idle", "iowait"))
+    return round(100 * (1 - idle / total), 1)
 
 
 def available_mib() -> float:
@@ -61,7 +60,7 @@ def available_mib() -> float:
     return 0.0
 
 
-def converge_after_change(ref, agents: list[str]) -> float:
+def converge_after_change(ref) -> float:
     """From a PUT of a new load balancer until every agent applied it and the edge routes its
     VIP to every MUX."""
     api = ref.api()
@@ -71,7 +70,7 @@ def converge_after_change(ref, agents: list[str]) -> float:
     fe["publicIPAddress"] = {"id": "/publicIPAddresses/probe-pip", "properties": {"ipAddress": "203.0.113.250"}}
     t0 = time.monotonic()
     api.put("/loadBalancers/converge", lb)
-    api.wait_synced(agents, timeout=300)
+    api.wait_synced(ref.lab.agents, timeout=300)
     deadline = time.monotonic() + 300
     while labmod.vip_nexthops(ref, ["203.0.113.250"]).get("203.0.113.250") != [m.name for m in ref.lab.muxes]:
         if time.monotonic() > deadline:
@@ -80,19 +79,6 @@ def converge_after_change(ref, agents: list[str]) -> float:
     took = time.monotonic() - t0
     api.delete("/loadBalancers/converge")
     return round(took, 3)
-
-
-def kill_failover(ref) -> float:
-    mux = ref.lab.muxes[-1]
-    poller = subprocess.Popen(["docker", "exec", ref.container("edge"), "sh", "-c", POLL.format(addr=mux.address)],
-                              stdout=subprocess.PIPE, text=True)
-    time.sleep(0.5)
-    t = time.time_ns()
-    subprocess.run(["docker", "kill", ref.container(mux.name)], check=True, capture_output=True)
-    out, _ = poller.communicate(timeout=60)
-    if "timeout" in out:
-        raise RuntimeError(f"{mux.name}'s next hop never left the edge")
-    return round((int(out.strip()) - t) / 1e9, 3)
 
 
 def one(muxes: int, hosts: int, per_host: int) -> dict:
@@ -112,14 +98,13 @@ def one(muxes: int, hosts: int, per_host: int) -> dict:
     by_role: dict[str, list[float]] = {}
     for node, s in stats.items():
         by_role.setdefault(ref.lab.role_of(node), []).append(s["mem_mib"])
-    agents = [m.name for m in ref.lab.muxes] + [h.name for h in ref.lab.hosts]
     return {"muxes": muxes, "hosts": hosts, "vms": hosts * per_host, "nodes": len(stats), "deploy_s": deploy,
             "mem_total_mib": round(sum(s["mem_mib"] for s in stats.values()), 1),
             "machine_mem_used_mib": round(before - available_mib(), 1),
             "mem_per_node_mib": {role: round(sum(v) / len(v), 1) for role, v in sorted(by_role.items())},
             "idle_cpu_percent_of_machine": machine_cpu_busy(10),
-            "converge_after_change_s": converge_after_change(ref, agents),
-            "mux_kill_nexthop_removed_s": kill_failover(ref)}
+            "converge_after_change_s": converge_after_change(ref),
+            "mux_kill_nexthop_removed_s": round(kill_and_time(ref, ref.lab.muxes[-1].name, str(ref.lab.muxes[-1].address)), 3)}
 
 
 def plot(points: list[dict], path: Path) -> None:

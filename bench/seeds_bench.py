@@ -17,13 +17,12 @@ from .common import down, save, sh, up
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "containerlab" / "examples"
 ILB_VIP, PEER, PEER_PORT, OUT_VIP = "10.1.0.100", "192.0.2.10", 9000, "203.0.113.11"
-AGENTS = ["mux1", "mux2", "mux3", "host1", "host2", "host3"]
 
 
 def put(ref, name, lb) -> None:
     api = ref.api()
     api.put(f"/loadBalancers/{name}", lb)
-    api.wait_synced(AGENTS)
+    api.wait_synced(ref.lab.agents)
 
 
 def vm1_share(ref) -> float:

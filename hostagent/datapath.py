@@ -68,8 +68,11 @@ def local_bindings(fabric: Lab, svc: Services, host: str) -> list[Binding]:
 
 def local_rules(fabric: Lab, svc: Services, host: str) -> list[tuple[int, str, str, int, str, int, bool]]:
     """(mark, vip, proto, port, dip, backend_port, floating) for every binding served here."""
-    return sorted({(dip_mark(b.dip), b.vip, b.protocol, b.port, b.dip, b.backend_port, b.floating_ip)
-                   for b in local_bindings(fabric, svc, host)})
+    return rules_of(local_bindings(fabric, svc, host))
+
+
+def rules_of(bindings: list[Binding]) -> list[tuple[int, str, str, int, str, int, bool]]:
+    return sorted({(dip_mark(b.dip), b.vip, b.protocol, b.port, b.dip, b.backend_port, b.floating_ip) for b in bindings})
 
 
 def render_nft(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] | None = None) -> str:
@@ -78,7 +81,7 @@ def render_nft(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] |
     vms = fabric.vms_on(host)
     macs = ", ".join(f"{dip_mac(vm.ip)} : {dip_mark(vm.ip):#010x}" for vm in vms)
     bindings = local_bindings(fabric, svc, host)
-    rules = local_rules(fabric, svc, host)
+    rules = rules_of(bindings)
     local_names = {vm.name for vm in vms}
     snats = [x for x in svc.snat if x.vm in local_names]
     # (protocol, idle seconds) -> the VIP . proto . port keys of bindings with that timeout
@@ -123,15 +126,15 @@ def render_nft(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] |
             snat_fwd.append(f'    iifname "{BRIDGE}" oifname "{UPLINK}" ip saddr {x.ip} ip daddr != @lab_space meta l4proto {proto} '
                             f"ct state new add @{c}_use {{ ip daddr . meta l4proto . th dport ct count over {x.ports} }} "
                             f"counter name {c} {refuse}")
-        snat_nat.append(f'    oifname "{UPLINK}" ip saddr {x.ip} ip daddr != @lab_space meta l4proto {{ {protos} }} '
-                        f"snat ip to {x.vip}:{x.lo}-{x.hi}")
-        for proto in x.protocols:
+            # the outbound flows' own idle timeout; its timeout object, unless a binding made it
             name = f"idle_{proto}_{x.idle_s}"
             if (proto, x.idle_s) not in timeouts:
                 timeouts[(proto, x.idle_s)] = set()
                 per_class.append(ct_timeout_object(proto, x.idle_s))
             timeout_rules.append(f'    iifname "{BRIDGE}" ip saddr {x.ip} ip daddr != @lab_space meta l4proto {proto} '
                              f'ct timeout set "{name}"')
+        snat_nat.append(f'    oifname "{UPLINK}" ip saddr {x.ip} ip daddr != @lab_space meta l4proto {{ {protos} }} '
+                        f"snat ip to {x.vip}:{x.lo}-{x.hi}")
     mss = fabric.overlay_mss
     clamp = ([f'    iifname "{BRIDGE}" tcp flags & (syn | ack) == syn | ack tcp option maxseg size > {mss} '
               f"tcp option maxseg size set {mss}"] if "mss-clamp" in remedies else [])

@@ -147,7 +147,7 @@ def cmd_mtu(a) -> None:
     remedies = [] if a.remedies == ["none"] else a.remedies
     api = ref.api()
     api.put("/mtu", {"remedies": remedies})
-    api.wait_synced([m.name for m in ref.lab.muxes] + [h.name for h in ref.lab.hosts])
+    api.wait_synced(ref.lab.agents)
     print(f"remedies: {', '.join(remedies) or 'none'} (every MUX and host has it)")
 
 

@@ -36,8 +36,7 @@ def apply(ref: LabRef, path: str, yes: bool, prune: bool, wait: bool = True, tim
     result = api.post("/applyLoadBalancers", body)
     lines = [f"applied in one transaction (configuration {result['nb_cfg']})"]
     if wait:
-        agents = [m.name for m in ref.lab.muxes] + [h.name for h in ref.lab.hosts]
-        waited = api.wait_synced(agents, nb_cfg=result["nb_cfg"], timeout=timeout)
+        waited = api.wait_synced(ref.lab.agents, nb_cfg=result["nb_cfg"], timeout=timeout)
         lines.append(f"every MUX and host agent has it ({waited:.2f} s)")
     return "\n".join(lines)
 

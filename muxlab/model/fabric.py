@@ -145,6 +145,11 @@ class Lab:
         ip = ipaddress.IPv4Address(ip)
         return next((v for v in self.vms if v.ip == ip), None)
 
+    @property
+    def agents(self) -> list[str]:
+        """The nodes whose agent applies each configuration and reports it: MUXes and hosts."""
+        return [m.name for m in self.muxes] + [h.name for h in self.hosts]
+
     def node_names(self) -> list[str]:
         return ["edge", *self.managers] + [n.name for group in (self.muxes, self.hosts, self.vms, self.clients) for n in group]
 
@@ -404,6 +409,18 @@ def parse_lab(raw: Any) -> Lab:
 
     vms = []
     dips_seen: dict[ipaddress.IPv4Address, str] = {}
+
+    def claim_vm_address(h: Host, addr: ipaddress.IPv4Address, field: str, owner: str, outside: str) -> bool:
+        """A VM's address (DIP or second NIC): usable on its host's subnet, not the gateway, not taken."""
+        if addr not in h.vm_subnet or addr in (h.vm_subnet.network_address, h.vm_subnet.broadcast_address, h.vm_gateway.ip):
+            c.bad(field, str(addr), outside)
+            return False
+        if addr in dips_seen:
+            c.bad(field, str(addr), f"already used by {dips_seen[addr]}")
+            return False
+        dips_seen[addr] = owner
+        return True
+
     for vname, vraw in _items(c, top.get("vms"), "vms"):
         path = f"vms.{vname}"
         if not claim(c.name(vname, path), path):
@@ -417,22 +434,13 @@ def parse_lab(raw: Any) -> Lab:
         if ip is None or host is None:
             continue
         h = host_by_name[host]
-        if ip not in h.vm_subnet or ip in (h.vm_subnet.network_address, h.vm_subnet.broadcast_address, h.vm_gateway.ip):
-            c.bad(f"{path}.ip", str(ip), f"must be a usable address in {host}'s vm_subnet {h.vm_subnet} other than its gateway {h.vm_gateway.ip}")
+        if not claim_vm_address(h, ip, f"{path}.ip", path, f"must be a usable address in {host}'s vm_subnet {h.vm_subnet} "
+                                f"other than its gateway {h.vm_gateway.ip}"):
             continue
-        if ip in dips_seen:
-            c.bad(f"{path}.ip", str(ip), f"already used by {dips_seen[ip]}")
-            continue
-        dips_seen[ip] = path
         nic2 = c.address(v["nic2"], f"{path}.nic2") if "nic2" in v else None
-        if nic2 is not None:
-            if nic2 not in h.vm_subnet or nic2 in (h.vm_subnet.network_address, h.vm_subnet.broadcast_address, h.vm_gateway.ip):
-                c.bad(f"{path}.nic2", str(nic2), f"a second NIC sits on {host}'s vm_subnet {h.vm_subnet} too (not its gateway)")
-                continue
-            if nic2 in dips_seen:
-                c.bad(f"{path}.nic2", str(nic2), f"already used by {dips_seen[nic2]}")
-                continue
-            dips_seen[nic2] = f"{path}.nic2"
+        if nic2 is not None and not claim_vm_address(h, nic2, f"{path}.nic2", f"{path}.nic2", f"a second NIC sits on {host}'s "
+                                                       f"vm_subnet {h.vm_subnet} too (not its gateway)"):
+            continue
         vms.append(VM(vname, host, ip, nic2))
 
     clients = []

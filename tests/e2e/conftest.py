@@ -69,7 +69,7 @@ class Lab:
 
     def __init__(self, ref):
         self.ref = ref
-        self.agents = [m.name for m in ref.lab.muxes] + [h.name for h in ref.lab.hosts]
+        self.agents = ref.lab.agents
 
     @property
     def api(self):
