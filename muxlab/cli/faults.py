@@ -1,7 +1,8 @@
 """Fault injection: `muxlab fail NODE --mode ...` and `muxlab heal NODE`.
 
-Each fault is recorded on the operator's machine (.labs/LAB/faults/NODE.json) so `heal` knows what to undo.
-Modes:
+Each fault is recorded on the operator's machine (.labs/LAB/faults/NODE.json) so `status`
+lists it. `heal` does not need the record: it looks at the node and repairs what it finds,
+so a node a learner stopped with docker by hand comes back too. Modes:
   kill          docker kill: the container and its links vanish (heal: docker start, then
                 `containerlab tools veth create` re-plugs each of its links)
   pause         docker pause: the node freezes, links stay up (heal: docker unpause)
@@ -67,26 +68,65 @@ def fail(ref: LabRef, node: str, mode: str) -> str:
 
 
 def heal(ref: LabRef, node: str) -> str:
-    ref.lab.role_of(node)
+    """Bring a node back however it failed: by `muxlab fail` or by hand (a container stopped,
+    killed or paused with docker, a link set down, a service held down). Each repair is
+    checked against what the node looks like now, so healing a healthy node changes nothing."""
+    role = ref.lab.role_of(node)
     rec = _record(ref, node)
-    if not rec.exists():
-        raise MuxlabError(f"{node} has no fault recorded by `muxlab fail`")
-    mode = json.loads(rec.read_text())["mode"]
     c = ref.container(node)
-    if mode == "kill":
-        run(["docker", "start", c])
-        for link in links(ref.lab):
-            if node in (link.a, link.b):
-                run(["containerlab", "tools", "veth", "create", "--mtu", str(link.mtu),
-                     "-a", f"{ref.container(link.a)}:{link.a_if}", "-b", f"{ref.container(link.b)}:{link.b_if}"], timeout=120)
-    elif mode == "pause":
+    state = {x["node"]: x["state"] for x in containers(ref.name)}.get(node)
+    if state is None:
+        raise MuxlabError(f"{node}: its container {c} does not exist (removed?): redeploy the lab "
+                          f"(`muxlab down` then `muxlab up`)")
+    did = []
+    if state == "paused":
         run(["docker", "unpause", c])
-    elif mode == "link-down":
-        docker_exec(ref, node, ["ip", "link", "set", "eth1", "up"])
-    elif mode == "stop-service":
-        docker_exec(ref, node, ["rm", "-f", f"/run/muxlab/stopped/{SERVICE[ref.lab.role_of(node)]}"])
-    rec.unlink()
-    return f"healed {node} (undid {mode})"
+        did.append("unpaused it")
+    elif state != "running":
+        run(["docker", "start", c])
+        did.append(f"started its container (was {state})")
+    # links: a container that stopped took its veth ends with it, and so did a peer that stopped
+    for link in links(ref.lab):
+        if node not in (link.a, link.b):
+            continue
+        ends = [(link.a, link.a_if), (link.b, link.b_if)]
+        present = [_has_interface(ref, n, i) for n, i in ends]
+        if all(present):
+            continue
+        peer_state = {x["node"]: x["state"] for x in containers(ref.name)}.get(link.b if link.a == node else link.a)
+        if peer_state != "running":
+            did.append(f"left link {link.a}:{link.a_if}-{link.b}:{link.b_if} (its far end is {peer_state}: heal it too)")
+            continue
+        for (n, i), there in zip(ends, present):  # a half-link left behind would block re-creating it
+            if there:
+                docker_exec(ref, n, ["ip", "link", "del", i], check=False)
+        run(["containerlab", "tools", "veth", "create", "--mtu", str(link.mtu),
+             "-a", f"{ref.container(link.a)}:{link.a_if}", "-b", f"{ref.container(link.b)}:{link.b_if}"], timeout=120)
+        did.append(f"re-plugged {link.a}:{link.a_if} <-> {link.b}:{link.b_if}")
+    for link in links(ref.lab):
+        for n, i in ((link.a, link.a_if), (link.b, link.b_if)):
+            if n == node and _link_down(ref, n, i):
+                docker_exec(ref, n, ["ip", "link", "set", i, "up"])
+                did.append(f"set {i} up")
+    if role in SERVICE:
+        held = docker_exec(ref, node, ["sh", "-c", "ls /run/muxlab/stopped/ 2>/dev/null"], check=False).stdout.split()
+        if held:
+            docker_exec(ref, node, ["sh", "-c", "rm -f /run/muxlab/stopped/*"])
+            did.append(f"let {', '.join(held)} run again")
+    rec.unlink(missing_ok=True)
+    return f"healed {node}: " + "; ".join(did) if did else f"{node} looks healthy: nothing to heal"
+
+
+def _has_interface(ref: LabRef, node: str, iface: str) -> bool:
+    return docker_exec(ref, node, ["ip", "link", "show", iface], check=False).returncode == 0
+
+
+def _link_down(ref: LabRef, node: str, iface: str) -> bool:
+    out = docker_exec(ref, node, ["ip", "-j", "link", "show", iface], check=False).stdout
+    try:
+        return "UP" not in json.loads(out)[0]["flags"]
+    except (ValueError, IndexError, KeyError):
+        return False
 
 
 def drain(ref: LabRef, mux: str, on: bool) -> str:

@@ -46,14 +46,18 @@ class LabRef:
         return MGMT_DEFAULTS["MUXLAB_MGMT_NET"] + ("" if self.name == DEFAULT_LAB_NAME else f"-{self.name}")
 
     def manager_urls(self) -> list[str]:
-        """The managers' API, at their management addresses (as Docker gave them)."""
-        urls = []
+        return list(self.manager_url_map().values())
+
+    def manager_url_map(self) -> dict[str, str]:
+        """Manager -> its API, at its management address (as Docker gave it); a manager whose
+        container is not running has none and is left out."""
+        urls = {}
         for m in self.lab.managers:
             proc = subprocess.run(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
                                    self.container(m)], capture_output=True, text=True)
             addr = proc.stdout.split()[0] if proc.returncode == 0 and proc.stdout.split() else None
             if addr:
-                urls.append(f"http://{addr}:{API_PORT}")
+                urls[m] = f"http://{addr}:{API_PORT}"
         return urls
 
     def api(self, timeout: float = 15.0) -> Api:
@@ -255,8 +259,13 @@ def manager_view(ref: LabRef) -> dict:
     """Each manager's Raft role (or why it does not answer), the managers' status and their
     load balancers, in one round of calls."""
     out = {"managers": {}, "status": None, "load_balancers": {}}
-    urls = ref.manager_urls()
-    for m, url in zip(ref.lab.managers, urls):
+    by_name = ref.manager_url_map()
+    urls = list(by_name.values())
+    for m in ref.lab.managers:
+        url = by_name.get(m)
+        if url is None:
+            out["managers"][m] = {"url": "-", "role": None, "status": "container not running"}
+            continue
         try:
             out["managers"][m] = {"url": url, **Api([url], timeout=3).get("/cluster")}
         except MuxlabError as exc:

@@ -1,0 +1,89 @@
+"""Watching a lab from the operator's machine while something happens: captures on several
+nodes, long-lived connections that notice a break, waiting for a condition. Shared by the
+workshop checks, the pytest plugin and `muxlab trace`/`capture`."""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from typing import Any, Callable
+
+from ..errors import MuxlabError
+from .lab import LabRef, docker_exec
+
+
+def sh(ref: LabRef, node: str, cmd: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
+    return docker_exec(ref, node, ["sh", "-c", cmd], timeout=timeout, check=check)
+
+
+def start_tcpdump(ref: LabRef, node: str, pcap: str, filt: str, iface: str = "any", timeout: float = 60,
+                  extra: str = "") -> None:
+    """tcpdump in the background inside `node`, writing `pcap`; returns once the file exists."""
+    sh(ref, node, f"rm -f {pcap}; (timeout {int(timeout)} tcpdump -U --immediate-mode {extra} -i {iface} -n -w {pcap} "
+                  f"'{filt}' >/dev/null 2>&1 &) ; for i in $(seq 50); do [ -e {pcap} ] && break; sleep 0.1; done")
+
+
+def stop_tcpdump(ref: LabRef, node: str) -> None:
+    sh(ref, node, "pkill -INT tcpdump; sleep 0.3", check=False)
+
+
+def capture(ref: LabRef, nodes: str | list[str], filt: str, during: Callable[[], Any], iface: str = "any",
+            timeout: float = 60) -> tuple[Any, dict[str, list[dict]]]:
+    """Capture on each of `nodes` while `during()` runs; returns (during's result,
+    {node: [packet records of muxlab.node.capture]})."""
+    nodes = [nodes] if isinstance(nodes, str) else list(nodes)
+    pcap = f"/tmp/cap-{time.monotonic_ns()}.pcap"
+    for node in nodes:
+        start_tcpdump(ref, node, pcap, filt, iface, timeout)
+    time.sleep(1.0)  # tcpdump attaches after it creates the file
+    try:
+        result = during()
+        time.sleep(0.5)
+    finally:
+        for node in nodes:
+            stop_tcpdump(ref, node)
+    packets = {node: json.loads(sh(ref, node, f"python -m muxlab.node.capture {pcap}; rm -f {pcap}", timeout=120).stdout)
+               for node in nodes}
+    return result, packets
+
+
+class Hold:
+    """Long-lived connections from a client (muxlab.node.holdclient) that ping their VM and
+    open a new connection every `every` seconds; started once all are open."""
+
+    def __init__(self, ref: LabRef, source: str, vip: str, port: int = 80, conns: int = 24, duration: float = 10.0,
+                 every: float = 0.02):
+        argv = ["docker", "exec", ref.container(source), "python", "-m", "muxlab.node.holdclient", "--vip", vip,
+                "--port", str(port), "--conns", str(conns), "--duration", str(duration), "--every", str(every)]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stderr.readline()
+        if not line.startswith("READY"):
+            self.proc.kill()
+            raise MuxlabError(f"holdclient did not start: {line}{self.proc.stderr.read()}")
+        self.duration = duration
+
+    def result(self) -> dict:
+        out, err = self.proc.communicate(timeout=self.duration + 60)
+        if self.proc.returncode != 0:
+            raise MuxlabError(f"holdclient failed: {err[-2000:]}")
+        return json.loads(out)
+
+
+def hold_summary(run: dict) -> dict:
+    """What a person asks of a hold: how many connections broke, how many new ones failed."""
+    broken = [c for c in run["conns"] if c["broken_at"] is not None]
+    failed = [a for a in run["attempts"] if not a[1]]
+    return {"conns": len(run["conns"]), "broken": len(broken), "errors": sorted({c["error"] for c in broken}),
+            "new_connections": len(run["attempts"]), "new_failures": len(failed),
+            "dips": sorted({c["dip"] for c in run["conns"] if c["dip"]})}
+
+
+def wait_for(what: str, fn: Callable[[], Any], timeout: float = 30, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise MuxlabError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
