@@ -175,6 +175,80 @@ def cmd_traffic(a) -> None:
         sys.exit(1)
 
 
+def cmd_workshop(a) -> None:
+    from . import lab, workshop
+    verb = a.workshop_cmd
+    if verb == "list":
+        workshop.console.print(workshop.list_table())
+        return
+    if verb == "hint":
+        print(workshop.hint(a.exercise, a.n))
+        return
+    ref = lab.resolve(a.topology, a.name)
+    if verb == "check" and a.all:
+        results = workshop.check_all(ref, a.solve, a.only.split(",") if a.only else None)
+        sys.exit(0 if all(results.values()) else 1)
+    if a.exercise is None:
+        raise MuxlabError(f"workshop {verb}: name an exercise (number or folder; `muxlab workshop list`)")
+    if verb == "check":
+        sys.exit(0 if workshop.check(ref, a.exercise) else 1)
+    {"start": workshop.start, "solve": workshop.solve, "reset": workshop.reset}[verb](ref, a.exercise)
+
+
+def cmd_capture(a) -> None:
+    from pathlib import Path
+
+    from . import capture, lab
+    ref = lab.resolve(a.topology, a.name)
+    counts = capture.capture(ref, a.points, Path(a.write), a.duration, a.filter)
+    print(f"wrote {a.write}: {sum(counts.values())} packets, one time line")
+    for label, n in sorted(counts.items()):
+        print(f"  {label:<16} {n}")
+
+
+def cmd_trace(a) -> None:
+    from pathlib import Path
+
+    from . import lab, trace
+    ref = lab.resolve(a.topology, a.name)
+    t = trace.trace(ref, a.source, a.to, a.port, udp=a.udp)
+    if a.svg:
+        trace.write_picture(ref, t, Path(a.svg))
+    print(json.dumps(t, indent=2) if a.json else trace.format_trace(t))
+    if a.svg and not a.json:
+        print(f"\npicture: {a.svg} (request in blue, reply in orange)")
+    if not t["answered"]:
+        sys.exit(1)
+
+
+def cmd_graph(a) -> None:
+    from pathlib import Path
+
+    from ..model.drawing import topology_svg
+    from ..model.render import links
+    from . import lab
+    ref = lab.resolve(a.topology, a.name)
+    if a.mermaid:  # containerlab's own rendering, from the topology file (it writes a file and names it)
+        import re
+        proc = lab.run(["containerlab", "graph", "-t", str(ref.topology), "--mermaid"], timeout=60)
+        made = re.search(r"file: (\S+\.mermaid)", proc.stdout + proc.stderr)
+        if not made:
+            raise MuxlabError(f"containerlab graph --mermaid wrote no file:\n{proc.stdout}{proc.stderr}")
+        Path(a.output).write_text(Path(made.group(1)).read_text())
+        print(f"wrote {a.output} (containerlab's mermaid)")
+        return
+    Path(a.output).write_text(topology_svg(ref.lab, links(ref.lab), title=f"lab {ref.name}"))
+    print(f"wrote {a.output}")
+
+
+def cmd_watch(a) -> None:
+    from . import lab, watch
+    try:
+        watch.watch(lab.resolve(a.topology, a.name), a.interval, once=a.once)
+    except KeyboardInterrupt:
+        pass
+
+
 def _verbs(sub, name: str, help: str, dest: str, verbs: dict[str, list], fn) -> None:
     """A command with verbs (`muxlab pool add|remove ...`); each verb's arguments are names
     or (name, add_argument keywords)."""
@@ -271,16 +345,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", required=True, choices=MODES)
     _lab_args(p)
     p.set_defaults(fn=cmd_fail)
-    p = sub.add_parser("heal", help="undo the fault `muxlab fail` injected on a node")
+    p = sub.add_parser("heal", help="restore a node however it failed (muxlab fail, or docker stop/kill/pause by hand)")
     p.add_argument("node")
     _lab_args(p)
     p.set_defaults(fn=cmd_heal)
+    p = sub.add_parser("workshop", help="guided exercises with automatic checks (workshops/NN-name/)")
+    wsub = p.add_subparsers(dest="workshop_cmd", required=True)
+    wsub.add_parser("list", help="the exercises").set_defaults(fn=cmd_workshop)
+    for verb, what in (("start", "set the lab up for an exercise (faults, load balancers)"),
+                       ("check", "run an exercise's checks: PASS/FAIL with what it means; exit 1 on any FAIL"),
+                       ("hint", "the exercise's hints (all, or the Nth)"),
+                       ("solve", "apply the instructor's solution"),
+                       ("reset", "undo the exercise: the lab as it was before `start`")):
+        q = wsub.add_parser(verb, help=what)
+        q.add_argument("exercise", nargs="?" if verb == "check" else None, help="number or folder name")
+        if verb == "hint":
+            q.add_argument("n", nargs="?", type=int, help="only the Nth hint")
+        else:
+            _lab_args(q)
+        if verb == "check":
+            q.add_argument("--all", action="store_true", help="every exercise end to end: start, check, reset")
+            q.add_argument("--solve", action="store_true", help="with --all: apply each solution before checking")
+            q.add_argument("--only", help="with --all: these exercises (comma-separated numbers)")
+        q.set_defaults(fn=cmd_workshop)
     for verb, what in (("drain", "withdraw a MUX's VIPs gracefully (its flows move to the other MUXes)"),
                        ("undrain", "let a drained MUX announce its VIPs again")):
         p = sub.add_parser(verb, help=what)
         p.add_argument("mux")
         _lab_args(p)
         p.set_defaults(fn=cmd_drain)
+    from .capture import DEFAULT_FILTER
+    p = sub.add_parser("capture", help="capture on several nodes at once into one time-ordered pcapng (interfaces named NODE:IF)")
+    p.add_argument("points", nargs="+", metavar="NODE[:IF]", help="where to capture (no IF: every lab interface of the node)")
+    p.add_argument("-w", "--write", required=True, metavar="FILE.pcapng")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds (default 10; Ctrl-C stops early)")
+    p.add_argument("--filter", default=DEFAULT_FILTER, help=f"tcpdump filter (default: {DEFAULT_FILTER!r})")
+    _lab_args(p)
+    p.set_defaults(fn=cmd_capture)
+    p = sub.add_parser("trace", help="send one flow and show its walk hop by hop (captures and nftrace on every node)")
+    p.add_argument("--from", dest="source", default="client1", help="client (or VM) node (default client1)")
+    p.add_argument("--to", required=True, help="VIP: load balancer name or frontend address")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--udp", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--svg", metavar="FILE", help="also draw the topology with the request and reply paths")
+    _lab_args(p)
+    p.set_defaults(fn=cmd_trace)
+    p = sub.add_parser("watch", help="live dashboard: BGP/BFD per MUX, next hops, packets/s, probes, managers, events")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    p.add_argument("--once", action="store_true", help="two samples (for the rates), print, exit (no full screen)")
+    _lab_args(p)
+    p.set_defaults(fn=cmd_watch)
+    p = sub.add_parser("graph", help="the lab as a picture (SVG, nodes grouped by role), or containerlab's mermaid")
+    p.add_argument("-o", "--output", default="muxlab-lab.svg", help="file to write (default muxlab-lab.svg)")
+    p.add_argument("--mermaid", action="store_true", help="write containerlab's mermaid graph instead of the SVG")
+    _lab_args(p)
+    p.set_defaults(fn=cmd_graph)
     p = sub.add_parser("traffic", help="open N flows from a client to a VIP and show which DIP served each")
     _lab_args(p)
     p.add_argument("--from", dest="source", default="client1", help="client node (default client1)")

@@ -18,7 +18,7 @@ def run_flows(ref: LabRef, source: str, vip: str, port: int, flows: int, udp: bo
     try:
         lbs = ref.api(timeout=5).load_balancers()
     except MuxlabError:
-        if not _is_address(vip):
+        if not is_address(vip):
             raise MuxlabError(f"--vip {vip}: no manager answers to say which address that is; give the address") from None
         lbs = None  # the data path works without managers: send to the address as given
     if lbs is None:
@@ -52,7 +52,7 @@ def served_ports(lb: LoadBalancer, address: str) -> list[tuple[str, int]]:
     return out
 
 
-def _is_address(text: str) -> bool:
+def is_address(text: str) -> bool:
     try:
         ipaddress.IPv4Address(text)
         return True
