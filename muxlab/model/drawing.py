@@ -44,6 +44,14 @@ def layout(lab) -> dict[str, tuple[float, float]]:
     return pos
 
 
+def _clip(frm: tuple[float, float], to: tuple[float, float]) -> tuple[float, float]:
+    """Where the line from `frm`'s centre to `to`'s leaves `frm`'s box (arrows stay visible)."""
+    dx, dy = to[0] - frm[0], to[1] - frm[1]
+    limits = [(BOX_W / 2 + 3) / abs(dx) if dx else float("inf"), (BOX_H / 2 + 3) / abs(dy) if dy else float("inf")]
+    f = min(min(limits), 0.5)
+    return frm[0] + dx * f, frm[1] + dy * f
+
+
 def topology_svg(lab, links, paths: dict[str, list[str]] | None = None, title: str = "") -> str:
     pos = layout(lab)
     width = 780
@@ -66,11 +74,16 @@ def topology_svg(lab, links, paths: dict[str, list[str]] | None = None, title: s
         ET.SubElement(svg, "text", x="10", y=str(ys[0] + 4), fill="#868e96").text = "management:"
     for offset, (name, nodes) in zip((-5, 5), (paths or {}).items()):
         colour = COLOURS.get(name, "#2b8a3e")
+        drawn: set[tuple[str, str]] = set()
         for step, (a, b) in enumerate(zip(nodes, nodes[1:]), 1):
-            (x1, y1), (x2, y2) = pos[a], pos[b]
-            ET.SubElement(svg, "line", x1=str(x1), y1=str(y1 + offset), x2=str(x2), y2=str(y2 + offset), stroke=colour,
+            # a segment crossed back (MUX to edge after edge to MUX) runs beside the first
+            shift = offset + (8 if (b, a) in drawn else 0) * (1 if offset > 0 else -1)
+            drawn.add((a, b))
+            (x1, y1), (x2, y2) = _clip(pos[a], pos[b]), _clip(pos[b], pos[a])
+            y1, y2 = y1 + shift, y2 + shift
+            ET.SubElement(svg, "line", x1=str(x1), y1=str(y1), x2=str(x2), y2=str(y2), stroke=colour,
                           **{"stroke-width": "3", "marker-end": f"url(#arrow-{name})", "opacity": "0.85"})
-            mx, my = (x1 + x2) / 2, (y1 + y2) / 2 + offset * 3
+            mx, my = (x1 + x2) / 2, (y1 + y2) / 2 + shift * 3
             ET.SubElement(svg, "text", x=str(mx), y=str(my), fill=colour, style="font-weight: bold").text = str(step)
     for node, (x, y) in pos.items():
         role = lab.role_of(node)
