@@ -257,6 +257,21 @@ def check(base: LabRef, which: str) -> bool:
     return ok
 
 
+def unsolved_detected(base: LabRef, ex: Exercise) -> list[str]:
+    """Before the solution, the checks that only measure (no steps of their own) run once,
+    briefly; at least one must fail, or the checks cannot tell the exercise was not done.
+    Returns the names of those that failed."""
+    ref = lab_for(base, ex)
+    failed = []
+    for c in ex.checks:
+        if c.before or c.during or c.kind == "hold":
+            continue
+        o = run_check(ref, ex, c.model_copy(update={"timeout": min(c.timeout, 2.0)}))
+        if not o.passed:
+            failed.append(c.name)
+    return failed
+
+
 def hint(which: str, n: int | None) -> str:
     ex = _find(which)
     hints = ex.hints if n is None else ex.hints[max(0, n - 1):n]
@@ -283,18 +298,22 @@ def reset(base: LabRef, which: str, deployed_here: bool = False) -> None:
 
 
 def check_all(base: LabRef, solve_first: bool, only: list[str] | None = None) -> dict[str, bool]:
-    """Every exercise end to end: start, (solve), check, reset. The lab returns to its start
-    state after each, so they run in any order."""
-    results = {}
+    """Every exercise end to end: start, (its measuring checks must fail, then solve), check,
+    reset. The lab returns to its start state after each, so they run in any order."""
+    results: dict[str, bool] = {}
+    unsolved: dict[str, str] = {}
     for ex in exercises():
         if only and str(ex.number) not in only and ex.slug not in only:
             continue
         deployed = ensure_lab(lab_for(base, ex)) if ex.lab else False
         try:
             start(base, str(ex.number))
-            if solve_first:
+            if solve_first and ex.solution:
+                seen = unsolved_detected(base, ex)
+                unsolved[ex.slug] = f"detected ({len(seen)} check(s) failed)" if seen else "NOT DETECTED"
+                console.print(f"  before the solution, the checks see it undone: {unsolved[ex.slug]}")
                 solve(base, str(ex.number))
-            results[ex.slug] = check(base, str(ex.number))
+            results[ex.slug] = check(base, str(ex.number)) and unsolved.get(ex.slug) != "NOT DETECTED"
         except MuxlabError as exc:
             console.print(f"  [bold red]ERROR[/bold red] {exc}")
             results[ex.slug] = False
@@ -309,8 +328,11 @@ def check_all(base: LabRef, solve_first: bool, only: list[str] | None = None) ->
     t = Table(title="workshop check --all" + (" --solve" if solve_first else ""))
     t.add_column("exercise")
     t.add_column("result")
+    if solve_first:
+        t.add_column("unsolved state")
     for slug, ok in results.items():
-        t.add_row(slug, "[green]PASS[/green]" if ok else "[red]FAIL[/red]")
+        t.add_row(slug, "[green]PASS[/green]" if ok else "[red]FAIL[/red]",
+                  *([unsolved.get(slug, "(nothing to solve)")] if solve_first else []))
     console.print(t)
     console.print(json.dumps({"passed": sum(results.values()), "failed": len(results) - sum(results.values())}))
     return results
