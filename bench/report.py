@@ -125,6 +125,23 @@ def main() -> None:
             out.append(f"| {r['vips']} | {r['table_size']} | {r['maps']} | {r['compute_tables_s']} s | {r['render_s']} s | "
                        f"{r['nft_load_s']} s | **{r['total_s']} s** | {r['ruleset_bytes'] // 1024} KiB | {r['kernel_slab_kib']} KiB |")
         out.append("")
+    pc = load("probe_convergence")
+    if pc:
+        out += [*heading("A probe flap at scale, end to end in a lab", "probe_convergence_bench", pc),
+                f"vm3's application stopped, then healed; probe {pc['probe']}; Maglev table size {pc['table_size']}; the other",
+                "VIPs are load balancers without probes on the same six VMs. Verdict: the managers report vm3 Down (Up) on web/http.",
+                f"Then: every MUX's programmed table for web/http excludes (includes) vm3 ({pc['note']}).", "",
+                "| VIPs | fault → verdict | verdict → every MUX excludes | heal → verdict | verdict → every MUX includes | MUX agent RSS | ruleset text |",
+                "|---|---|---|---|---|---|---|"]
+        for r in pc["sizes"]:
+            if "apply_failed" in r:
+                out.append(f"| {r['vips']} | apply failed: {r['apply_failed'][-160:].splitlines()[-1]} | | | | | |")
+                continue
+            m = next(iter(r["mux_memory"].values()))
+            out.append(f"| {r['vips']} | {r['fault_to_verdict_s']} s | **{r['verdict_to_every_mux_excludes_s']} s** | "
+                       f"{r['heal_to_verdict_s']} s | **{r['verdict_to_every_mux_includes_s']} s** | {m['agent_rss_mib']} MiB | "
+                       f"{m['ruleset_text_kib']} KiB |")
+        out.append("")
     bg = load("bgp_scale")
     if bg:
         out += [*heading("Many VIPs through BGP", "bgp_scale_bench", bg),
