@@ -58,3 +58,21 @@ def save(name: str, result: dict) -> Path:
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
     return path
+
+
+# the first public addresses (203.0.113.10-39) hold the default lab's own VIPs
+SKIP_VIPS = 30
+
+
+def write_bulk_load_balancers(count: int, vm_ips: dict[str, str], path: Path) -> Path:
+    """`count` load balancers bulk0.. (one VIP each after the default lab's, the lab's VMs as
+    pool, no probe: probes would cost every host one check per load balancer), as a file."""
+    from muxlab.model.generate import load_balancers
+    import yaml
+    doc = load_balancers(count + SKIP_VIPS, vm_ips)
+    lbs = {f"bulk{i}": lb for i, lb in enumerate(list(doc["loadBalancers"].values())[SKIP_VIPS:])}
+    for lb in lbs.values():
+        lb["properties"].pop("probes")
+        lb["properties"]["loadBalancingRules"][0]["properties"].pop("probe")
+    path.write_text(yaml.safe_dump({"loadBalancers": lbs}))
+    return path

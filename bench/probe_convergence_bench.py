@@ -12,13 +12,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import yaml
-
 from muxlab.cli import faults
-from muxlab.model.generate import load_balancers
 
-from .bgp_scale_bench import SKIP
-from .common import BENCH_LAB, cli, down, save, sh, up
+from .common import BENCH_LAB, cli, down, save, sh, up, write_bulk_load_balancers
 
 SIZES = (10, 100, 1000, 2000)
 BASE_VIPS = 4  # the default lab's own frontends
@@ -61,13 +57,7 @@ def main() -> None:
     try:
         vm_ips = {vm.name: str(vm.ip) for vm in ref.lab.vms}
         for size in SIZES:
-            doc = load_balancers(size - BASE_VIPS + SKIP, vm_ips)
-            lbs = {f"bulk{i}": lb for i, lb in enumerate(list(doc["loadBalancers"].values())[SKIP:])}
-            for lb in lbs.values():
-                lb["properties"].pop("probes")
-                lb["properties"]["loadBalancingRules"][0]["properties"].pop("probe")
-            path = Path("/tmp/muxlab-probe-bench.yml")
-            path.write_text(yaml.safe_dump({"loadBalancers": lbs}))
+            path = write_bulk_load_balancers(size - BASE_VIPS, vm_ips, Path("/tmp/muxlab-probe-bench.yml"))
             try:
                 cli("apply", str(path), "--yes", "--timeout", "900", "--name", BENCH_LAB, timeout=1800)
             except subprocess.CalledProcessError as exc:
