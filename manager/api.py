@@ -100,6 +100,25 @@ def not_found(kind: str, name: str, known) -> JSONResponse:
     return error(404, "NotFound", f"no {kind} named {name!r} ({', '.join(sorted(known)) or 'none'})")
 
 
+class NoSuchLoadBalancer(Exception):
+    def __init__(self, name: str, held):
+        self.name, self.held = name, held
+
+
+@app.exception_handler(NoSuchLoadBalancer)
+async def _no_such_lb(request: Request, exc: NoSuchLoadBalancer):
+    return not_found("load balancer", exc.name, exc.held)
+
+
+def snapshot_holding(name: str) -> dict:
+    """The store's snapshot, when it holds load balancer `name`; else the request ends in a
+    404 naming the ones it holds."""
+    snap = store().snapshot()
+    if name not in snap["load_balancers"]:
+        raise NoSuchLoadBalancer(name, snap["load_balancers"])
+    return snap
+
+
 class PoolBody(BackendAddressPool):
     name: str | None = None   # from the URL
 
@@ -125,10 +144,7 @@ def list_lbs():
 
 @app.get("/loadBalancers/{name}")
 def get_lb(name: str):
-    held = store().snapshot()["load_balancers"]
-    if name not in held:
-        return not_found("load balancer", name, held)
-    return resource(name, held[name])
+    return resource(name, snapshot_holding(name)["load_balancers"][name])
 
 
 @app.put("/loadBalancers/{name}", status_code=200)
@@ -145,9 +161,7 @@ def put_lb(name: str, lb: LoadBalancer):
 
 @app.delete("/loadBalancers/{name}")
 def delete_lb(name: str):
-    held = store().snapshot()["load_balancers"]
-    if name not in held:
-        return not_found("load balancer", name, held)
+    snapshot_holding(name)
     cfg, _ = store().change(lambda held: {name: None})
     return JSONResponse(status_code=200, content={"deleted": name}, headers={"X-Muxlab-Nb-Cfg": str(cfg)})
 
@@ -233,10 +247,8 @@ def apply_lbs(req: ApplyRequest):
 
 @app.post("/loadBalancers/{name}/loadBalancingRules/{rule}/health")
 def rule_health(name: str, rule: str):
-    snap = store().snapshot()
+    snap = snapshot_holding(name)
     held = snap["load_balancers"]
-    if name not in held:
-        return not_found("load balancer", name, held)
     fabric = store().fabric
     svc = compile_services({name: held[name]}, fabric)
     rules = [r for r in svc.rules if r.name in (rule, f"{rule}-tcp", f"{rule}-udp")]
@@ -304,10 +316,8 @@ def swap_frontends(req: SwapRequest):
 @app.get("/loadBalancers/{name}/inboundNatRules/{rule}/portMappings")
 def port_mappings(name: str, rule: str):
     """Azure's inbound NAT rule port mappings: which backend has which frontend port."""
-    snap = store().snapshot()
+    snap = snapshot_holding(name)
     held = snap["load_balancers"]
-    if name not in held:
-        return not_found("load balancer", name, held)
     rules = {n.name: n.properties for n in held[name].properties.inboundNatRules}
     if rule not in rules:
         return not_found("inbound NAT rule", rule, sorted(rules))
@@ -325,10 +335,8 @@ def outbound_snat(name: str):
     """Outbound SNAT of a load balancer's backends (a muxlab view; Azure shows it as metrics):
     each backend's frontend address and port range, the ports its connections hold and the
     connections refused because the range was full."""
-    snap = store().snapshot()
+    snap = snapshot_holding(name)
     held = snap["load_balancers"]
-    if name not in held:
-        return not_found("load balancer", name, held)
     fabric = store().fabric
     svc = compile_services(held, fabric, snap["allocations"])
     usage = {vm: u for h in snap["hosts"] for vm, u in h["snat_usage"].items()}
