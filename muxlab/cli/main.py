@@ -182,7 +182,7 @@ def cmd_workshop(a) -> None:
         workshop.console.print(workshop.list_table())
         return
     if verb == "hint":
-        print(workshop.hint(a.exercise, a.n))
+        print(workshop.hint(workshop.find_exercise(a.exercise), a.n))
         return
     ref = lab.resolve(a.topology, a.name)
     if verb == "check" and a.all:
@@ -190,9 +190,10 @@ def cmd_workshop(a) -> None:
         sys.exit(0 if all(results.values()) else 1)
     if a.exercise is None:
         raise MuxlabError(f"workshop {verb}: name an exercise (number or folder; `muxlab workshop list`)")
+    ex = workshop.find_exercise(a.exercise)
     if verb == "check":
-        sys.exit(0 if workshop.check(ref, a.exercise) else 1)
-    {"start": workshop.start, "solve": workshop.solve, "reset": workshop.reset}[verb](ref, a.exercise)
+        sys.exit(0 if workshop.check(ref, ex) else 1)
+    {"start": workshop.start, "solve": workshop.solve, "reset": workshop.reset}[verb](ref, ex)
 
 
 def cmd_capture(a) -> None:

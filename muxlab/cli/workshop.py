@@ -32,7 +32,7 @@ def exercises() -> list[Exercise]:
         raise MuxlabError(str(exc)) from None
 
 
-def _find(which: str) -> Exercise:
+def find_exercise(which: str) -> Exercise:
     try:
         return find(exercises(), which)
     except ExerciseError as exc:
@@ -229,19 +229,16 @@ def ensure_lab(ref: LabRef) -> bool:
     return True
 
 
-def start(base: LabRef, which: str) -> Exercise:
-    ex = _find(which)
+def start(base: LabRef, ex: Exercise) -> None:
     ref = lab_for(base, ex)
     console.print(f"[bold]{ex.number:02d} {ex.title}[/bold]  (seed {ex.seed}, about {ex.minutes} min)")
     if ex.lab:
         ensure_lab(ref)
     run_steps(ref, ex, ex.start)
     console.print(f"  read {ex.folder.relative_to(REPO)}/README.md; `muxlab workshop check {ex.number}` when done")
-    return ex
 
 
-def check(base: LabRef, which: str) -> bool:
-    ex = _find(which)
+def check(base: LabRef, ex: Exercise) -> bool:
     ref = lab_for(base, ex)
     console.print(f"[bold]{ex.number:02d} {ex.title}[/bold]")
     ok = True
@@ -272,20 +269,17 @@ def unsolved_detected(base: LabRef, ex: Exercise) -> list[str]:
     return failed
 
 
-def hint(which: str, n: int | None) -> str:
-    ex = _find(which)
+def hint(ex: Exercise, n: int | None) -> str:
     hints = ex.hints if n is None else ex.hints[max(0, n - 1):n]
     return "\n".join(f"hint {i}: {h}" for i, h in enumerate(hints, start=n or 1))
 
 
-def solve(base: LabRef, which: str) -> None:
-    ex = _find(which)
+def solve(base: LabRef, ex: Exercise) -> None:
     console.print(f"[bold]{ex.number:02d} {ex.title}[/bold]: the instructor's solution")
     run_steps(lab_for(base, ex), ex, ex.solution)
 
 
-def reset(base: LabRef, which: str, deployed_here: bool = False) -> None:
-    ex = _find(which)
+def reset(base: LabRef, ex: Exercise, deployed_here: bool = False) -> None:
     ref = lab_for(base, ex)
     console.print(f"[bold]{ex.number:02d} {ex.title}[/bold]: reset")
     if ex.lab and not labmod.containers(ref.name):
@@ -307,19 +301,19 @@ def check_all(base: LabRef, solve_first: bool, only: list[str] | None = None) ->
             continue
         deployed = ensure_lab(lab_for(base, ex)) if ex.lab else False
         try:
-            start(base, str(ex.number))
+            start(base, ex)
             if solve_first and ex.solution:
                 seen = unsolved_detected(base, ex)
                 unsolved[ex.slug] = f"detected ({len(seen)} check(s) failed)" if seen else "NOT DETECTED"
                 console.print(f"  before the solution, the checks see it undone: {unsolved[ex.slug]}")
-                solve(base, str(ex.number))
-            results[ex.slug] = check(base, str(ex.number)) and unsolved.get(ex.slug) != "NOT DETECTED"
+                solve(base, ex)
+            results[ex.slug] = check(base, ex) and unsolved.get(ex.slug) != "NOT DETECTED"
         except MuxlabError as exc:
             console.print(f"  [bold red]ERROR[/bold red] {exc}")
             results[ex.slug] = False
         finally:
             try:
-                reset(base, str(ex.number), deployed_here=deployed)
+                reset(base, ex, deployed_here=deployed)
                 if not ex.lab:
                     labmod.wait_converged(base, 120)
             except MuxlabError as exc:

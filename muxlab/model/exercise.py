@@ -86,10 +86,15 @@ class Exercise(BaseModel):
     solution: list[Step] = Field(default_factory=list)
     reset: list[Step] = Field(default_factory=list)
     checks: list[Check] = Field(min_length=1)
-    # set by the loader
-    number: int = 0
-    slug: str = ""
-    folder: Path = Path(".")
+    folder: Path = Path(".")       # set by the loader: workshops/NN-name
+
+    @property
+    def slug(self) -> str:
+        return self.folder.name
+
+    @property
+    def number(self) -> int:
+        return int(self.slug[:2])
 
 
 def load_exercises(root: Path) -> list[Exercise]:
@@ -108,7 +113,7 @@ def load_exercises(root: Path) -> list[Exercise]:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"])
             raise ExerciseError(f"{path}: {where}: {err['msg']}") from None
-        ex.number, ex.slug, ex.folder = int(folder.name[:2]), folder.name, folder
+        ex.folder = folder
         out.append(ex)
     numbers = [e.number for e in out]
     if len(set(numbers)) != len(numbers):
