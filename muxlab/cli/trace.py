@@ -76,7 +76,10 @@ def trace(ref: LabRef, source: str, to: str, port: int, udp: bool = False) -> di
     result = {"from": source, "to": vip, "load_balancer": lb, "protocol": "udp" if udp else "tcp", "port": port,
               "sport": sport, "served_by": served, "answered": flow["failures"] == 0, **walk}
     result["ecmp"] = _ecmp(ref, walk)
-    result["maglev"] = _maglev(ref, lbs, walk, vip, port, "udp" if udp else "tcp", source, sport, served)
+    # the address the flow left with, as the source node's own capture saw it
+    client = next((pathwalk.flow_of(r)["src"] for r in records.get(source, []) if pathwalk.direction(r, sport) == "request"),
+                  None)
+    result["maglev"] = _maglev(ref, lbs, walk, vip, port, "udp" if udp else "tcp", client, sport, served)
     return result
 
 
@@ -90,7 +93,7 @@ def _ecmp(ref: LabRef, walk: dict) -> dict | None:
     return {"interface": edge["out"], "mux": peer, "candidates": candidates}
 
 
-def _maglev(ref: LabRef, lbs: dict, walk: dict, vip: str, port: int, proto: str, source: str, sport: int,
+def _maglev(ref: LabRef, lbs: dict, walk: dict, vip: str, port: int, proto: str, client: str | None, sport: int,
             served: str | None) -> dict | None:
     """The Maglev bucket the MUX's jhash chose, recomputed from the packet's fields and the
     rule that matched, and the bucket's owner in that MUX's table."""
@@ -103,13 +106,12 @@ def _maglev(ref: LabRef, lbs: dict, walk: dict, vip: str, port: int, proto: str,
     svc = compile_services({n: LoadBalancer.model_validate(b) for n, b in lbs.items()}, ref.lab)
     rule = next((r for r in svc.rules if str(r.vip) == vip and r.port == port and r.protocol == proto), None)
     out = {"mux": hop["node"], "rule": f"{rule.lb}/{rule.name}" if rule else None, "nft_rule": rule_text}
-    if not rule_text or not rule:
+    if not rule_text or not rule or client is None:
         return out
     m = re.search(r"jhash (.+?) mod (\d+) seed (0x[0-9a-f]+)", rule_text)
     if not m:
         return out
-    client = ipaddress.IPv4Address(_source_address(walk))
-    values = {"ip saddr": client.packed, "ip daddr": ipaddress.IPv4Address(vip).packed,
+    values = {"ip saddr": ipaddress.IPv4Address(client).packed, "ip daddr": ipaddress.IPv4Address(vip).packed,
               "th sport": sport.to_bytes(2, "big"), "th dport": port.to_bytes(2, "big"),
               "meta l4proto": (6 if proto == "tcp" else 17).to_bytes(1, "big")}
     fields = [f.strip() for f in m.group(1).split(".")]
@@ -121,11 +123,6 @@ def _maglev(ref: LabRef, lbs: dict, walk: dict, vip: str, port: int, proto: str,
     owner = table[bucket] if bucket < len(table) else None
     return {**out, "hashed": fields, "size": size, "bucket": bucket, "owner": owner,
             "agrees_with_capture": owner == served if served else None}
-
-
-def _source_address(walk: dict) -> str:
-    first = walk["request"][0]["events"][0]["headers"] if walk["request"] else "0.0.0.0:"
-    return first.split(":")[0].replace("VXLAN ", "")
 
 
 def format_trace(t: dict) -> str:
