@@ -25,8 +25,7 @@ def main() -> None:
     a = ap.parse_args()
     ref = up()
     try:
-        vm_ips = {vm.name: str(vm.ip) for vm in ref.lab.vms}
-        path = write_bulk_load_balancers(a.vips, vm_ips, Path("/tmp/muxlab-bgp-scale.yml"))
+        path = write_bulk_load_balancers(a.vips, ref.lab, Path("/tmp/muxlab-bgp-scale.yml"))
         base_total, _ = edge_counts(ref, "0.0.0.0")
         want = base_total + a.vips
         mux = ref.lab.muxes[-1]

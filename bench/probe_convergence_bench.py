@@ -55,9 +55,8 @@ def main() -> None:
     ref = up()
     results = []
     try:
-        vm_ips = {vm.name: str(vm.ip) for vm in ref.lab.vms}
         for size in SIZES:
-            path = write_bulk_load_balancers(size - BASE_VIPS, vm_ips, Path("/tmp/muxlab-probe-bench.yml"))
+            path = write_bulk_load_balancers(size - BASE_VIPS, ref.lab, Path("/tmp/muxlab-probe-bench.yml"))
             try:
                 cli("apply", str(path), "--yes", "--timeout", "900", "--name", BENCH_LAB, timeout=1800)
             except subprocess.CalledProcessError as exc:
