@@ -1,18 +1,22 @@
 """Issue 10 benchmark, the MUX's share of a probe flap: with 10, 100, 1000 and 2000 VIPs (one
 rule each, every pool the same six VMs) at the default Maglev table size and at 65537, the
-time to compute the tables and render the ruleset after one backend fails, the time for the
-kernel to take it (`nft -f` in a throwaway network namespace), the ruleset's size, and the
-kernel memory it holds (slab, before and after loading). Pure MUX code, no lab: this is the
-cost each MUX pays, alike, for any change.
+time to compute the tables after one backend's host fails, then two ways for the kernel to
+take it, in one throwaway network namespace: the whole table loaded again (what every change
+cost before) and the incremental update the agent now applies (only the moved buckets). Also
+the size of both scripts and the kernel memory (slab) the table holds. Pure MUX code, no lab:
+this is the cost each MUX pays, alike, for a change.
 `python -m bench.mux_update_bench` (root: it needs `unshare --net`)."""
 from __future__ import annotations
 
 import dataclasses
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 from muxlab.model.compiled import compile_services
 from muxlab.model.fabric import load_lab
+from muxlab.model import nfttable
 from muxlab.model.generate import load_balancers
 from muxlab.model.service import LoadBalancer
 from mux import datapath
@@ -30,18 +34,29 @@ def slab_kib() -> int:
     return 0
 
 
-def load_in_kernel(ruleset: str) -> tuple[float, int]:
-    """Seconds for nft to load `ruleset` in a fresh namespace, and the slab it grew by."""
-    before = slab_kib()
-    t0 = time.monotonic()
-    proc = subprocess.run(["unshare", "--net", "sh", "-c",
-                           "ip link add vxlan4242 type vxlan id 4242 dstport 4789 && nft -f /dev/stdin && "
-                           "grep ^Slab: /proc/meminfo"], input=ruleset, capture_output=True, text=True, timeout=900)
-    took = time.monotonic() - t0
+# in the namespace: load the healthy table; time the flapped one loaded whole; back to the
+# healthy table; time the update; each `date` brackets one nft transaction
+KERNEL = """ip link add vxlan4242 type vxlan id 4242 dstport 4789
+nft -f healthy && grep ^Slab: /proc/meminfo
+date +%s%N; nft -f flapped_whole; date +%s%N
+nft -f healthy
+date +%s%N; nft -f flapped_update; date +%s%N
+nft list table ip muxlab_mux | md5sum; nft -f flapped_whole; nft list table ip muxlab_mux | md5sum
+"""
+
+
+def in_kernel(scripts: dict[str, str]) -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        for name, text in scripts.items():
+            Path(d, name).write_text(text)
+        before = slab_kib()
+        proc = subprocess.run(["unshare", "--net", "sh", "-e", "-c", KERNEL], cwd=d, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
-    held = int(proc.stdout.split()[1]) - before
-    return took, held
+    out = proc.stdout.split("\n")
+    t = [int(x) for x in out[1:5]]
+    return {"whole_s": (t[1] - t[0]) / 1e9, "update_s": (t[3] - t[2]) / 1e9,
+            "slab_kib": int(out[0].split()[1]) - before, "same_result": out[5] == out[6]}
 
 
 def one(fabric, vips: int) -> dict:
@@ -51,16 +66,26 @@ def one(fabric, vips: int) -> dict:
         lb.properties.probes = []
         lb.properties.loadBalancingRules[0].properties.probe = None
     svc = compile_services(lbs, fabric)
-    flapped = datapath.Health(dead_hosts=frozenset({"host2"}))   # vm3 and vm4 leave every table
+    healthy = datapath.ruleset(fabric, svc, datapath.services(fabric, svc, datapath.Health()))
+    flapped_health = datapath.Health(dead_hosts=frozenset({"host2"}))   # vm3 and vm4 leave every table
     t0 = time.monotonic()
-    svcs = datapath.services(fabric, svc, flapped)
+    svcs = datapath.services(fabric, svc, flapped_health)
     tables = time.monotonic() - t0
-    ruleset = datapath.render_nft(fabric, svc, svcs)
+    flapped = datapath.ruleset(fabric, svc, svcs)
+    whole = flapped.render()
     render = time.monotonic() - t0 - tables
-    kernel, slab = load_in_kernel(ruleset)
+    t1 = time.monotonic()
+    update = nfttable.update(healthy, flapped)
+    diff = time.monotonic() - t1
+    k = in_kernel({"healthy": healthy.render(), "flapped_whole": whole, "flapped_update": update})
     return {"vips": vips, "table_size": svcs[0].size, "maps": len({s.table_name for s in svcs}),
-            "compute_tables_s": round(tables, 3), "render_s": round(render, 3), "nft_load_s": round(kernel, 3),
-            "total_s": round(tables + render + kernel, 3), "ruleset_bytes": len(ruleset), "kernel_slab_kib": slab}
+            "compute_tables_s": round(tables, 3),
+            "whole": {"render_s": round(render, 3), "nft_s": round(k["whole_s"], 3),
+                      "total_s": round(tables + render + k["whole_s"], 3), "script_bytes": len(whole)},
+            "update": {"diff_s": round(diff, 3), "nft_s": round(k["update_s"], 3),
+                       "total_s": round(tables + diff + k["update_s"], 3), "script_bytes": len(update),
+                       "element_operations": update.count(",") + update.count("element")},
+            "kernel_slab_kib": k["slab_kib"], "update_ends_like_whole_load": k["same_result"]}
 
 
 def main() -> None:
@@ -72,7 +97,7 @@ def main() -> None:
             r = one(fabric, vips)
             print(r, flush=True)
             rows.append(r)
-    save("mux_update", {"rows": rows, "note": "one full re-render per change; identical pools share one Maglev map"})
+    save("mux_update", {"rows": rows, "note": "after a host fails: the whole table loaded again vs the incremental update, one namespace; pools with the same members and probe share one Maglev map"})
 
 
 if __name__ == "__main__":

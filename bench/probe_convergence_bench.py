@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from muxlab.cli import faults
+from muxlab.model.conventions import MAGLEV_TABLES_FILE, rule_tables
 
 from .common import BENCH_LAB, cli, down, save, sh, up, write_bulk_load_balancers
 
@@ -28,7 +29,7 @@ def web_state(ref) -> str:
 def muxes_have_vm3(ref) -> list[bool]:
     out = []
     for m in ref.lab.muxes:
-        tables = json.loads(sh(ref, m.name, "cat /run/muxlab/tables.json"))["tables"]
+        tables = rule_tables(json.loads(sh(ref, m.name, f"cat {MAGLEV_TABLES_FILE}")))
         out.append("vm3" in tables["web/http"])
     return out
 

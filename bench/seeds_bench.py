@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from muxlab.cli.traffic import run_flows
+from muxlab.model.conventions import MAGLEV_TABLES_FILE, rule_tables
 from muxlab.model.service import canonical, load_document
 
 from .common import down, save, sh, up
@@ -26,7 +27,7 @@ def put(ref, name, lb) -> None:
 
 
 def vm1_share(ref) -> float:
-    table = json.loads(sh(ref, "mux1", "cat /run/muxlab/tables.json"))["tables"]["ilb/app"]
+    table = rule_tables(json.loads(sh(ref, "mux1", f"cat {MAGLEV_TABLES_FILE}")))["ilb/app"]
     return table.count("vm1") / len(table)
 
 

@@ -7,7 +7,6 @@ whether a host went silent. When every manager is unreachable it keeps the data 
 announcements it has, and converges when one answers again."""
 from __future__ import annotations
 
-import hashlib
 import json
 import socket
 import time
@@ -15,17 +14,18 @@ import time
 from pyroute2 import IPRoute
 
 from muxlab.model.compiled import Services
-from muxlab.model.conventions import RULE_PRIORITY, vxlan_ifname
+from muxlab.model import nfttable
+from muxlab.model.conventions import RULE_PRIORITY, maglev_report, vxlan_ifname
 from muxlab.model.fabric import Lab, load_lab
 from muxlab.node.desired import LB_COLUMNS, Liveness, ServicesCache, mtu_remedies, nb_cfg, watch
-from muxlab.node.kernel import PolicyRoute, ensure_vxlan, nft_apply, reconcile_blackholes, reconcile_policy_routes
+from muxlab.node.kernel import KernelError, PolicyRoute, ensure_vxlan, nft_apply, reconcile_blackholes, reconcile_policy_routes
 from muxlab.node.ovsdb import Db, managers_remote, ok
 from muxlab.node.runtime import FABRIC_PATH, RUN_DIR, write_atomic
 
 from . import datapath
 
 ANNOUNCE_FILE = RUN_DIR / "announce.json"
-TABLES_FILE = RUN_DIR / "tables.json"
+TABLES_FILE = RUN_DIR / "tables.json"   # read by the operator's tools as conventions.MAGLEV_TABLES_FILE
 UPLINK = "eth1"  # the MUX's link to the edge (muxlab.model.render.links)
 TICK = 0.5       # host-liveness check; everything else is driven by OVSDB updates
 
@@ -41,23 +41,39 @@ def desired(fabric: Lab, me: str, svc: Services, svcs: list[datapath.Service], r
     routes = tuple(PolicyRoute(r.mark, r.dip, dev, UPLINK, r.mac, r.host_vtep) for r in datapath.dip_routes(fabric))
     blackholes = tuple(f"{v}/32" for v in svc.vips)
     return ((dev, fabric.vni, str(mux.address), fabric.overlay_mtu), routes, blackholes,
-            datapath.render_nft(fabric, svc, svcs, remedies))
+            datapath.ruleset(fabric, svc, svcs, remedies))
 
 
-def apply(state: tuple) -> None:
-    (dev, vni, local, mtu), routes, blackholes, ruleset = state
+def apply(state: tuple, before: tuple | None) -> str:
+    """Make the kernel hold `state`, knowing it holds `before` (None: unknown, as after a
+    restart). Only the parts that changed are touched; nft takes the difference of the two
+    tables in one transaction, or the whole table when that cannot be done. Says which."""
+    link, routes, blackholes, table = state
+    old = before or (None, None, None, None)
     with IPRoute() as ipr:
-        ensure_vxlan(ipr, dev, vni, local, mtu)
-        reconcile_policy_routes(ipr, list(routes), RULE_PRIORITY)
-        # a VIP packet that no rule claims must die here, not bounce back to the edge
-        reconcile_blackholes(ipr, list(blackholes))
-    nft_apply(ruleset)
+        if link != old[0]:
+            ensure_vxlan(ipr, *link)
+        if routes != old[1]:
+            reconcile_policy_routes(ipr, list(routes), RULE_PRIORITY)
+        if blackholes != old[2]:
+            # a VIP packet that no rule claims must die here, not bounce back to the edge
+            reconcile_blackholes(ipr, list(blackholes))
+    script = nfttable.update(old[3], table) if old[3] else None
+    if script == "":
+        return "nft unchanged"
+    if script is not None:
+        try:
+            nft_apply(script)
+            return f"nft update of {script.count(chr(10))} commands"
+        except KernelError as e:
+            # the kernel does not hold what we last loaded (someone changed it by hand)
+            print(f"[mux-agent] incremental update refused, loading the whole table: {e}", flush=True)
+    nft_apply(table.render())
+    return "whole table loaded"
 
 
 def tables_report(svcs: list[datapath.Service]) -> dict:
-    tables = {s.rule.key: list(s.table) for s in svcs}
-    digest = hashlib.sha256(json.dumps(tables, sort_keys=True).encode()).hexdigest()[:16]
-    return {"digest": digest, "tables": tables, "at": time.time()}
+    return maglev_report({s.rule.key: s.table_name for s in svcs}, {s.table_name: list(s.table) for s in svcs}, time.time())
 
 
 class MuxAgent:
@@ -85,12 +101,12 @@ class MuxAgent:
             svcs = datapath.services(self.fabric, svc, health)
             want = desired(self.fabric, self.me, svc, svcs, remedies)
             if want != self.applied:
-                apply(want)
+                how = apply(want, self.applied)
                 self.applied = want
                 report = tables_report(svcs)
                 self.digest = report["digest"]
                 write_atomic(TABLES_FILE, json.dumps(report, sort_keys=True))
-                print(f"[mux-agent {self.me}] data path programmed (tables {self.digest})", flush=True)
+                print(f"[mux-agent {self.me}] data path programmed ({how}; tables {self.digest})", flush=True)
             vips = datapath.announceable_vips(svcs, health, svc)
             if vips != self.announced:
                 write_atomic(ANNOUNCE_FILE, json.dumps({"vips": vips, "at": time.time()}))

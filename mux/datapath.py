@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from muxlab.model import maglev
+from muxlab.model import maglev, nfttable
 from muxlab.model.compiled import Backend, Rule, Services
 from muxlab.model.conventions import ct_timeout_object, dip_mac, dip_mark, vxlan_ifname
 from muxlab.model.fabric import Lab
@@ -59,8 +59,9 @@ class Service:
     rule: Rule
     size: int
     table: tuple[str | None, ...]     # Maglev table of VM names (None: no backend in rotation)
-    # Named by content: rules whose tables are the same (the same pool, the same members in
-    # rotation) share one nft map, however many VIPs and ports use it.
+    # Named by what decides its contents besides health: the table size, the pool's members
+    # (with their adminState) and the probe. Rules alike in these share one nft map, however
+    # many VIPs and ports use it, and a probe flap rewrites that map's moved buckets in place.
     table_name: str = ""
 
     @property
@@ -75,11 +76,12 @@ def services(fabric: Lab, svc: Services, health: Health) -> list[Service]:
         # Size from the whole pool, not the healthy part: a table that keeps its size only
         # moves the buckets of the backends that left.
         size = fabric.effective_table_size(len(rule.backends))
-        names = tuple(sorted(b.vm for b in rule.backends if in_rotation(fabric, health, rule, b)))
-        if (names, size) not in computed:   # a table depends on these alone: compute it once
-            table = tuple(maglev.lookup_table(list(names), size))
-            computed[(names, size)] = table, "maglev_" + hashlib.sha1(f"{size}:{table}".encode()).hexdigest()[:12]
-        table, name = computed[(names, size)]
+        identity = (size, tuple(sorted((b.vm, b.admin) for b in rule.backends)), rule.probe.key if rule.probe else None)
+        if identity not in computed:   # a table depends on these and health alone: compute it once
+            names = sorted(b.vm for b in rule.backends if in_rotation(fabric, health, rule, b))
+            computed[identity] = (tuple(maglev.lookup_table(names, size)),
+                                  "maglev_" + hashlib.sha1(repr(identity).encode()).hexdigest()[:12])
+        table, name = computed[identity]
         out.append(Service(rule, size, table, name))
     return out
 
@@ -102,84 +104,65 @@ def idle_classes(svcs: list[Service]) -> dict[tuple[str, int], list[str]]:
     return dict(sorted(out.items()))
 
 
-def render_nft(fabric: Lab, svc: Services, svcs: list[Service], remedies: frozenset[str] | None = None) -> str:
+def ruleset(fabric: Lab, svc: Services, svcs: list[Service], remedies: frozenset[str] | None = None) -> nfttable.Table:
+    """The MUX's whole nft table as data: the agent loads it whole once, then only its
+    differences (muxlab.model.nfttable.update)."""
     remedies = fabric.mtu_remedies if remedies is None else remedies
     vm_ip = {vm.name: vm.ip for vm in fabric.vms}
-    vip_list = ", ".join(str(v) for v in svc.vips)
-    nat = ", ".join(f"{n.vip} . {n.protocol} . {n.port} : {dip_mark(n.ip):#010x}" for n in svc.nat_ports)
-    snat = ", ".join(f"{s.vip} . {p} . {s.lo}-{s.hi} : {dip_mark(s.ip):#010x}" for s in svc.snat for p in s.protocols)
     classes = idle_classes(svcs)
-    lines = [
-        # create-then-delete-then-define in one transaction: an atomic replace, so a
-        # re-apply never leaves a window without rules (and conntrack keeps its marks)
-        f"table ip {TABLE}", f"delete table ip {TABLE}", f"table ip {TABLE} {{",
-        "  counter vip_packets {}", "  counter no_service {}", "  counter no_backend {}",
-        "  counter nat_port_packets {}", "  counter snat_return_packets {}", "  counter icmp_frag_needed_suppressed {}",
-        f"  set vips {{ type ipv4_addr; elements = {{ {vip_list} }}; }}" if vip_list else "  set vips { type ipv4_addr; }",
-        f"  map nat_ports {{ type ipv4_addr . inet_proto . inet_service : mark;{_elems(nat)} }}",
-        f"  map snat_returns {{ type ipv4_addr . inet_proto . inet_service : mark; flags interval;{_elems(snat)} }}",
-    ]
-    for (proto, idle), keys in classes.items():
-        lines += [ct_timeout_object(proto, idle),
-                  f"  set idle_{proto}_{idle}_rules {{ type ipv4_addr . inet_proto . inet_service; elements = {{ {', '.join(keys)} }}; }}"]
-    if svcs:
-        entries = ", ".join(f"{s.rule.vip} . {s.rule.protocol} . {s.rule.port} : goto {s.chain}" for s in svcs)
-        lines.append(f"  map services {{ type ipv4_addr . inet_proto . inet_service : verdict; elements = {{ {entries} }}; }}")
-    tables = {s.table_name: s for s in svcs}
-    pickers = {s.chain: s for s in svcs}
-    for name, s in tables.items():
-        elems = ", ".join(f"{i} : {dip_mark(vm_ip[vm]):#010x}" for i, vm in enumerate(s.table) if vm)
-        body = f" elements = {{ {elems} }};" if elems else ""
-        lines.append(f"  map {name} {{ typeof numgen inc mod 2 : meta mark;{body} }}")
-    lines += [
-        "  chain raw {", "    type filter hook prerouting priority raw; policy accept;",
-        "    ip daddr != @vips return",
-        # stateless paths keep no state
-        "    ip daddr . meta l4proto . th dport @nat_ports notrack return",
-        "    ip daddr . meta l4proto . th dport @snat_returns notrack return",
-        "    tcp flags & (syn | ack) == syn notrack return",
-    ]
-    lines += [
-        "  }",
-        "  chain prerouting {", "    type filter hook prerouting priority mangle; policy accept;",
-        "    ip daddr != @vips return",
-        "    counter name vip_packets",
-    ]
-    # a timeout policy attaches to a new, unconfirmed entry: after conntrack (priority -200),
-    # so here and never in the raw chain, where the packet has no entry yet
-    lines += [f"    ip daddr . meta l4proto . th dport @idle_{proto}_{idle}_rules ct timeout set \"idle_{proto}_{idle}\""
-              for proto, idle in classes]
-    lines += [
-        "    meta mark set ip daddr . meta l4proto . th dport map @nat_ports counter name nat_port_packets accept",
-        "    meta mark set ip daddr . meta l4proto . th dport map @snat_returns counter name snat_return_packets accept",
-        "    ct mark != 0 meta mark set ct mark accept",
-    ]
-    if svcs:
-        lines.append("    ip daddr . meta l4proto . th dport vmap @services")
-    lines += ["    counter name no_service drop", "  }"]
-    for chain, s in pickers.items():
-        lines += [
-            f"  chain {chain} {{",
-            f"    meta mark set jhash {HASH_FIELDS[s.rule.distribution]} mod {s.size} seed {fabric.hash_seed:#x} "
+    objects = {f"counter {c}": f"counter {c} {{}}" for c in (
+        "vip_packets", "no_service", "no_backend", "nat_port_packets", "snat_return_packets", "icmp_frag_needed_suppressed")}
+    objects |= {f"ct timeout idle_{proto}_{idle}": ct_timeout_object(proto, idle).strip() for proto, idle in classes}
+    sets = {
+        "vips": nfttable.Set("set", "type ipv4_addr;", {str(v): None for v in svc.vips}),
+        "nat_ports": nfttable.Set("map", "type ipv4_addr . inet_proto . inet_service : mark;",
+                                  {f"{n.vip} . {n.protocol} . {n.port}": f"{dip_mark(n.ip):#010x}" for n in svc.nat_ports}),
+        "snat_returns": nfttable.Set("map", "type ipv4_addr . inet_proto . inet_service : mark; flags interval;",
+                                     {f"{s.vip} . {p} . {s.lo}-{s.hi}": f"{dip_mark(s.ip):#010x}" for s in svc.snat for p in s.protocols}),
+    }
+    sets |= {f"idle_{proto}_{idle}_rules": nfttable.Set("set", "type ipv4_addr . inet_proto . inet_service;", dict.fromkeys(keys))
+             for (proto, idle), keys in classes.items()}
+    sets["services"] = nfttable.Set("map", "type ipv4_addr . inet_proto . inet_service : verdict;",
+                                    {f"{s.rule.vip} . {s.rule.protocol} . {s.rule.port}": f"goto {s.chain}" for s in svcs})
+    for s in {s.table_name: s for s in svcs}.values():   # a shared table is written once
+        # a bucket with no backend in rotation has no element: the lookup misses, the packet drops
+        sets[s.table_name] = nfttable.Set("map", "typeof numgen inc mod 2 : meta mark;",
+                                          {str(i): f"{dip_mark(vm_ip[vm]):#010x}" for i, vm in enumerate(s.table) if vm})
+    chains = {
+        "raw": nfttable.Chain("type filter hook prerouting priority raw; policy accept;", (
+            "ip daddr != @vips return",
+            # stateless paths keep no state
+            "ip daddr . meta l4proto . th dport @nat_ports notrack return",
+            "ip daddr . meta l4proto . th dport @snat_returns notrack return",
+            "tcp flags & (syn | ack) == syn notrack return")),
+        "prerouting": nfttable.Chain("type filter hook prerouting priority mangle; policy accept;", (
+            "ip daddr != @vips return",
+            "counter name vip_packets",
+            # a timeout policy attaches to a new, unconfirmed entry: after conntrack (priority -200),
+            # so here and never in the raw chain, where the packet has no entry yet
+            *(f'ip daddr . meta l4proto . th dport @idle_{proto}_{idle}_rules ct timeout set "idle_{proto}_{idle}"'
+              for proto, idle in classes),
+            "meta mark set ip daddr . meta l4proto . th dport map @nat_ports counter name nat_port_packets accept",
+            "meta mark set ip daddr . meta l4proto . th dport map @snat_returns counter name snat_return_packets accept",
+            "ct mark != 0 meta mark set ct mark accept",
+            "ip daddr . meta l4proto . th dport vmap @services",
+            "counter name no_service drop")),
+    }
+    for s in svcs:
+        chains[s.chain] = nfttable.Chain("", (
+            f"meta mark set jhash {HASH_FIELDS[s.rule.distribution]} mod {s.size} seed {fabric.hash_seed:#x} "
             f"map @{s.table_name} ct mark set meta mark accept",
-            "    counter name no_backend drop", "  }",
-        ]
+            "counter name no_backend drop"))
     mss = fabric.overlay_mss
-    lines += ["  chain forward {", "    type filter hook forward priority filter; policy accept;"]
-    if "mss-clamp" in remedies:
-        # a SYN may not promise more than the overlay carries (the SYN-ACK's clamp is on the host)
-        lines.append(f'    oifname "{vxlan_ifname(fabric.vni)}" tcp flags syn tcp option maxseg size > {mss} '
-                     f'tcp option maxseg size set {mss}')
-    lines += ["  }", "  chain output {", "    type filter hook output priority filter; policy accept;"]
-    if "icmp" not in remedies:
-        # the black hole of seed 004: the too-big packet dies here and nobody tells the client
-        lines.append("    icmp type destination-unreachable icmp code frag-needed counter name icmp_frag_needed_suppressed drop")
-    lines += ["  }", "}"]
-    return "\n".join(lines) + "\n"
-
-
-def _elems(s: str) -> str:
-    return f" elements = {{ {s} }};" if s else ""
+    # a SYN may not promise more than the overlay carries (the SYN-ACK's clamp is on the host)
+    clamp = (f'oifname "{vxlan_ifname(fabric.vni)}" tcp flags syn tcp option maxseg size > {mss} '
+             f'tcp option maxseg size set {mss}',) if "mss-clamp" in remedies else ()
+    chains["forward"] = nfttable.Chain("type filter hook forward priority filter; policy accept;", clamp)
+    # the black hole of seed 004: the too-big packet dies here and nobody tells the client
+    black_hole = () if "icmp" in remedies else (
+        "icmp type destination-unreachable icmp code frag-needed counter name icmp_frag_needed_suppressed drop",)
+    chains["output"] = nfttable.Chain("type filter hook output priority filter; policy accept;", black_hole)
+    return nfttable.Table("ip", TABLE, objects, sets, chains)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from muxlab.model.conventions import MAGLEV_TABLES_FILE, rule_tables
+
 
 def pytest_addoption(parser):
     g = parser.getgroup("muxlab", "muxlab labs")
@@ -102,7 +104,7 @@ class MuxlabLab:
     # --- state -------------------------------------------------------------------------
     def mux_tables(self):
         """MUX -> its programmed Maglev tables (rule -> bucket owners)."""
-        return {m.name: json.loads(self.sh(m.name, "cat /run/muxlab/tables.json").stdout)["tables"]
+        return {m.name: rule_tables(json.loads(self.sh(m.name, f"cat {MAGLEV_TABLES_FILE}").stdout))
                 for m in self.ref.lab.muxes}
 
     def assert_mux_tables_identical(self, settle=2.0):

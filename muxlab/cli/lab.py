@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .. import versions
 from ..errors import MuxlabError
-from ..model.conventions import API_PORT
+from ..model.conventions import API_PORT, MAGLEV_TABLES_FILE
 from ..model.fabric import Lab, load_lab
 from ..model.render import GENERATED, MGMT_DEFAULTS, render_lab_files
 from ..model.service import LoadBalancer
@@ -223,7 +223,7 @@ def mux_tables(ref: LabRef, running: set[str]) -> dict[str, str | None]:
     """MUX -> digest of the Maglev tables it has programmed (equal digests: identical tables)."""
     out = {}
     for m in ref.lab.muxes:
-        proc = docker_exec(ref, m.name, ["cat", "/run/muxlab/tables.json"], check=False) if m.name in running else None
+        proc = docker_exec(ref, m.name, ["cat", MAGLEV_TABLES_FILE], check=False) if m.name in running else None
         try:
             out[m.name] = json.loads(proc.stdout)["digest"] if proc and proc.returncode == 0 else None
         except (ValueError, KeyError):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import MuxlabError
 from ..model import pathwalk
+from ..model.conventions import MAGLEV_TABLES_FILE, rule_tables
 from ..model.render import links
 from . import lab as labmod
 from . import observe
@@ -119,7 +120,7 @@ def _maglev(ref: LabRef, lbs: dict, walk: dict, vip: str, port: int, proto: str,
         return out
     size, seed = int(m.group(2)), int(m.group(3), 16)
     bucket = pathwalk.maglev_bucket([values[f] for f in fields], size, seed)
-    table = json.loads(observe.sh(ref, hop["node"], "cat /run/muxlab/tables.json").stdout)["tables"].get(out["rule"], [])
+    table = rule_tables(json.loads(observe.sh(ref, hop["node"], f"cat {MAGLEV_TABLES_FILE}").stdout)).get(out["rule"], [])
     owner = table[bucket] if bucket < len(table) else None
     return {**out, "hashed": fields, "size": size, "bucket": bucket, "owner": owner,
             "agrees_with_capture": owner == served if served else None}

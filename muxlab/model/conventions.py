@@ -8,7 +8,9 @@
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 
 RULE_PRIORITY = 100  # `ip rule` preference of the fwmark rules, on MUXes and hosts
 VXLAN_PORT = 4789
@@ -38,3 +40,19 @@ def ct_timeout_object(proto: str, idle_s: int) -> str:
     else:
         states = f"unreplied: {idle_s}, replied: {idle_s}"
     return f"  ct timeout idle_{proto}_{idle_s} {{ protocol {proto}; l3proto ip; policy = {{ {states} }}; }}"
+
+
+MAGLEV_TABLES_FILE = "/run/muxlab/tables.json"   # on every MUX: the Maglev tables it programmed
+
+
+def maglev_report(rule_maps: dict[str, str], maps: dict[str, list], at: float) -> dict:
+    """What a MUX writes to MAGLEV_TABLES_FILE: each rule's map name and each map's buckets
+    (VM names) once, however many rules share it, with a digest of both (equal digests:
+    identical tables)."""
+    digest = hashlib.sha256(json.dumps([rule_maps, maps], sort_keys=True).encode()).hexdigest()[:16]
+    return {"digest": digest, "rules": rule_maps, "maps": maps, "at": at}
+
+
+def rule_tables(report: dict) -> dict[str, list]:
+    """Rule key ("LB/rule") -> its Maglev table, from a MUX's MAGLEV_TABLES_FILE."""
+    return {rule: report["maps"][name] for rule, name in report["rules"].items()}
