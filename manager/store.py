@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Callable
 
 import ovs.poller
@@ -79,7 +80,12 @@ class Store:
         fut: Future = Future()
         self.jobs.put((fn, fut))
         os.write(self.wake_w, b"x")
-        return fut.result(timeout)
+        try:
+            return fut.result(timeout)
+        except FutureTimeout:
+            if fut.cancel():   # never started: nothing happened
+                raise Unavailable(f"this manager's database thread is busy (no answer within {timeout:.0f} s)") from None
+            return fut.result()   # started: its outcome, whatever it is, is the answer (a write may have committed)
 
     # ------------------------------------------------------------ reads (DB thread)
 

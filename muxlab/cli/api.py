@@ -43,7 +43,10 @@ class Api:
             # the manager that answered goes first next time
             self.urls.remove(url)
             self.urls.insert(0, url)
-            data = r.json() if r.content else None
+            try:
+                data = r.json() if r.content else None
+            except ValueError:   # not the API's JSON (a server error page): show its text
+                data = r.text[:500]
             if r.status_code not in ok_statuses:
                 raise ApiError(r.status_code, data)
             self.last_nb_cfg = int(r.headers.get("x-muxlab-nb-cfg", 0) or 0)
