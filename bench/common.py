@@ -19,10 +19,12 @@ def cli(*args, timeout=1200):
     return subprocess.run([sys.executable, "-m", "muxlab", *args], capture_output=True, text=True, timeout=timeout, check=True)
 
 
-def up(name=BENCH_LAB) -> labmod.LabRef:
+def up(name=BENCH_LAB, topology: Path | None = None) -> labmod.LabRef:
+    """Deploy the default lab, or the one of `topology`, as `name` (after removing any old one)."""
     cli("down", "--name", name, timeout=300)
-    cli("up", "--name", name, "--wait", "240")
-    return labmod.resolve(None, name)
+    where = ("--topology", str(topology)) if topology else ()
+    cli("up", "--name", name, "--wait", "240", *where)
+    return labmod.resolve(str(topology) if topology else None, name)
 
 
 def down(name=BENCH_LAB) -> None:

@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from .. import versions
 from ..errors import MuxlabError
 from ..model.conventions import API_PORT, MAGLEV_TABLES_FILE
@@ -101,6 +103,19 @@ def resolve(topology: str | Path | None, name: str | None) -> LabRef:
         raise MuxlabError(f"topology {topo}: its fabric {model} is missing")
     lab = load_lab(model)  # raises ModelError naming field and value: nothing deployed
     return LabRef(topo, name or lab.name, lab)
+
+
+def write_variant(folder: Path, change) -> Path:
+    """A copy of the default lab in `folder`, `change(fabric mapping)` applied to its lab.yml
+    and its generated files rendered. Returns the topology to deploy."""
+    source = DEFAULT_TOPOLOGY.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fabric = yaml.safe_load((source / "lab.yml").read_text())
+    change(fabric)
+    (folder / "lab.yml").write_text(yaml.safe_dump(fabric, sort_keys=False))
+    shutil.copy(source / "loadbalancers.yml", folder / "loadbalancers.yml")
+    render_folder(folder)
+    return folder / DEFAULT_TOPOLOGY.name
 
 
 def render_folder(folder: Path) -> list[Path]:

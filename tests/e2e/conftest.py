@@ -1,14 +1,12 @@
 """E2E fixtures: one real lab per test session, deployed with containerlab under its own
 name (never a user's `muxlab` lab) and always destroyed, also when tests fail."""
 import os
-import shutil
 import subprocess
 import sys
 
 from pathlib import Path
 
 import pytest
-import yaml
 
 
 E2E_LAB = os.environ.get("MUXLAB_E2E_LAB", "muxlab-e2e")
@@ -21,15 +19,9 @@ SECONDS_PER_MINUTE = 2
 
 
 def write_e2e_topology() -> Path:
-    from muxlab.cli.lab import render_folder
-    folder = E2E_TOPOLOGY.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    fabric = yaml.safe_load((REPO / "containerlab" / "lab.yml").read_text())
-    fabric.setdefault("timing", {})["seconds_per_minute"] = SECONDS_PER_MINUTE
-    (folder / "lab.yml").write_text(yaml.safe_dump(fabric, sort_keys=False))
-    shutil.copy(REPO / "containerlab" / "loadbalancers.yml", folder / "loadbalancers.yml")
-    render_folder(folder)
-    return E2E_TOPOLOGY
+    from muxlab.cli.lab import write_variant
+    return write_variant(E2E_TOPOLOGY.parent, lambda fabric: fabric.setdefault("timing", {}).__setitem__(
+        "seconds_per_minute", SECONDS_PER_MINUTE))
 
 
 def pytest_collection_modifyitems(items):
