@@ -134,19 +134,22 @@ def main() -> None:
     pc = load("probe_convergence")
     if pc:
         out += [*heading("A probe flap at scale, end to end in a lab", "probe_convergence_bench", pc),
-                f"vm3's application stopped, then healed; probe {pc['probe']}; Maglev table size {pc['table_size']}; the other",
-                "VIPs are load balancers without probes on the same six VMs. Verdict: the managers report vm3 Down (Up) on web/http.",
-                f"Then: every MUX's programmed table for web/http excludes (includes) vm3 ({pc['note']}).", "",
-                "| VIPs | fault → verdict | verdict → every MUX excludes | heal → verdict | verdict → every MUX includes | MUX agent RSS | ruleset text |",
-                "|---|---|---|---|---|---|---|"]
+                f"vm3's application stopped, then healed; probe {pc['probe']}. The other VIPs are load balancers without",
+                "probes on the same six VMs. Verdict: the managers report vm3 Down (Up) on web/http. Then: every MUX's",
+                f"programmed table for web/http excludes (includes) vm3 ({pc['note']}). Two labs, the default table",
+                "size and one whose fabric sets 65537. \"How mux1 applied\": its agent's log for the last changes.", "",
+                "| table size | VIPs | apply | fault → verdict | verdict → every MUX excludes | heal → verdict | "
+                "verdict → every MUX includes | MUX agent RSS | ruleset text | how mux1 applied |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
         for r in pc["sizes"]:
             if "apply_failed" in r:
-                out.append(f"| {r['vips']} | apply failed: {r['apply_failed'][-160:].splitlines()[-1]} | | | | | |")
+                out.append(f"| {r['table_size']} | {r['vips']} | apply failed: {r['apply_failed'][-160:].splitlines()[-1]} | | | | | | | |")
                 continue
             m = next(iter(r["mux_memory"].values()))
-            out.append(f"| {r['vips']} | {r['fault_to_verdict_s']} s | **{r['verdict_to_every_mux_excludes_s']} s** | "
-                       f"{r['heal_to_verdict_s']} s | **{r['verdict_to_every_mux_includes_s']} s** | {m['agent_rss_mib']} MiB | "
-                       f"{m['ruleset_text_kib']} KiB |")
+            out.append(f"| {r['table_size']} | {r['vips']} | {r['apply_s']} s | {r['fault_to_verdict_s']} s | "
+                       f"**{r['verdict_to_every_mux_excludes_s']} s** | {r['heal_to_verdict_s']} s | "
+                       f"**{r['verdict_to_every_mux_includes_s']} s** | {m['agent_rss_mib']} MiB | {m['ruleset_text_kib']} KiB | "
+                       f"{'; '.join(r['mux_updates'][-2:])} |")
         out.append("")
     bg = load("bgp_scale")
     if bg:
