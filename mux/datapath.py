@@ -18,6 +18,7 @@ Per packet (all in the kernel, see docs/datapath.md):
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 
@@ -79,11 +80,26 @@ def services(fabric: Lab, svc: Services, health: Health) -> list[Service]:
         identity = (size, tuple(sorted((b.vm, b.admin) for b in rule.backends)), rule.probe.key if rule.probe else None)
         if identity not in computed:   # a table depends on these and health alone: compute it once
             names = sorted(b.vm for b in rule.backends if in_rotation(fabric, health, rule, b))
-            computed[identity] = (tuple(maglev.lookup_table(names, size)),
+            computed[identity] = (maglev_table(tuple(names), size),
                                   "maglev_" + hashlib.sha1(repr(identity).encode()).hexdigest()[:12])
         table, name = computed[identity]
         out.append(Service(rule, size, table, name))
     return out
+
+
+# A flap computes the table without the failed backend, then the healthy one again: both stay
+# cached, so a backend's return (and every other MUX step) costs a lookup, not a recompute.
+@functools.lru_cache(maxsize=32)
+def maglev_table(names: tuple[str, ...], size: int) -> tuple[str | None, ...]:
+    return tuple(maglev.lookup_table(list(names), size))
+
+
+@functools.lru_cache(maxsize=32)
+def bucket_elements(table: tuple[str | None, ...], marks: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """A Maglev map's elements, bucket -> DIP mark (a bucket with no backend has none).
+    Cached: at 65537 buckets building them is most of a MUX's work for a change."""
+    mark = dict(marks)
+    return {str(i): mark[vm] for i, vm in enumerate(table) if vm}
 
 
 def announceable_vips(svcs: list[Service], health: Health, svc: Services = Services()) -> list[str]:
@@ -108,7 +124,6 @@ def ruleset(fabric: Lab, svc: Services, svcs: list[Service], remedies: frozenset
     """The MUX's whole nft table as data: the agent loads it whole once, then only its
     differences (muxlab.model.nfttable.update)."""
     remedies = fabric.mtu_remedies if remedies is None else remedies
-    vm_ip = {vm.name: vm.ip for vm in fabric.vms}
     classes = idle_classes(svcs)
     objects = {f"counter {c}": f"counter {c} {{}}" for c in (
         "vip_packets", "no_service", "no_backend", "nat_port_packets", "snat_return_packets", "icmp_frag_needed_suppressed")}
@@ -124,10 +139,10 @@ def ruleset(fabric: Lab, svc: Services, svcs: list[Service], remedies: frozenset
              for (proto, idle), keys in classes.items()}
     sets["services"] = nfttable.Set("map", "type ipv4_addr . inet_proto . inet_service : verdict;",
                                     {f"{s.rule.vip} . {s.rule.protocol} . {s.rule.port}": f"goto {s.chain}" for s in svcs})
+    marks = tuple((vm.name, f"{dip_mark(vm.ip):#010x}") for vm in fabric.vms)
     for s in {s.table_name: s for s in svcs}.values():   # a shared table is written once
         # a bucket with no backend in rotation has no element: the lookup misses, the packet drops
-        sets[s.table_name] = nfttable.Set("map", "typeof numgen inc mod 2 : meta mark;",
-                                          {str(i): f"{dip_mark(vm_ip[vm]):#010x}" for i, vm in enumerate(s.table) if vm})
+        sets[s.table_name] = nfttable.Set("map", "typeof numgen inc mod 2 : meta mark;", bucket_elements(s.table, marks))
     chains = {
         "raw": nfttable.Chain("type filter hook prerouting priority raw; policy accept;", (
             "ip daddr != @vips return",
