@@ -135,9 +135,10 @@ def main() -> None:
     if pc:
         out += [*heading("A probe flap at scale, end to end in a lab", "probe_convergence_bench", pc),
                 f"vm3's application stopped, then healed; probe {pc['probe']}. The other VIPs are load balancers without",
-                "probes on the same six VMs. Verdict: the managers report vm3 Down (Up) on web/http. Then: every MUX's",
-                f"programmed table for web/http excludes (includes) vm3 ({pc['note']}). Two labs, the default table",
-                "size and one whose fabric sets 65537. \"How mux1 applied\": its agent's log for the last changes.", "",
+                "probes on the same six VMs. Fault → verdict: until the managers' API reports vm3 Down (Up) on web/http",
+                f"(polled). Verdict → every MUX: until every MUX's kernel holds web/http's table without (with) vm3 ({pc['note']}).",
+                "Two labs, the default table size and one whose fabric sets 65537. \"How mux1 applied\": its agent's log",
+                "for the last changes.", "",
                 "| table size | VIPs | apply | fault → verdict | verdict → every MUX excludes | heal → verdict | "
                 "verdict → every MUX includes | MUX agent RSS | ruleset text | how mux1 applied |",
                 "|---|---|---|---|---|---|---|---|---|---|"]

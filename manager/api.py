@@ -275,7 +275,9 @@ def rule_health(name: str, rule: str):
             state, why = "Up", f"probe {r.probe.key} succeeds"
         else:
             state, why = "Down", f"probe {r.probe.key} fails: {probe['reason']}"
-        out.append({"name": b.vm, "ipAddress": b.ip, "host": host, "state": state, "reason": why})
+        # when the probe's verdict last changed, by the host's clock (when a probe decided)
+        since = probe["since"] if probe is not None and why.startswith("probe") else None
+        out.append({"name": b.vm, "ipAddress": b.ip, "host": host, "state": state, "reason": why, "since": since})
     return {"loadBalancingRule": rule, "up": sum(o["state"] == "Up" for o in out),
             "down": sum(o["state"] == "Down" for o in out), "loadBalancerBackendAddresses": out}
 

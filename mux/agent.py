@@ -72,8 +72,14 @@ def apply(state: tuple, before: tuple | None) -> str:
     return "whole table loaded"
 
 
-def tables_report(svcs: list[datapath.Service]) -> dict:
-    return maglev_report({s.rule.key: s.table_name for s in svcs}, {s.table_name: list(s.table) for s in svcs}, time.time())
+def tables_report(svcs: list[datapath.Service], before: dict | None) -> dict:
+    """The report of the tables just programmed; a map keeps the change time `before` gave it
+    while its buckets stay the same."""
+    now = time.time()
+    maps = {s.table_name: list(s.table) for s in svcs}
+    old_maps, old_changed = (before or {}).get("maps", {}), (before or {}).get("changed_at", {})
+    changed_at = {n: old_changed[n] if old_maps.get(n) == t and n in old_changed else now for n, t in maps.items()}
+    return maglev_report({s.rule.key: s.table_name for s in svcs}, maps, changed_at, now)
 
 
 class MuxAgent:
@@ -85,6 +91,7 @@ class MuxAgent:
         self.applied = None
         self.announced: list[str] | None = None
         self.digest = ""
+        self.tables: dict | None = None   # the last tables report
         self.reported: tuple | None = None
 
     def health(self) -> datapath.Health:
@@ -103,7 +110,7 @@ class MuxAgent:
             if want != self.applied:
                 how = apply(want, self.applied)
                 self.applied = want
-                report = tables_report(svcs)
+                report = self.tables = tables_report(svcs, self.tables)
                 self.digest = report["digest"]
                 write_atomic(TABLES_FILE, json.dumps(report, sort_keys=True))
                 print(f"[mux-agent {self.me}] data path programmed ({how}; tables {self.digest})", flush=True)

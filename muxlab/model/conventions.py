@@ -45,12 +45,12 @@ def ct_timeout_object(proto: str, idle_s: int) -> str:
 MAGLEV_TABLES_FILE = "/run/muxlab/tables.json"   # on every MUX: the Maglev tables it programmed
 
 
-def maglev_report(rule_maps: dict[str, str], maps: dict[str, list], at: float) -> dict:
-    """What a MUX writes to MAGLEV_TABLES_FILE: each rule's map name and each map's buckets
-    (VM names) once, however many rules share it, with a digest of both (equal digests:
-    identical tables)."""
+def maglev_report(rule_maps: dict[str, str], maps: dict[str, list], changed_at: dict[str, float], at: float) -> dict:
+    """What a MUX writes to MAGLEV_TABLES_FILE: each rule's map name, each map's buckets (VM
+    names) once however many rules share it, when each map's contents last changed in the
+    kernel, and a digest of rules and maps (equal digests: identical tables)."""
     digest = hashlib.sha256(json.dumps([rule_maps, maps], sort_keys=True).encode()).hexdigest()[:16]
-    return {"digest": digest, "rules": rule_maps, "maps": maps, "at": at}
+    return {"digest": digest, "rules": rule_maps, "maps": maps, "changed_at": changed_at, "at": at}
 
 
 def rule_tables(report: dict) -> dict[str, list]:
