@@ -121,6 +121,7 @@ def main() -> None:
                 "cost before) and the incremental update the agent applies (only the moved buckets, one transaction). One",
                 "rule per VIP, every pool the same six VMs, so all rules share one Maglev map. \"Same result\": the table",
                 "listed after the update equals the one listed after the whole load.", "",
+                "\"tables\": the Maglev tables and the wanted nft table as data, which both ways need.", "",
                 "| VIPs | table size | maps | tables | whole: render + nft | **whole total** | update: diff + nft | **update total** | "
                 "update script | element ops | kernel memory (slab) | same result |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
