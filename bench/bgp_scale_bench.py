@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .common import BENCH_LAB, cli, down, save, sh, up, write_bulk_load_balancers
+from .common import BENCH_LAB, cli, deployed, save, sh, write_bulk_load_balancers
 
 
 def edge_counts(ref, addr: str) -> tuple[int, int]:
@@ -23,8 +23,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--vips", type=int, default=2000)
     a = ap.parse_args()
-    ref = up()
-    try:
+    with deployed() as ref:
         path = write_bulk_load_balancers(a.vips, ref.lab, Path("/tmp/muxlab-bgp-scale.yml"))
         base_total, _ = edge_counts(ref, "0.0.0.0")
         want = base_total + a.vips
@@ -51,8 +50,6 @@ def main() -> None:
                   "every_vip_via_every_mux_s": round(announced_s, 2), "killed_mux_nexthops_gone_s": round(withdrawn_s, 2)}
         print(result)
         save("bgp_scale", result)
-    finally:
-        down()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Shared pieces of the benchmarks: a lab of their own, timing, result files."""
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import statistics
@@ -29,6 +30,16 @@ def up(name=BENCH_LAB, topology: Path | None = None) -> labmod.LabRef:
 
 def down(name=BENCH_LAB) -> None:
     subprocess.run([sys.executable, "-m", "muxlab", "down", "--name", name], capture_output=True, timeout=300)
+
+
+@contextlib.contextmanager
+def deployed(name=BENCH_LAB, topology: Path | None = None):
+    """A benchmark's lab, deployed for the block and removed after it, whatever happens."""
+    ref = up(name, topology)
+    try:
+        yield ref
+    finally:
+        down(name)
 
 
 def sh(ref, node, cmd, timeout=120):

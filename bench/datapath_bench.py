@@ -15,7 +15,7 @@ import time
 
 from muxlab.versions import NODE_IMAGE
 
-from .common import CPU_KINDS, cpu_jiffies, down, save, sh, summary, up
+from .common import CPU_KINDS, cpu_jiffies, deployed, save, sh, summary
 
 VIP, DIP = "203.0.113.30", "10.1.1.11"
 
@@ -124,8 +124,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--conns", type=int, default=3000)
     a = ap.parse_args()
-    ref = up()
-    try:
+    with deployed() as ref:
         rows = {"tcp_gbit_s": ([], [], []), "udp64_pps": ([], [], []), "new_conns_per_s": ([], [], [])}
         with BareVeth() as bare:
             for _ in range(a.reps):  # alternate paths so drift hits all alike
@@ -152,8 +151,6 @@ def main() -> None:
         if not all(t["met"] for t in result["targets"].values()):
             result["profile"] = profile(ref, a.seconds)
         save("datapath", result)
-    finally:
-        down()
 
 
 if __name__ == "__main__":

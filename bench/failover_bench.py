@@ -15,7 +15,7 @@ from muxlab.cli.lab import vip_nexthops
 from muxlab.model.compiled import compile_services
 from muxlab.model.service import LoadBalancer
 
-from .common import down, save, summary, up
+from .common import deployed, save, summary
 from .lab_bench import POLL
 
 MUXES = ["mux1", "mux2", "mux3"]
@@ -86,8 +86,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=5)
     a = ap.parse_args()
-    ref = up()
-    try:
+    with deployed() as ref:
         result = {"client": "24 long-lived TCP connections + a new connection every 20 ms (served = answered within 1 s)"}
         for mode in ("kill", "pause", "link-down", "drain"):
             runs = [one(ref, mode, MUXES[i % 3]) for i in range(a.reps)]
@@ -107,8 +106,6 @@ def main() -> None:
                            "unhealthy_threshold": probe.unhealthy_threshold, "healthy_threshold": probe.healthy_threshold}
         print("vm removal", result["vm_service_stop_to_removal_s"], "return", result["vm_service_start_to_return_s"])
         save("failover", result)
-    finally:
-        down()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import json
 import subprocess
 import time
 
-from .common import down, save, sh, summary, up
+from .common import deployed, save, sh, summary
 
 RUNS = 7
 IDLE_WINDOW_S = 30.0
@@ -79,8 +79,7 @@ def agent_usage(ref, mux: str) -> dict:
 
 
 def main() -> None:
-    ref = up()
-    try:
+    with deployed() as ref:
         api = ref.api()
         agents = ref.lab.agents
         time.sleep(5)  # let start-up settle before measuring idle
@@ -113,8 +112,6 @@ def main() -> None:
             "before_reference": "issue 7: ~6 % of a core per MUX agent idle with the 250 ms polling of a shared store "
                                 "(not re-measured in this run)",
         })
-    finally:
-        down()
 
 
 if __name__ == "__main__":

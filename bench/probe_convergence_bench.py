@@ -18,7 +18,7 @@ from muxlab.cli import faults
 from muxlab.cli import lab as labmod
 from muxlab.model.conventions import MAGLEV_TABLES_FILE, rule_tables
 
-from .common import BENCH_LAB, cli, down, save, sh, up, write_bulk_load_balancers
+from .common import BENCH_LAB, cli, deployed, save, sh, write_bulk_load_balancers
 
 SIZES = (10, 100, 1000, 2000)
 BASE_VIPS = 4  # the default lab's own frontends
@@ -70,10 +70,9 @@ def mux_memory(ref) -> dict:
 def one_lab(table_size: int | None) -> list[dict]:
     topology = None if table_size is None else labmod.write_variant(
         labmod.REPO / ".labs" / f"bench-table-{table_size}", lambda fabric: fabric.setdefault("hashing", {}).__setitem__("table_size", table_size))
-    ref = up(topology=topology)
     where = ("--name", BENCH_LAB) + (("--topology", str(topology)) if topology else ())
     results = []
-    try:
+    with deployed(topology=topology) as ref:
         for size in SIZES:
             path = write_bulk_load_balancers(size - BASE_VIPS, ref.lab, Path("/tmp/muxlab-probe-bench.yml"))
             try:
@@ -106,8 +105,6 @@ def one_lab(table_size: int | None) -> list[dict]:
                    "mux_memory": mux_memory(ref), "mux_updates": mux_updates(ref)}
             print(row, flush=True)
             results.append(row)
-    finally:
-        down()
     return results
 
 

@@ -14,7 +14,7 @@ from muxlab.cli.traffic import run_flows
 from muxlab.model.conventions import MAGLEV_TABLES_FILE, rule_tables
 from muxlab.model.service import canonical, load_document
 
-from .common import down, save, sh, up
+from .common import deployed, save, sh
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "containerlab" / "examples"
 ILB_VIP, PEER, PEER_PORT, OUT_VIP = "10.1.0.100", "192.0.2.10", 9000, "203.0.113.11"
@@ -97,12 +97,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--flows", type=int, default=300)
     a = ap.parse_args()
-    ref = up()
-    try:
+    with deployed() as ref:
         result = {"hairpin": hairpin(ref, a.repeat, a.flows), "outbound": outbound(ref, 180),
                   "exhaustion": exhaustion(ref)}
-    finally:
-        down()
     save("seeds", result)
 
 
