@@ -53,19 +53,18 @@ class Table:
         """The whole table, replacing whatever the kernel holds under its name: create, then
         delete, then define, in one transaction, so there is never a moment without rules
         (and conntrack keeps its marks)."""
-        return f"table {self.ref}\ndelete table {self.ref}\n" + self._block(
-            self.objects, self.sets, {n: (c, c.rules) for n, c in self.chains.items()})
+        return f"table {self.ref}\ndelete table {self.ref}\n" + self._block(self.objects, self.sets, self.chains)
 
-    def _block(self, objects: dict[str, str], sets: dict[str, Set], chains: dict[str, tuple[Chain, tuple]]) -> str:
+    def _block(self, objects: dict[str, str], sets: dict[str, Set], chains: dict[str, Chain]) -> str:
         lines = [f"table {self.ref} {{"]
         lines += [f"  {decl}" for decl in objects.values()]
         for name, s in sets.items():
             elements = f" elements = {{ {s.element_list()} }};" if s.elements else ""
             lines.append(f"  {s.kind} {name} {{ {s.spec}{elements} }}")
-        for name, (chain, rules) in chains.items():
+        for name, chain in chains.items():
             lines.append(f"  chain {name} {{")
             lines += [f"    {chain.hook}"] if chain.hook else []
-            lines += [f"    {r}" for r in rules]
+            lines += [f"    {r}" for r in chain.rules]
             lines.append("  }")
         return "\n".join(lines + ["}"]) + "\n"
 
@@ -87,7 +86,7 @@ def update(old: Table, new: Table) -> str | None:
             or any(old.chains[n].hook != new.chains[n].hook for n in both_chains):
         return None
     t = new.ref
-    head, tail, adds = [], [], []
+    head, adds = [], []
     for name in sorted(both_sets):
         o, n = old.sets[name], new.sets[name]
         if o.elements == n.elements:
@@ -104,15 +103,14 @@ def update(old: Table, new: Table) -> str | None:
             changed = [k for k in n.elements if k not in o.elements or o.elements[k] != n.elements[k]]
         if changed:
             adds.append(f"add element {t} {name} {{ {n.element_list(changed)} }}")
-    rewritten = {n: (new.chains[n], new.chains[n].rules) for n in sorted(both_chains)
-                 if old.chains[n].rules != new.chains[n].rules}
+    rewritten = {n: new.chains[n] for n in sorted(both_chains) if old.chains[n].rules != new.chains[n].rules}
     head += [f"flush chain {t} {n}" for n in rewritten]
-    created = {n: (c, c.rules) for n, c in new.chains.items() if n not in old.chains}
+    created = {n: c for n, c in new.chains.items() if n not in old.chains}
     objects = {k: v for k, v in new.objects.items() if k not in old.objects}
     sets = {n: s for n, s in new.sets.items() if n not in old.sets}
     if objects or sets or created or rewritten:
         head.append(new._block(objects, sets, {**created, **rewritten}).rstrip("\n"))
-    tail += [f"delete chain {t} {n}" for n in old.chains if n not in new.chains]
+    tail = [f"delete chain {t} {n}" for n in old.chains if n not in new.chains]
     tail += [f"delete {s.kind} {t} {n}" for n, s in old.sets.items() if n not in new.sets]
     tail += [f"delete {k.rsplit(' ', 1)[0]} {t} {k.rsplit(' ', 1)[1]}" for k in old.objects if k not in new.objects]
     script = head + adds + tail
