@@ -261,6 +261,7 @@ def rule_health(name: str, rule: str):
     for b in r.backends:
         host = fabric.vm(b.vm).host
         probe = probes.get((b.vm, r.probe.key)) if r.probe else None
+        since = None   # when the probe's verdict last changed, by the host's clock (when a probe decided)
         if b.admin == "Down":
             state, why = "Down", "adminState is Down"
         elif host not in alive:
@@ -272,11 +273,9 @@ def rule_health(name: str, rule: str):
         elif probe is None:
             state, why = "Up", f"probe {r.probe.key} not reported yet"
         elif probe["up"]:
-            state, why = "Up", f"probe {r.probe.key} succeeds"
+            state, why, since = "Up", f"probe {r.probe.key} succeeds", probe["since"]
         else:
-            state, why = "Down", f"probe {r.probe.key} fails: {probe['reason']}"
-        # when the probe's verdict last changed, by the host's clock (when a probe decided)
-        since = probe["since"] if probe is not None and why.startswith("probe") else None
+            state, why, since = "Down", f"probe {r.probe.key} fails: {probe['reason']}", probe["since"]
         out.append({"name": b.vm, "ipAddress": b.ip, "host": host, "state": state, "reason": why, "since": since})
     return {"loadBalancingRule": rule, "up": sum(o["state"] == "Up" for o in out),
             "down": sum(o["state"] == "Down" for o in out), "loadBalancerBackendAddresses": out}
