@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import socket
 import time
+from pathlib import PurePath
 
 from pyroute2 import IPRoute
 
 from muxlab.model.compiled import Services
 from muxlab.model import nfttable
-from muxlab.model.conventions import RULE_PRIORITY, maglev_report, vxlan_ifname
+from muxlab.model.conventions import MAGLEV_TABLES_FILE, RULE_PRIORITY, maglev_report, vxlan_ifname
 from muxlab.model.fabric import Lab, load_lab
 from muxlab.node.desired import LB_COLUMNS, Liveness, ServicesCache, mtu_remedies, nb_cfg, watch
 from muxlab.node.kernel import KernelError, PolicyRoute, ensure_vxlan, nft_apply, reconcile_blackholes, reconcile_policy_routes
@@ -25,7 +26,7 @@ from muxlab.node.runtime import FABRIC_PATH, RUN_DIR, write_atomic
 from . import datapath
 
 ANNOUNCE_FILE = RUN_DIR / "announce.json"
-TABLES_FILE = RUN_DIR / "tables.json"   # read by the operator's tools as conventions.MAGLEV_TABLES_FILE
+TABLES_FILE = RUN_DIR / PurePath(MAGLEV_TABLES_FILE).name   # where the operator's tools read it
 UPLINK = "eth1"  # the MUX's link to the edge (muxlab.model.render.links)
 TICK = 0.5       # host-liveness check; everything else is driven by OVSDB updates
 
@@ -64,7 +65,7 @@ def apply(state: tuple, before: tuple | None) -> str:
     if script is not None:
         try:
             nft_apply(script)
-            return f"nft update of {script.count(chr(10))} commands"
+            return f"nft update of {len(script.splitlines())} commands"
         except KernelError as e:
             # the kernel does not hold what we last loaded (someone changed it by hand)
             print(f"[mux-agent] incremental update refused, loading the whole table: {e}", flush=True)
