@@ -11,10 +11,13 @@ done
 echo "muxlab-router: $have of $want lab interfaces present"
 ip route del default 2>/dev/null || true
 # containerlab switches TX checksum offload (and so segmentation) off on every veth: switch
-# back on what the kernel allows, at start and for any link re-plugged later (a new ifindex)
+# back on what the kernel allows, at start and for any link re-plugged later (a new ifindex).
+# UDP GRO forwarding and threaded NAPI let a burst of datagrams cross the lab as one packet
+# (muxlab/node/offloads.py says why; /sys is read-only here, writable in a private mount ns).
 offloads() {
   for i in $(ls /sys/class/net | grep '^eth[1-9][0-9]*$'); do
-    ethtool -K "$i" tx on sg on tso on gso on gro on >/dev/null 2>&1
+    ethtool -K "$i" tx on sg on tso on gso on gro on rx-udp-gro-forwarding on >/dev/null 2>&1
+    unshare --mount sh -c "mount -o remount,rw /sys && echo 1 > /sys/class/net/$i/threaded" 2>/dev/null
   done
 }
 offloads && echo "muxlab-router: offloads switched on"

@@ -1,7 +1,12 @@
 """Offloads on a node's lab interfaces. containerlab switches TX checksum offload off on every
 veth it creates, and with it segmentation: each TCP segment is then cut to the MTU at the
 first hop and handled one by one by every hop after it (docs/performance.md). A node turns
-back on what its kernel lets it, at start and whenever a link is re-plugged."""
+back on what its kernel lets it, at start and whenever a link is re-plugged.
+
+Small UDP packets get the same treatment: with `rx-udp-gro-forwarding` and threaded NAPI on
+the receiving veth, the datagrams a socket sends are merged (GRO) in a kernel thread of
+their own and cross every hop after the first as one packet, cut back into datagrams at the
+receiving socket."""
 from __future__ import annotations
 
 import subprocess
@@ -9,7 +14,8 @@ from pathlib import Path
 
 # `ethtool -K` name -> the name `ethtool -k` prints
 WANTED = {"tx": "tx-checksumming", "sg": "scatter-gather", "tso": "tcp-segmentation-offload",
-          "gso": "generic-segmentation-offload", "gro": "generic-receive-offload"}
+          "gso": "generic-segmentation-offload", "gro": "generic-receive-offload",
+          "rx-udp-gro-forwarding": "rx-udp-gro-forwarding"}
 
 
 def to_enable(features_text: str) -> list[str]:
@@ -39,6 +45,22 @@ def enable(dev: str) -> list[str]:
     return todo
 
 
+def thread_napi(dev: str) -> bool:
+    """Poll `dev`'s NAPI in a kernel thread of its own, so a veth's receive side runs beside
+    the sender instead of inline in its system call: that is what lets GRO merge a burst of
+    datagrams. Docker mounts /sys read-only; with SYS_ADMIN a private mount namespace can
+    write it without making the container's own /sys writable. Returns whether it changed."""
+    knob = Path(f"/sys/class/net/{dev}/threaded")
+    try:
+        if knob.read_text().strip() != "0":
+            return False
+    except OSError:   # no NAPI on this device: nothing to thread
+        return False
+    done = subprocess.run(["unshare", "--mount", "sh", "-c", f"mount -o remount,rw /sys && echo 1 > {knob}"],
+                          capture_output=True)
+    return done.returncode == 0
+
+
 class Offloads:
     """Remembers each interface's ifindex: a re-plugged link is a new device, offloads off again."""
 
@@ -51,6 +73,6 @@ class Offloads:
         for dev in self.interfaces:
             idx = ifindex(dev)
             if idx is not None and self.done.get(dev) != idx:
-                changed[dev] = enable(dev)
+                changed[dev] = enable(dev) + (["threaded-napi"] if thread_napi(dev) else [])
                 self.done[dev] = idx
         return changed

@@ -13,16 +13,18 @@ tcp-segmentation-offload: off
 generic-segmentation-offload: on
 generic-receive-offload: off
 large-receive-offload: off [fixed]
+rx-udp-gro-forwarding: off
 """
 
 
 def test_what_containerlab_switched_off_comes_back_on():
-    assert to_enable(CONTAINERLAB_VETH) == ["tx", "tso", "gro"]
+    assert to_enable(CONTAINERLAB_VETH) == ["tx", "tso", "gro", "rx-udp-gro-forwarding"]
 
 
 def test_fixed_features_are_left_alone_and_nothing_twice():
     fixed = CONTAINERLAB_VETH.replace("tx-checksumming: off", "tx-checksumming: off [fixed]")
-    assert to_enable(fixed) == ["tso", "gro"]
+    assert to_enable(fixed) == ["tso", "gro", "rx-udp-gro-forwarding"]
     everything_on = "\n".join(f"{n}: on" for n in ("tx-checksumming", "scatter-gather", "tcp-segmentation-offload",
-                                                    "generic-segmentation-offload", "generic-receive-offload"))
+                                                    "generic-segmentation-offload", "generic-receive-offload",
+                                                    "rx-udp-gro-forwarding"))
     assert to_enable(everything_on) == []
