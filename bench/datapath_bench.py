@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import time
 
@@ -79,10 +80,22 @@ def conns(ref, target: str, port: int, n: int) -> float:
 TARGETS = {"tcp_lb_over_direct": 0.85, "tcp_lb_over_bare_veth": 0.5, "udp64_lb_over_direct": 0.7}
 
 
-def profile(ref, seconds: int) -> dict:
-    """Where the time goes on the load-balanced TCP path: the machine's CPU split (softirq is
-    the kernel forwarding packets), the kernel functions perf samples most, and the drops
-    each node's interfaces counted, all during one iperf3 run."""
+def perf_symbols(path: str) -> dict[str, float]:
+    """Self time per kernel or user symbol, in percent of all samples (every CPU, idle too)."""
+    rep = subprocess.run(["perf", "report", "-i", path, "--no-children", "--sort", "symbol", "--stdio"],
+                         capture_output=True, text=True).stdout
+    out = {}
+    for line in rep.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[0].endswith("%") and not line.startswith("#"):
+            out[words[2] if words[1] in ("[k]", "[.]") else words[1]] = float(words[0].rstrip("%"))
+    return out
+
+
+def profiled_run(ref, target: str, seconds: int) -> dict:
+    """One TCP run to `target` under `perf record -a`: throughput, the machine's CPU split,
+    CPU time per GB moved, per-symbol CPU time per GB, the average packet size vm1 received,
+    and the drops each node's lab interfaces counted."""
     nodes = ["edge", *ref.lab.agents, "client1", "vm1"]
 
     def drops() -> dict[str, dict[str, int]]:
@@ -91,30 +104,58 @@ def profile(ref, seconds: int) -> dict:
                  "$(( $(cat $d/statistics/rx_dropped) + $(cat $d/statistics/tx_dropped) )); done")
         return {n: {d: int(x) for d, x in (line.split() for line in sh(ref, n, count).splitlines())} for n in nodes}
 
-    before_d, before_c = drops(), cpu_jiffies()
+    def vm1_rx() -> tuple[int, int]:
+        return tuple(map(int, sh(ref, "vm1", "cat /sys/class/net/eth1/statistics/rx_packets "
+                                              "/sys/class/net/eth1/statistics/rx_bytes").split()))
+
+    before_d, before_c, before_rx = drops(), cpu_jiffies(), vm1_rx()
     perf = subprocess.Popen(["perf", "record", "-a", "-o", "/tmp/muxlab-bench.perf", "--", "sleep", str(seconds)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    gbit = iperf(ref, VIP, False, seconds)["gbit_s"]
+    gbit = iperf(ref, target, False, seconds)["gbit_s"]
     perf.wait()
-    after_c, after_d = cpu_jiffies(), drops()
+    after_c, after_d, after_rx = cpu_jiffies(), drops(), vm1_rx()
     kinds = CPU_KINDS[:7]   # user .. softirq: what a forwarding machine spends its time on
     total = sum(after_c[k] - before_c[k] for k in kinds)
     split = {k: round(100 * (after_c[k] - before_c[k]) / total, 1) for k in kinds}
-    rep = subprocess.run(["perf", "report", "-i", "/tmp/muxlab-bench.perf", "--sort", "symbol", "--stdio"],
-                         capture_output=True, text=True).stdout
-    top = [" ".join(line.split()) for line in rep.splitlines() if line.strip() and not line.startswith("#")][:12]
+    cpu_seconds = seconds * (os.cpu_count() or 1)      # what perf -a sampled, idle included
+    gb = gbit * seconds / 8
+    per_gb = {sym: 10 * pct * cpu_seconds / gb for sym, pct in perf_symbols("/tmp/muxlab-bench.perf").items()}
     dropped = {n: {d: after_d[n][d] - before_d[n].get(d, 0) for d in after_d[n] if after_d[n][d] - before_d[n].get(d, 0)}
                for n in after_d}
-    return {"tcp_gbit_s": gbit, "cpu_percent": split, "top_symbols": top,
-            "drops": {n: d for n, d in dropped.items() if d}}
+    packets = after_rx[0] - before_rx[0]
+    return {"gbit_s": gbit, "cpu_percent": split,
+            "busy_cpu_ms_per_gb": round((100 - split["idle"]) * cpu_seconds * 10 / gb, 1),
+            "vm1_avg_packet_bytes": round((after_rx[1] - before_rx[1]) / packets) if packets else 0,
+            "drops": {n: d for n, d in dropped.items() if d}, "symbol_ms_per_gb": per_gb}
+
+
+IDLE_SYMBOLS = ("pv_native_safe_halt", "default_idle", "cpu_idle_poll", "intel_idle", "acpi_safe_halt")
+
+
+def profile(ref, seconds: int) -> dict:
+    """Where the load-balanced path's time goes, against the direct path in the same run. One
+    TCP flow is bound by its sender's core, which also runs, inline, every hop's forwarding of
+    its packets (the other core runs the receiver and the agents), so the throughput ratio
+    follows the CPU time each path spends per GB. The kernel
+    functions whose CPU time per GB grows most from direct to load-balanced are the extra hops'
+    cost (MUX: routing by mark, nftables, conntrack, VXLAN encapsulation; host: decapsulation)."""
+    lb, direct = profiled_run(ref, VIP, seconds), profiled_run(ref, DIP, seconds)
+    lb_sym, d_sym = lb.pop("symbol_ms_per_gb"), direct.pop("symbol_ms_per_gb")
+    extra = {sym: lb_sym.get(sym, 0) - d_sym.get(sym, 0) for sym in lb_sym.keys() | d_sym.keys()
+             if sym not in IDLE_SYMBOLS}
+    top = sorted(extra, key=extra.get, reverse=True)[:15]
+    return {"load_balanced": lb, "direct": direct,
+            "extra_cpu_ms_per_gb": [{"symbol": sym, "load_balanced": round(lb_sym.get(sym, 0), 2),
+                                     "direct": round(d_sym.get(sym, 0), 2), "extra": round(extra[sym], 2)} for sym in top]}
 
 
 def offload_state(ref) -> dict:
     out = {}
     for node in ("edge", "mux1", "host1", "client1", "vm1"):
-        text = sh(ref, node, "ethtool -k eth1")
+        text = sh(ref, node, "ethtool -k eth1; echo threaded-napi: $(cat /sys/class/net/eth1/threaded)")
         out[node] = {k: v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())
-                     if k in ("tx-checksumming", "tcp-segmentation-offload", "generic-receive-offload")}
+                     if k in ("tx-checksumming", "tcp-segmentation-offload", "generic-receive-offload",
+                              "rx-udp-gro-forwarding", "threaded-napi")}
     return out
 
 

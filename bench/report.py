@@ -57,10 +57,21 @@ def main() -> None:
                 f"{n} " + ", ".join(f"{f} {v}" for f, v in feats.items()) for n, feats in dp["offloads"].items()) + "."]
         if "profile" in dp:
             p = dp["profile"]
-            out += ["", f"Where the time goes (one more load-balanced TCP run, {p['tcp_gbit_s']} Gbit/s): machine CPU "
-                    + ", ".join(f"{k} {v} %" for k, v in p["cpu_percent"].items() if v) + "; interface drops: "
-                    + (", ".join(f"{n} {d}" for n, d in p["drops"].items()) or "none") + ". Kernel functions perf sampled most:",
-                    "", "```", *p["top_symbols"], "```"]
+            paths = (("load-balanced", p["load_balanced"]), ("direct", p["direct"]))
+            out += ["", "Where the time goes: one more TCP run per path under `perf record -a`, in the same run. One TCP flow",
+                    "is bound by its sender's core, which also forwards its packets through every hop, inline; so throughput",
+                    "follows the CPU time each path spends per GB moved.", "",
+                    "| path | Gbit/s | busy CPU per GB | machine CPU | avg packet into vm1 | interface drops |",
+                    "|---|---|---|---|---|---|"]
+            for label, r in paths:
+                out.append(f"| {label} | {r['gbit_s']} | {r['busy_cpu_ms_per_gb']} ms | "
+                           + ", ".join(f"{k} {v} %" for k, v in r["cpu_percent"].items() if v)
+                           + f" | {r['vm1_avg_packet_bytes']} B | "
+                           + (", ".join(f"{n} {d}" for n, d in r["drops"].items()) or "none") + " |")
+            out += ["", "Kernel functions whose CPU time per GB grows most from the direct path to the load-balanced one",
+                    "(self time, ms per GB):", "", "| function | load-balanced | direct | extra |", "|---|---|---|---|"]
+            out += [f"| `{x['symbol']}` | {x['load_balanced']} | {x['direct']} | {x['extra']} |"
+                    for x in p["extra_cpu_ms_per_gb"]]
         out.append("")
     fo = load("failover")
     if fo:
