@@ -90,6 +90,12 @@ class UDPServer(socketserver.ThreadingUDPServer):
     allow_reuse_address = True
     daemon_threads = True
 
+    def server_bind(self):
+        # a burst of datagrams can arrive at once (lab links forward UDP with GRO) while this
+        # server starts a thread per datagram: room for a burst, as a DNS server would ask for
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        super().server_bind()
+
 
 class Guest:
     """Keeps one server per (protocol, port, address) the current state asks for."""
