@@ -3,8 +3,11 @@
 manager1 creates the cluster (`ovsdb-tool create-cluster`) the first time; every other
 manager joins it (`ovsdb-tool join-cluster`, naming every member as a remote to try). After
 that the database file carries the membership, so a manager restarted after a crash rejoins
-as it was. Then ovsdb-server runs in the foreground: agents connect on tcp:6641, the local
-API on a unix socket, Raft peers on tcp:6643.
+as it was. Then ovsdb-server runs in the foreground. Everything on the network is mutual
+TLS with the lab's PKI (certificate, key and CA at PKI_DIR): Raft peers on ssl:6643, agents
+on pssl:6641 — a remote the server reads from the database itself (`db:Muxlab,Global,
+connections`, a Connection row manager/rbac.py writes), which carries the RBAC role that lets
+an agent write its own rows only. The local API talks over a unix socket, with no role.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from muxlab.model.conventions import OVSDB_PORT, RAFT_PORT
+from muxlab.model.conventions import CA_CERT, NODE_CERT, NODE_KEY, PKI_DIR, RAFT_PORT
 from muxlab.model.fabric import load_lab
 from muxlab.node.ovsdb import DB_NAME, SCHEMA, manager_addresses
 from muxlab.node.runtime import FABRIC_PATH, RUN_DIR
@@ -26,7 +29,7 @@ SOCK = RUN_DIR / "ovsdb.sock"
 
 
 def raft(addr: str) -> str:
-    return f"tcp:{addr}:{RAFT_PORT}"
+    return f"ssl:{addr}:{RAFT_PORT}"
 
 
 def prepare(me: str, addrs: list[str], index: int) -> None:
@@ -49,7 +52,9 @@ def main() -> None:
     addrs = manager_addresses(len(fabric.managers))
     prepare(me, addrs, index)
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    argv = ["ovsdb-server", str(DB_FILE), f"--remote=ptcp:{OVSDB_PORT}:{addrs[index - 1]}", f"--remote=punix:{SOCK}",
+    pki = Path(PKI_DIR)
+    argv = ["ovsdb-server", str(DB_FILE), f"--private-key={pki / NODE_KEY}", f"--certificate={pki / NODE_CERT}",
+            f"--ca-cert={pki / CA_CERT}", f"--remote=db:{DB_NAME},Global,connections", f"--remote=punix:{SOCK}",
             f"--unixctl={CTL}", f"--pidfile={RUN_DIR / 'ovsdb.pid'}", "--log-file=/var/log/muxlab-ovsdb.log",
             "-vconsole:warn", "-vfile:info"]
     print(f"[ovsdb {me}] {' '.join(argv)}", flush=True)

@@ -23,10 +23,13 @@ import ovs.poller
 from muxlab.model.allocation import allocate
 from muxlab.model.fabric import Lab, ModelError
 from muxlab.model.lbcheck import allocate_public_ips, check, frontend_addresses
+from muxlab.model.rows import RowReader, Rows
 from muxlab.model.service import LoadBalancer, canonical
 
 from muxlab.node.desired import STALE_AFTER
 from muxlab.node.ovsdb import Db
+
+from .cluster import SOCK
 
 # After the leader dies the others elect a new one within about a second, and this manager's
 # IDL notices and reconnects within its inactivity probe (2 s): a write waits that long.
@@ -42,9 +45,16 @@ class Unavailable(RuntimeError):
 
 
 class Store:
-    def __init__(self, fabric: Lab, remote: str):
+    def __init__(self, fabric: Lab, remote: str | None = None):
         self.fabric = fabric
-        self.db = Db(remote, None, leader_only=True)
+        self.rows = RowReader(fabric)   # the row rule (muxlab.model.rows), shared with the agents
+        # This manager's own ovsdb-server, on its unix socket: no RBAC role there (full
+        # access), while the agents' ssl: remotes only let a node write its own rows. A
+        # follower forwards writes to the leader (the nb_cfg verify in _change_once keeps
+        # concurrent writers correct), and when it loses the cluster (_Server: not connected)
+        # the IDL drops to not-synced, so reads and writes answer 503 within their deadlines.
+        # `remote`: only a unix: remote is used (tests); the agents' list is not.
+        self.db = Db(remote if remote and remote.startswith("unix:") else f"unix:{SOCK}", None, leader_only=False)
         self.jobs: queue.Queue = queue.Queue()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -89,9 +99,17 @@ class Store:
 
     # ------------------------------------------------------------ reads (DB thread)
 
-    @staticmethod
-    def held(db: Db) -> dict[str, LoadBalancer]:
-        return {r.name: LoadBalancer.model_validate(json.loads(r.spec)) for r in db.rows("Load_Balancer")}
+    def read_rows(self, db: Db) -> Rows:
+        """The Load_Balancer rows by the row rule: the valid ones, and the invalid ones (written
+        around the API) skipped with their reason. Read again only when a row changed."""
+        return self.rows.read(db.rows("Load_Balancer"))
+
+    def held(self, db: Db) -> dict[str, LoadBalancer]:
+        return dict(self.read_rows(db).lbs)
+
+    def invalid(self) -> list[dict]:
+        """The invalid rows as last read ([{name, reason}]); any thread."""
+        return self.rows.last.invalid
 
     def wait_synced(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -110,12 +128,14 @@ class Store:
             if not db.synced:
                 raise Unavailable("this manager is reconnecting to the cluster's leader")
             g = db.rows("Global")
+            rows = self.read_rows(db)
             return {
                 "synced": db.synced,
                 "nb_cfg": g[0].nb_cfg if g else 0,
                 "seeded": bool(g and g[0].seeded),
-                "load_balancers": self.held(db),
-                "allocations": {r.name: json.loads(r.allocations or "{}") for r in db.rows("Load_Balancer")},
+                "load_balancers": dict(rows.lbs),
+                "invalid": list(rows.invalid),   # rows written around the API: skipped, [{name, reason}]
+                "allocations": dict(rows.allocations),
                 "mtu_remedies": sorted(g[0].mtu_remedies) if g else sorted(self.fabric.mtu_remedies),
                 "health": [{"host": r.host, "vm": r.vm, "probe": r.probe, "up": r.up, "reason": r.reason, "since": r.since}
                            for r in db.rows("Backend_Health")],
@@ -147,7 +167,8 @@ class Store:
             time.sleep(0.1)
 
     def _change_once(self, db: Db, edit) -> tuple[str, Any]:
-        held = self.held(db)
+        rows = self.read_rows(db)
+        held = dict(rows.lbs)   # invalid rows are left alone, unless `edit` replaces or deletes them
         updates = edit(dict(held))
         after = dict(held)
         for name, lb in updates.items():
@@ -159,8 +180,7 @@ class Store:
         after.update(allocate_public_ips(new, self.fabric, {n: lb for n, lb in held.items() if n not in updates}))
         problems = check(after, self.fabric, held, changed=updates)
         if not problems:
-            previous = {r.name: json.loads(r.allocations or "{}") for r in db.rows("Load_Balancer")}
-            allocations, problems = allocate(after, self.fabric, previous)
+            allocations, problems = allocate(after, self.fabric, dict(rows.allocations))
         if problems:
             raise ModelError(problems, "load balancer")
         g = db.rows("Global")
@@ -174,6 +194,8 @@ class Store:
             if g:
                 glob.verify("nb_cfg")
             glob.nb_cfg = cfg
+            if g and not glob.seeded:   # Global made by manager/rbac.py: this write seeds the cluster
+                glob.seeded = True
             for name, alloc in allocations.items():   # another load balancer's change can move these
                 row = rows.get(name)
                 text = json.dumps(alloc, sort_keys=True)
@@ -219,5 +241,7 @@ class Store:
             g = db.rows("Global")
             glob = g[0] if g else db.upsert(txn, "Global", {}, seeded=True)
             glob.mtu_remedies = sorted(remedies)
+            if g and not glob.seeded:   # Global made by manager/rbac.py: agents read remedies once seeded
+                glob.seeded = True
             glob.nb_cfg = (g[0].nb_cfg if g else 0) + 1   # agents report when they applied it
         self._write(build)

@@ -30,7 +30,7 @@ TABLES_FILE = RUN_DIR / PurePath(MAGLEV_TABLES_FILE).name   # where the operator
 UPLINK = "eth1"  # the MUX's link to the edge (muxlab.model.render.links)
 TICK = 0.5       # host-liveness check; everything else is driven by OVSDB updates
 
-TABLES = {**LB_COLUMNS, "Backend_Health": ["vm", "probe", "up"], "Chassis": ["name", "heartbeat"],
+TABLES = {**LB_COLUMNS, "Backend_Health": ["host", "vm", "probe", "up"], "Chassis": ["name", "heartbeat"],
           "Mux": ["name", "drained", "nb_cfg", "synced_at", "tables_digest", "announced"]}
 # columns this agent writes, or that change every second: no wake-up for them
 QUIET = [("Chassis", "heartbeat")] + [("Mux", c) for c in ("nb_cfg", "synced_at", "tables_digest", "announced")]
@@ -97,8 +97,17 @@ class MuxAgent:
 
     def health(self) -> datapath.Health:
         me = self.db.row("Mux", name=self.me)
-        probes = {(r.vm, r.probe): r.up for r in self.db.rows("Backend_Health")}
+        # a host can only claim its own VMs: a row whose host is not the VM's host is ignored
+        probes = {(r.vm, r.probe): r.up for r in self.db.rows("Backend_Health") if self.claims(r.host, r.vm)}
         return datapath.Health(probes, self.liveness.dead(self.db), bool(me and me.drained))
+
+    def claims(self, host: str, vm: str) -> bool:
+        """`host` may report on `vm`: it is the fabric host of that VM (RBAC lets a host write
+        rows naming itself only, so this is what keeps one host from speaking for another's VMs)."""
+        try:
+            return self.fabric.vm(vm).host == host
+        except StopIteration:   # a VM the fabric does not have
+            return False
 
     def step(self) -> None:
         svc = self.compiled.read(self.db)
@@ -129,10 +138,11 @@ class MuxAgent:
         state = (cfg, self.digest, tuple(self.announced or ()))
         if state == self.reported:
             return
-        status, _ = self.db.transact(lambda txn: self.db.upsert(
+        # update only: the managers create a MUX's row (manager/rbac.py); until then nothing is reported
+        status, row = self.db.transact(lambda txn: self.db.update(
             txn, "Mux", {"name": self.me}, nb_cfg=cfg, synced_at=time.time(), tables_digest=self.digest,
             announced=list(self.announced or ())))
-        if ok(status):
+        if ok(status) and row is not None:
             self.reported = state
 
 

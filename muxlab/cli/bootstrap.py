@@ -1,5 +1,6 @@
 """Prerequisites, idempotently: a running Docker engine and containerlab (plus mmdebstrap,
-which builds the base image where no registry is reachable). Prints what it did."""
+which builds the base image where no registry is reachable, and ovsdb-server, which the unit
+tests of the control plane's TLS and RBAC run for real). Prints what it did."""
 from __future__ import annotations
 
 import json
@@ -71,6 +72,16 @@ def ensure_mmdebstrap() -> None:
         apt_install("mmdebstrap")
     else:
         say("mmdebstrap not available: the base image must be pullable")
+
+
+def ensure_ovsdb_server() -> None:
+    """For the tests: tests/unit/test_ovsdb_security.py runs a real ovsdb-server (TLS, RBAC)."""
+    if shutil.which("ovsdb-server") or Path("/usr/sbin/ovsdb-server").exists():
+        return
+    if is_debian():
+        apt_install("openvswitch-common")
+    else:
+        say("ovsdb-server not available: the OVSDB security tests will be skipped")
 
 
 # Kernels built without loadable-module support have no /proc/modules; containerlab
@@ -155,4 +166,5 @@ def run() -> None:
         raise MuxlabError("muxlab needs root (containerlab and Docker networking): run it with sudo")
     ensure_docker()
     ensure_mmdebstrap()
+    ensure_ovsdb_server()
     ensure_containerlab()

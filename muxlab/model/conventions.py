@@ -16,7 +16,22 @@ RULE_PRIORITY = 100  # `ip rule` preference of the fwmark rules, on MUXes and ho
 VXLAN_PORT = 4789
 OVSDB_PORT = 6641    # managers' OVSDB, for agents (and the managers' API) over the management network
 RAFT_PORT = 6643     # managers' OVSDB cluster among themselves
-API_PORT = 8080      # managers' northbound HTTP API
+API_PORT = 8080      # managers' northbound HTTPS API
+
+# The lab's PKI (muxlab.pki creates it at deploy, in the lab folder's PKI_FOLDER): one CA, and
+# per infrastructure node a certificate whose common name is the node's name, bound read-only
+# into that node at PKI_DIR. Managers also get the API's bearer token there.
+PKI_FOLDER = "pki"                  # in the lab folder, beside lab.yml (never committed)
+PKI_DIR = "/etc/muxlab/pki"         # in a node
+CA_CERT = "ca.crt"
+NODE_CERT = "node.crt"
+NODE_KEY = "node.key"
+API_TOKEN = "api-token"             # the bearer token every API call but the OpenAPI document needs
+OPERATOR = "operator"               # the operator's own certificate (CN), for ovsdb-client by hand
+# Platform addresses a host serves its VMs on its bridge, as Azure's hosts do
+IMDS_ADDRESS = "169.254.169.254"    # Instance Metadata Service (HTTP, header Metadata: true)
+IMDS_PORT = 80
+PLATFORM_ADDRESS = "168.63.129.16"  # Azure's AzureLoadBalancer / WireServer: health probes come from it
 
 
 def dip_mark(ip: ipaddress.IPv4Address | str) -> int:

@@ -4,8 +4,12 @@ client registered and tells it when they change. Nobody polls: a client blocks i
 poller until the server sends an update (or its own timer is due).
 
 Schema: muxlab/muxlab.ovsschema, the contract between the managers and the agents.
-Remotes: every manager, `tcp:ADDR:6641,...`; the IDL reconnects to another one when the one
-it talks to dies, and keeps its last copy of the data meanwhile.
+Remotes: every manager, `ssl:ADDR:6641,...` (mutual TLS, as OVN's southbound database): the
+client proves who it is with its node certificate (common name = node name) from the lab's
+PKI, bound into the node at PKI_DIR, and the server's RBAC role lets it write its own rows
+only (manager/rbac.py). The IDL reconnects to another manager when the one it talks to dies,
+and keeps its last copy of the data meanwhile. The managers' own API uses the local unix
+socket instead, which has no role (full access).
 """
 from __future__ import annotations
 
@@ -17,9 +21,10 @@ from typing import Any, Callable, Iterable
 
 import ovs.db.idl
 import ovs.poller
+import ovs.stream
 import ovs.vlog
 
-from muxlab.model.conventions import OVSDB_PORT
+from muxlab.model.conventions import CA_CERT, NODE_CERT, NODE_KEY, OVSDB_PORT, PKI_DIR
 
 SCHEMA = Path(__file__).resolve().parent.parent / "muxlab.ovsschema"
 DB_NAME = "Muxlab"
@@ -28,6 +33,9 @@ DB_NAME = "Muxlab"
 MGMT_SUBNET_ENV = "MUXLAB_MGMT_SUBNET"
 DEFAULT_MGMT_SUBNET = "172.30.1.0/24"
 MANAGER_HOST_BASE = 200
+# Where this process's certificate, key and the lab CA are (default PKI_DIR, as bound into a
+# node): tests and the operator's own tools point it at a `pki/<name>` directory of a lab folder.
+PKI_DIR_ENV = "MUXLAB_PKI_DIR"
 
 
 def manager_address(subnet: str, index: int) -> str:
@@ -39,8 +47,8 @@ def manager_addresses(n: int, subnet: str | None = None) -> list[str]:
     return [manager_address(subnet, i) for i in range(1, n + 1)]
 
 
-def remotes(addresses: Iterable[str]) -> str:
-    return ",".join(f"tcp:{a}:{OVSDB_PORT}" for a in addresses)
+def remotes(addresses: Iterable[str], port: int = OVSDB_PORT) -> str:
+    return ",".join(f"ssl:{a}:{port}" for a in addresses)
 
 
 def managers_remote(n_managers: int) -> str:
@@ -48,15 +56,29 @@ def managers_remote(n_managers: int) -> str:
     return remotes(manager_addresses(n_managers))
 
 
+def use_pki(directory: str | os.PathLike | None = None) -> Path:
+    """Make this process's SSL streams present the certificate in `directory` (default:
+    $MUXLAB_PKI_DIR, else PKI_DIR) and trust only its CA. The OVS streams keep one identity
+    per process (class-wide settings, read at each connect)."""
+    d = Path(directory or os.environ.get(PKI_DIR_ENV) or PKI_DIR)
+    ovs.stream.Stream.ssl_set_private_key_file(str(d / NODE_KEY))
+    ovs.stream.Stream.ssl_set_certificate_file(str(d / NODE_CERT))
+    ovs.stream.Stream.ssl_set_ca_cert_file(str(d / CA_CERT))
+    return d
+
+
 class Db:
     """One IDL connection. `tables`: table -> columns to replicate (None: all columns);
     `quiet`: (table, column) pairs this client writes but need not be woken by;
-    `conditions`: table -> OVSDB condition, the rows of it to replicate (default: all)."""
+    `conditions`: table -> OVSDB condition, the rows of it to replicate (default: all);
+    `pki`: the directory of this client's certificate for ssl: remotes (see use_pki)."""
 
     def __init__(self, remote: str, tables: dict[str, list[str] | None] | None = None, leader_only: bool = False,
                  quiet: Iterable[tuple[str, str]] = (), probe_ms: int = 2000,
-                 conditions: dict[str, list] | None = None):
+                 conditions: dict[str, list] | None = None, pki: str | os.PathLike | None = None):
         ovs.vlog.Vlog.init(None)  # IDL's own log lines to stderr, not to a file
+        if any(r.startswith("ssl:") for r in remote.split(",")):
+            use_pki(pki)
         helper = ovs.db.idl.SchemaHelper(location=str(SCHEMA))
         if tables is None:
             helper.register_all()
@@ -72,6 +94,7 @@ class Db:
             self.idl.cond_change(table, cond)
         self.seen_seqno = -1
         self.connected_since: float | None = None
+        self._awaiting: set[tuple[str, tuple]] = set()   # rows update() found missing, said once
 
     # -------------------------------------------------------------- reading
 
@@ -148,6 +171,28 @@ class Db:
             for k, v in {**key, **values}.items():
                 setattr(r, k, v)
             return r
+        for k, v in values.items():
+            if getattr(r, k) != v:
+                setattr(r, k, v)
+        return r
+
+    def update(self, txn, table: str, key: dict, **values) -> Any | None:
+        """Set `values` on the existing row matching `key` in `txn`; never inserts. Agents may
+        not insert their Chassis or Mux row (RBAC): the managers create it (manager/rbac.py).
+        Until it exists this skips, and says so once."""
+        r = self.row(table, **key)
+        tag = (table, tuple(sorted(key.items())))
+        if r is None:
+            if tag not in self._awaiting:
+                self._awaiting.add(tag)
+                what = ", ".join(f"{k}={v}" for k, v in key.items())
+                print(f"[ovsdb] no {table} row {what} yet: the managers create it; not reporting it until then",
+                      flush=True)
+            return None
+        if tag in self._awaiting:
+            self._awaiting.discard(tag)
+            print(f"[ovsdb] the {table} row {', '.join(f'{k}={v}' for k, v in key.items())} exists now: reporting",
+                  flush=True)
         for k, v in values.items():
             if getattr(r, k) != v:
                 setattr(r, k, v)
