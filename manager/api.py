@@ -19,27 +19,52 @@
 
 Every write is validated whole and is one OVSDB transaction; a rejected request answers 4xx
 with Azure's error shape, each detail naming the field path and value, and changes nothing.
-Served by every manager (uvicorn, port 8080 on its management address).
+Served by every manager over HTTPS (uvicorn, port 8080 on its management address; its
+certificate names the manager and is signed by the lab's CA: muxlab.model.conventions PKI_*).
+
+Input rules, checked before any body is parsed or any state is read:
+- Authentication: every path but the OpenAPI document (/openapi.json, /docs, /redoc) needs
+  `Authorization: Bearer <token>`, the token in PKI_DIR/api-token. Without the header: 401
+  AuthenticationFailed; with another scheme or a wrong token: 401 InvalidAuthenticationToken
+  (as Azure Resource Manager answers; never 403, which Azure keeps for a valid identity that
+  lacks permission). Both carry `WWW-Authenticate: Bearer`.
+- Body size: at most 1 MiB (MAX_BODY), 32 MiB for /applyLoadBalancers (MAX_APPLY_BODY: about
+  25,000 load balancers in one transaction); larger: 413 RequestEntityTooLarge naming the limit.
+- JSON bodies: a key given twice in one object is 400 InvalidRequestFormat naming the object's
+  path and the key (json would silently keep the last one).
+- Names: every resource name, in the URL and in the body, follows Azure's rule: 1-80
+  characters, letters, digits, '_', '.', '-', starting with a letter or digit and ending with
+  a letter, digit or '_'. Another name is 400 (InvalidResourceName for the URL's) naming the
+  parameter or field and the value.
+
+A Load_Balancer row written around the API that the API would refuse (muxlab.model.rows) is
+skipped by every reader and listed in GET /status `invalid` [{name, reason}]; GET of it
+answers 409 StoredLoadBalancerInvalid with the reason, DELETE removes it, PUT replaces it.
 """
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import socket
 import subprocess
 import threading
 import time
-from typing import Any, Literal
+import urllib.parse
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 
 from muxlab.model.compiled import compile_services
-from muxlab.model.conventions import API_PORT
+from muxlab.model.conventions import API_PORT, API_TOKEN, NODE_CERT, NODE_KEY, PKI_DIR
 from muxlab.model.fabric import ModelError, load_lab
-from muxlab.model.service import BackendAddressPool, InboundNatRule, LoadBalancer, canonical, load_document
+from muxlab.model.service import (AZURE_NAME, NAME_RULE, BackendAddressPool, InboundNatRule, LoadBalancer, Name,
+                                  canonical, error_message, is_azure_name, json_duplicates,
+                                  json_loads_pairs, load_document, loc_path)
 from muxlab.node.desired import STALE_AFTER
 from muxlab.node.ovsdb import DB_NAME, manager_addresses, managers_remote
 from muxlab.node.runtime import FABRIC_PATH
@@ -48,11 +73,25 @@ from .cluster import CTL
 from .store import Store, Unavailable
 
 SEED_FILE = os.environ.get("MUXLAB_SEED", "/etc/muxlab/loadbalancers.yml")
+PKI = os.environ.get("MUXLAB_PKI_DIR", PKI_DIR)   # overrides for tests
+TOKEN_FILE = os.environ.get("MUXLAB_API_TOKEN_FILE", os.path.join(PKI, API_TOKEN))
+MAX_BODY = 1 << 20            # bytes of a request body
+MAX_APPLY_BODY = 32 << 20     # of POST /applyLoadBalancers (2000 load balancers: about 2.5 MB)
+OPEN_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
-app = FastAPI(title="muxlab SLB manager", version="1.0",
+# documents the bearer scheme in the OpenAPI document; InputGuard enforces it, before a body is read
+_bearer = HTTPBearer(auto_error=False, scheme_name="bearer",
+                     description="the lab's API token (lab folder: pki/api-token; `muxlab status --json` shows it)")
+
+app = FastAPI(title="muxlab SLB manager", version="1.0", dependencies=[Depends(_bearer)],
               description="Northbound API of muxlab's software load balancer manager, in Azure Load Balancer's shape. "
-                          "State lives in the managers' replicated OVSDB (Raft).")
+                          "State lives in the managers' replicated OVSDB (Raft). Every path but this document needs "
+                          "`Authorization: Bearer <token>`. Bodies: at most 1 MiB (/applyLoadBalancers: 32 MiB).")
 _store: Store | None = None
+_token: bytes | None = None
+
+LbName = Annotated[str, Path(pattern=AZURE_NAME, description="the load balancer's name (Azure resource name)")]
+ChildName = Annotated[str, Path(pattern=AZURE_NAME, description="the child resource's name (Azure resource name)")]
 
 
 def store() -> Store:
@@ -75,15 +114,133 @@ def error(status: int, code: str, message: str, details: list[tuple[str, Any, st
 
 @app.exception_handler(RequestValidationError)
 async def _invalid_body(request: Request, exc: RequestValidationError):
-    details = []
+    details, in_url = [], True
     for e in exc.errors():
-        loc = [p for p in e["loc"] if p != "body"]
-        path = ""
-        for part in loc:
-            path += f"[{part}]" if isinstance(part, int) else ("." if path else "") + str(part)
-        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
-        details.append((path or "(body)", e.get("input"), msg))
+        loc = tuple(e["loc"])
+        if loc[:1] == ("path",):   # a URL parameter: path.NAME
+            path = "path." + ".".join(str(p) for p in loc[1:])
+        else:
+            in_url = False
+            path = loc_path(tuple(p for p in loc if p != "body"))
+        details.append((path or "(body)", e.get("input"), error_message(e)))
+    if details and in_url:
+        return error(400, "InvalidResourceName", "a name in the URL is not a valid resource name", details)
     return error(400, "InvalidRequestFormat", "the request body is not a valid load balancer resource", details)
+
+
+# ---------------------------------------------------------------- authentication and input limits
+
+
+def load_token(path: str = TOKEN_FILE) -> bytes | None:
+    """The API's bearer token (its file's text, stripped), or None when there is no file."""
+    try:
+        token = open(path, "rb").read().strip()
+    except OSError:
+        return None
+    return token or None
+
+
+def _unauthorized(code: str, message: str, challenge: str = "Bearer") -> JSONResponse:
+    resp = error(401, code, message)
+    resp.headers["WWW-Authenticate"] = challenge
+    return resp
+
+
+def authenticate(headers: dict[str, str]) -> JSONResponse | None:
+    """None when the request carries the API token, else the answer (401 / 503)."""
+    global _token
+    if _token is None:
+        _token = load_token()
+    if _token is None:
+        return error(503, "ManagerMisconfigured", f"this manager has no API token ({TOKEN_FILE}): it refuses every call")
+    value = headers.get("authorization")
+    if value is None:
+        return _unauthorized("AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing: "
+                                                     "send 'Authorization: Bearer <token>' (the lab's pki/api-token).",
+                             'Bearer realm="muxlab"')
+    scheme, _, given = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return _unauthorized("InvalidAuthenticationToken", "The 'Authorization' header must be 'Bearer <token>'.",
+                             'Bearer realm="muxlab", error="invalid_request"')
+    if not hmac.compare_digest(given.strip().encode(), _token):
+        return _unauthorized("InvalidAuthenticationToken", "The access token is invalid.",
+                             'Bearer realm="muxlab", error="invalid_token"')
+    return None
+
+
+def body_limit(path: str) -> int:
+    return MAX_APPLY_BODY if path == "/applyLoadBalancers" else MAX_BODY
+
+
+def _too_large(limit: int, size: int | None) -> JSONResponse:
+    got = f" ({size} bytes)" if size is not None else ""
+    return error(413, "RequestEntityTooLarge",
+                 f"the request body{got} is larger than this path's limit of {limit} bytes ({limit >> 20} MiB)")
+
+
+class InputGuard:
+    """ASGI middleware, before routing, body parsing and any store call: the bearer token,
+    an encoded '/' in a name, the body size limit and duplicate keys in a JSON body."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        path = scope.get("path", "")
+        answer = None if path in OPEN_PATHS else authenticate(headers)
+        if answer is None:
+            answer = self._encoded_slash(scope)
+        limit = body_limit(path)
+        if answer is None and headers.get("content-length", "").strip().isdigit() \
+                and int(headers["content-length"]) > limit:
+            answer = _too_large(limit, int(headers["content-length"]))
+        if answer is not None:
+            return await answer(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":   # the client left
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > limit:
+                return await _too_large(limit, None)(scope, receive, send)
+        body = b"".join(chunks)
+        if body:
+            try:
+                problems = json_duplicates(json_loads_pairs(body))
+            except ValueError:   # not JSON: the route's own parsing says so
+                problems = []
+            if problems:
+                return await error(400, "InvalidRequestFormat", "the request body has a key twice in one object",
+                                   problems)(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+        return await self.app(scope, replay, send)
+
+    @staticmethod
+    def _encoded_slash(scope) -> JSONResponse | None:
+        """A name with '/' arrives percent-encoded (%2F) and would route as two segments."""
+        raw = (scope.get("raw_path") or b"").decode("latin-1")
+        for segment in raw.split("?")[0].split("/"):
+            if "%2f" in segment.lower() or "%5c" in segment.lower():
+                name = urllib.parse.unquote(segment)
+                return error(400, "InvalidResourceName", "a name in the URL is not a valid resource name",
+                             [("path", name, NAME_RULE)])
+        return None
+
+
+app.add_middleware(InputGuard)
 
 
 @app.exception_handler(ModelError)
@@ -107,12 +264,24 @@ class NoSuchLoadBalancer(Exception):
 
 @app.exception_handler(NoSuchLoadBalancer)
 async def _no_such_lb(request: Request, exc: NoSuchLoadBalancer):
-    return not_found("load balancer", exc.name, exc.held)
+    return lb_missing(exc.name, exc.held)
+
+
+def stored_invalid(name: str, reason: str) -> JSONResponse:
+    return error(409, "StoredLoadBalancerInvalid",
+                 f"load balancer {name!r} is stored but invalid (written around the API): DELETE it, or PUT a valid "
+                 "one in its place", [(name, name, reason)])
+
+
+def lb_missing(name: str, known) -> JSONResponse:
+    """404 for a load balancer the store does not hold; 409 when it holds it as an invalid row."""
+    reason = next((i["reason"] for i in store().invalid() if i["name"] == name), None)
+    return stored_invalid(name, reason) if reason is not None else not_found("load balancer", name, known)
 
 
 def snapshot_holding(name: str) -> dict:
     """The store's snapshot, when it holds load balancer `name`; else the request ends in a
-    404 naming the ones it holds."""
+    404 naming the ones it holds (409 with the reason when its row is invalid)."""
     snap = store().snapshot()
     if name not in snap["load_balancers"]:
         raise NoSuchLoadBalancer(name, snap["load_balancers"])
@@ -120,11 +289,11 @@ def snapshot_holding(name: str) -> dict:
 
 
 class PoolBody(BackendAddressPool):
-    name: str | None = None   # from the URL
+    name: Name | None = None   # from the URL
 
 
 class NatRuleBody(InboundNatRule):
-    name: str | None = None   # from the URL
+    name: Name | None = None   # from the URL
 
 
 def resource(name: str, lb: LoadBalancer) -> dict:
@@ -143,12 +312,12 @@ def list_lbs():
 
 
 @app.get("/loadBalancers/{name}")
-def get_lb(name: str):
+def get_lb(name: LbName):
     return resource(name, snapshot_holding(name)["load_balancers"][name])
 
 
 @app.put("/loadBalancers/{name}", status_code=200)
-def put_lb(name: str, lb: LoadBalancer):
+def put_lb(name: LbName, lb: LoadBalancer):
     created = {}
 
     def edit(held):
@@ -160,8 +329,16 @@ def put_lb(name: str, lb: LoadBalancer):
 
 
 @app.delete("/loadBalancers/{name}")
-def delete_lb(name: str):
-    snapshot_holding(name)
+def delete_lb(name: Annotated[str, Path(description="the load balancer's name (Azure resource name; "
+                                                     "any name of an invalid stored row)")]):
+    snap = store().snapshot()
+    invalid = {i["name"] for i in snap["invalid"]}
+    if name not in invalid:   # an invalid row may have any name: it can always be deleted
+        if not is_azure_name(name):
+            return error(400, "InvalidResourceName", "a name in the URL is not a valid resource name",
+                         [("path.name", name, NAME_RULE)])
+        if name not in snap["load_balancers"]:
+            return not_found("load balancer", name, snap["load_balancers"])
     cfg, _ = store().change(lambda held: {name: None})
     return JSONResponse(status_code=200, content={"deleted": name}, headers={"X-Muxlab-Nb-Cfg": str(cfg)})
 
@@ -193,7 +370,7 @@ def _child(name: str, kind: str, child_name: str, body: Any | None):
         return {name: lb}
     cfg, stored = store().change(edit)
     if "lb" in missing:
-        return not_found("load balancer", name, missing["lb"])
+        return lb_missing(name, missing["lb"])
     if "child" in missing:
         return not_found(kind[:-1], child_name, missing["child"])
     if body is None:
@@ -205,27 +382,27 @@ def _child(name: str, kind: str, child_name: str, body: Any | None):
 
 
 @app.put("/loadBalancers/{name}/backendAddressPools/{pool}")
-def put_pool(name: str, pool: str, body: PoolBody):
+def put_pool(name: LbName, pool: ChildName, body: PoolBody):
     return _child(name, "backendAddressPools", pool, body)
 
 
 @app.delete("/loadBalancers/{name}/backendAddressPools/{pool}")
-def delete_pool(name: str, pool: str):
+def delete_pool(name: LbName, pool: ChildName):
     return _child(name, "backendAddressPools", pool, None)
 
 
 @app.put("/loadBalancers/{name}/inboundNatRules/{rule}")
-def put_nat_rule(name: str, rule: str, body: NatRuleBody):
+def put_nat_rule(name: LbName, rule: ChildName, body: NatRuleBody):
     return _child(name, "inboundNatRules", rule, body)
 
 
 @app.delete("/loadBalancers/{name}/inboundNatRules/{rule}")
-def delete_nat_rule(name: str, rule: str):
+def delete_nat_rule(name: LbName, rule: ChildName):
     return _child(name, "inboundNatRules", rule, None)
 
 
 class ApplyRequest(BaseModel):
-    loadBalancers: dict[str, LoadBalancer]
+    loadBalancers: dict[Name, LoadBalancer]
     prune: bool = Field(False, description="also delete the load balancers not named here")
 
 
@@ -235,8 +412,8 @@ def apply_lbs(req: ApplyRequest):
     in one transaction: `muxlab apply FILE`."""
     def edit(held):
         out: dict = dict(req.loadBalancers)
-        if req.prune:
-            out.update({n: None for n in held if n not in req.loadBalancers})
+        if req.prune:   # invalid rows too: prune leaves exactly what is named here
+            out.update({n: None for n in [*held, *(i["name"] for i in store().invalid())] if n not in req.loadBalancers})
         return out
     cfg, stored = store().change(edit)
     return JSONResponse({"applied": sorted(stored), "nb_cfg": cfg}, headers={"X-Muxlab-Nb-Cfg": str(cfg)})
@@ -246,7 +423,7 @@ def apply_lbs(req: ApplyRequest):
 
 
 @app.post("/loadBalancers/{name}/loadBalancingRules/{rule}/health")
-def rule_health(name: str, rule: str):
+def rule_health(name: LbName, rule: ChildName):
     snap = snapshot_holding(name)
     held = snap["load_balancers"]
     fabric = store().fabric
@@ -282,7 +459,7 @@ def rule_health(name: str, rule: str):
 
 
 class SwapRequest(BaseModel):
-    loadBalancers: list[str] = Field(min_length=2, max_length=2, description="the two load balancers whose frontends swap")
+    loadBalancers: list[Name] = Field(min_length=2, max_length=2, description="the two load balancers whose frontends swap")
 
 
 @app.post("/swapFrontends")
@@ -309,13 +486,13 @@ def swap_frontends(req: SwapRequest):
         return {a: la, b: lb}
     cfg, stored = store().change(edit)
     if "lb" in missing:
-        return not_found("load balancer", *missing["lb"])
+        return lb_missing(*missing["lb"])
     return JSONResponse({n: [str(fe.address) for fe in stored[n].properties.frontendIPConfigurations] for n in (a, b)},
                         headers={"X-Muxlab-Nb-Cfg": str(cfg)})
 
 
 @app.get("/loadBalancers/{name}/inboundNatRules/{rule}/portMappings")
-def port_mappings(name: str, rule: str):
+def port_mappings(name: LbName, rule: ChildName):
     """Azure's inbound NAT rule port mappings: which backend has which frontend port."""
     snap = snapshot_holding(name)
     held = snap["load_balancers"]
@@ -332,7 +509,7 @@ def port_mappings(name: str, rule: str):
 
 
 @app.get("/loadBalancers/{name}/outboundSnat")
-def outbound_snat(name: str):
+def outbound_snat(name: LbName):
     """Outbound SNAT of a load balancer's backends (a muxlab view; Azure shows it as metrics):
     each backend's frontend address and port range, the ports its connections hold and the
     connections refused because the range was full."""
@@ -367,7 +544,7 @@ class MuxState(BaseModel):
 
 
 @app.put("/muxes/{mux}")
-def put_mux(mux: str, body: MuxState):
+def put_mux(mux: Annotated[str, Path(pattern=AZURE_NAME, description="the MUX's name")], body: MuxState):
     fabric = store().fabric
     if mux not in {m.name for m in fabric.muxes}:
         return not_found("MUX", mux, [m.name for m in fabric.muxes])
@@ -438,10 +615,18 @@ def main() -> None:
     fabric = load_lab(FABRIC_PATH)
     me = socket.gethostname()
     addr = manager_addresses(len(fabric.managers))[fabric.managers.index(me)]
+    global _token
+    _token = load_token()
+    if _token is None:
+        raise SystemExit(f"[manager] no API token at {TOKEN_FILE}: the lab's PKI is missing (muxlab up creates it)")
     store()
+    from . import rbac   # the agents' Connection row, RBAC role, and their Chassis/Mux rows (agents may not insert them)
+    rbac.ensure_in_background(lambda fn: store().call(fn), fabric, create_global=me == fabric.managers[0])
     if me == fabric.managers[0] and os.path.exists(SEED_FILE):
         seed_in_background()
-    uvicorn.run(app, host=addr, port=API_PORT, log_level="warning")
+    # HTTPS with the manager's own certificate (CN and SAN DNS: its name, signed by the lab's CA)
+    uvicorn.run(app, host=addr, port=API_PORT, log_level="warning",
+                ssl_certfile=os.path.join(PKI, NODE_CERT), ssl_keyfile=os.path.join(PKI, NODE_KEY))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,16 @@
 """Client of the managers' northbound API, for the CLI, tests and benchmarks. It tries each
-manager in turn, so the API goes on while any manager answers."""
+manager in turn, so the API goes on while any manager answers.
+
+The API is HTTPS with a bearer token. Managers are reached by management address while their
+certificates name the manager: each URL's TLS handshake sends (SNI) and verifies (hostname
+check against the certificate's SAN) the manager's name given in `names`, against the lab's
+CA in `ca`. Verification is never turned off."""
 from __future__ import annotations
 
+import ssl
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 import httpx
 
@@ -22,18 +29,47 @@ class ApiError(MuxlabError):
         super().__init__("\n".join(lines))
 
 
+def tls_context(ca: str | Path | None) -> ssl.SSLContext:
+    """Verifies the server's certificate chain (against `ca`, else the system's CAs) and its
+    name."""
+    ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
 class Api:
-    def __init__(self, urls: list[str], timeout: float = 15.0):
+    def __init__(self, urls: list[str], timeout: float = 15.0, token: str | None = None, ca: str | Path | None = None,
+                 names: Sequence[str] | None = None):
+        """`urls`: the managers' API; `token`: the lab's bearer token; `ca`: the lab's CA
+        certificate file; `names`: per URL, in order, the name its certificate must carry
+        (default: the URL's host)."""
         if not urls:
             raise MuxlabError("no manager is running in this lab")
+        if names is not None and len(names) != len(urls):
+            raise ValueError(f"Api: {len(urls)} URLs but {len(names)} names")
         self.urls = list(urls)
         self.timeout = timeout
+        self.names = dict(zip(urls, names)) if names is not None else {}
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.verify: ssl.SSLContext | bool = tls_context(ca) if ca or any(u.startswith("https:") for u in urls) else True
 
     def request(self, method: str, path: str, body: Any = None, ok_statuses=(200, 201)) -> Any:
         errors = []
         for url in list(self.urls):
+            name = self.names.get(url)
             try:
-                r = httpx.request(method, url + path, json=body, timeout=httpx.Timeout(self.timeout, connect=1.0))
+                # a client per call, as httpx.request: no connection outlives the call
+                with httpx.Client(verify=self.verify, timeout=httpx.Timeout(self.timeout, connect=1.0)) as client:
+                    # the handshake's server name (SNI), and the name the certificate is checked against
+                    r = client.request(method, url + path, json=body, headers=self.headers,
+                                       extensions={"sni_hostname": name} if name else None)
+            except httpx.ConnectError as exc:
+                if isinstance(exc.__cause__ or exc.__context__, ssl.SSLCertVerificationError) or "CERTIFICATE" in str(exc):
+                    errors.append(f"{url}: TLS verification failed ({exc})")
+                else:
+                    errors.append(f"{url}: {type(exc).__name__}")
+                continue
             except httpx.TransportError as exc:
                 errors.append(f"{url}: {type(exc).__name__}")
                 continue

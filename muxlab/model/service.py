@@ -30,7 +30,19 @@ from .fabric import ModelError
 # Azure resource names: 1-80 characters, letters, digits, '_', '.', '-'; start with a letter
 # or digit, end with a letter, digit or '_'.
 AZURE_NAME = r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,78}[A-Za-z0-9_])?$"
+NAME_RULE = ("must be an Azure resource name: 1-80 characters, letters, digits, '_', '.' and '-', "
+             "starting with a letter or digit and ending with a letter, digit or '_'")
 Name = Annotated[str, Field(pattern=AZURE_NAME, description="Azure resource name (1-80: letters, digits, _ . -)")]
+# a name in a body that the URL or the file overrides: an Azure name, or an ARM expression ("[parameters('x')]")
+ARM_OR_NAME = r"^(?:[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,78}[A-Za-z0-9_])?|\[.*\])$"
+NameOrArm = Annotated[str, Field(pattern=ARM_OR_NAME,
+                                 description="Azure resource name (1-80: letters, digits, _ . -) or an ARM expression")]
+NAME_PATTERNS = (AZURE_NAME, ARM_OR_NAME)
+
+
+def is_azure_name(name: Any) -> bool:
+    """Azure's rule for resource names (the whole string: no trailing newline slips through)."""
+    return isinstance(name, str) and re.fullmatch(AZURE_NAME, name) is not None
 Port = Annotated[int, Field(ge=1, le=65535)]
 IPv4 = ipaddress.IPv4Address
 
@@ -109,7 +121,7 @@ class PublicIPAddress(Strict):
     """A public IP resource: given only by `id`, the manager allocates its address from the
     lab's public range (as Azure does) and keeps it."""
     id: str | None = None
-    name: str | None = None
+    name: NameOrArm | None = None
     location: str | None = None
     sku: dict[str, Any] | None = None
     properties: PublicIPAddressProperties = PublicIPAddressProperties()
@@ -330,7 +342,7 @@ class LoadBalancer(Strict):
     """A load balancer, as in Azure's REST API and ARM templates. Its name comes from the URL
     or the file; a `name` in the body (or an ARM expression there) is ignored."""
     model_config = ConfigDict(extra="forbid", title="LoadBalancer")
-    name: str | None = None
+    name: NameOrArm | None = None
     id: str | None = None
     type: str | None = None
     apiVersion: str | None = None
@@ -372,17 +384,25 @@ def errors_of(exc: ValidationError, prefix: str = "") -> list[tuple[str, Any, st
     """pydantic's errors as (field path, value, message), the path from the document's root."""
     out = []
     for e in exc.errors(include_url=False):
-        loc = tuple(p for p in e["loc"] if p not in ("function-after",))
-        path = _path(loc)
+        path = loc_path(e["loc"])
         if prefix:
             path = f"{prefix}.{path}" if path and not path.startswith("[") else f"{prefix}{path}"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        out.append((path or prefix or "(document)", e.get("input"), msg))
+        out.append((path or prefix or "(document)", e.get("input"), error_message(e)))
     return out
+
+
+def error_message(e: dict) -> str:
+    """One pydantic error's message, as the API and the CLI say it."""
+    if e["type"] == "extra_forbidden":
+        return "unknown field"
+    if e["type"] == "string_pattern_mismatch" and (e.get("ctx") or {}).get("pattern") in NAME_PATTERNS:
+        return NAME_RULE
+    return e["msg"].removeprefix("Value error, ")
+
+
+def loc_path(loc: tuple) -> str:
+    """A pydantic location as a field path: a.b[0].c (a dict key's own error sits at the key)."""
+    return _path(tuple(p for p in loc if p not in ("function-after", "[key]")))
 
 
 def parse_lb(raw: Any, where: str = "") -> LoadBalancer:
@@ -427,8 +447,8 @@ def parse_document(raw: Any) -> dict[str, LoadBalancer]:
         problems.append(("(document)", sorted(raw), "expected loadBalancers, an ARM template's resources, "
                                                     "or one load balancer with name and properties"))
     for name, where, body in items:
-        if not re.match(AZURE_NAME, name):
-            problems.append((f"{where}.name" if where else "name", name, "must be an Azure resource name (1-80: letters, digits, _ . -)"))
+        if not is_azure_name(name):
+            problems.append((f"{where}.name" if where else "name", name, NAME_RULE))
             continue
         try:
             out[name] = LoadBalancer.model_validate(body)
@@ -440,14 +460,103 @@ def parse_document(raw: Any) -> dict[str, LoadBalancer]:
 
 
 def load_document(path: str | Path) -> dict[str, LoadBalancer]:
-    """Load balancers from a YAML or JSON file (JSON is YAML)."""
+    """Load balancers from a YAML or JSON file (JSON is YAML). A key given twice in one
+    mapping is refused (YAML would silently keep the last), naming the key and its lines."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ModelError([("file", str(path), f"cannot be read: {exc.strerror}")], "load balancers") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml_unique(text)
     except yaml.YAMLError as exc:
         raise ModelError([("file", str(path), f"is neither valid YAML nor JSON: {exc}")], "load balancers") from None
     return parse_document(raw)
+
+
+# ------------------------------------------------------------------ duplicate keys
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def load_yaml_unique(text: str) -> Any:
+    """yaml.safe_load, refusing a key given twice in one mapping (ModelError: the mapping's
+    path, the key, both lines). Merge keys (`<<: *base`) may still be overridden."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        problems: list[tuple[str, Any, str]] = []
+        _yaml_duplicates(node, "", problems, set())
+        if problems:
+            raise ModelError(problems, "load balancers")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _yaml_duplicates(node: yaml.Node, path: str, problems: list, seen_nodes: set) -> None:
+    if id(node) in seen_nodes:   # an alias: checked where it was defined
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            label = key.value if isinstance(key, yaml.ScalarNode) else None
+            if label is not None and key.tag != _MERGE_TAG:
+                line = key.start_mark.line + 1
+                if (key.tag, label) in first:
+                    problems.append((path or "(document)", label,
+                                     f"duplicate key {label!r} (line {line}; first at line {first[key.tag, label]})"))
+                else:
+                    first[key.tag, label] = line
+            child = f"{path}.{label}" if path else str(label)
+            _yaml_duplicates(value, child, problems, seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _yaml_duplicates(item, f"{path}[{i}]", problems, seen_nodes)
+
+
+class _Pairs(dict):
+    """A JSON object that had a key twice (json.loads keeps the last): which ones."""
+    dups: list[str]
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict:
+    out = dict(pairs)
+    if len(out) == len(pairs):
+        return out
+    marked = _Pairs(out)
+    seen: set[str] = set()
+    marked.dups = [k for k, _ in pairs if k in seen or seen.add(k)]
+    return marked
+
+
+def json_duplicates(raw: Any, path: str = "") -> list[tuple[str, Any, str]]:
+    """(path of the object, key, message) for each key given twice, in a json_loads_pairs result."""
+    out = []
+    if isinstance(raw, _Pairs):
+        out += [(path or "(body)", k, f"duplicate key {k!r}: a key may appear once in an object") for k in raw.dups]
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            out += json_duplicates(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(raw, list):
+        for i, v in enumerate(raw):
+            out += json_duplicates(v, f"{path}[{i}]")
+    return out
+
+
+def json_loads_pairs(text: str | bytes) -> Any:
+    """json.loads that marks the objects with a duplicate key (see json_duplicates)."""
+    return json.loads(text, object_pairs_hook=_unique_pairs)
+
+
+def loads_unique(text: str | bytes) -> Any:
+    """json.loads refusing a key given twice in one object (ModelError naming path and key);
+    ValueError as json.loads on text that is not JSON."""
+    raw = json_loads_pairs(text)
+    problems = json_duplicates(raw)
+    if problems:
+        raise ModelError(problems, "JSON document")
+    return raw

@@ -3,7 +3,6 @@
 and the VM service, so they all read the tables the same way."""
 from __future__ import annotations
 
-import json
 import sys
 import time
 import traceback
@@ -11,7 +10,7 @@ from typing import Callable
 
 from muxlab.model.compiled import Services, compile_services
 from muxlab.model.fabric import Lab
-from muxlab.model.service import LoadBalancer
+from muxlab.model.rows import RowReader
 
 from .ovsdb import Db
 
@@ -24,20 +23,46 @@ LB_COLUMNS = {"Global": ["nb_cfg", "seeded", "mtu_remedies"], "Load_Balancer": [
 
 
 class ServicesCache:
-    """Compiles the Load_Balancer table only when a spec changed."""
+    """Compiles the Load_Balancer table only when a row changed. Rows the API would refuse
+    (the row rule, muxlab.model.rows: not JSON, not a load balancer, refused by the checks
+    against the fabric) and load balancers that do not compile are skipped, each logged once
+    with its reason and listed in `invalid`; the others are served as usual."""
 
-    def __init__(self, fabric: Lab):
+    def __init__(self, fabric: Lab, log: Callable[[str], None] | None = None):
         self.fabric = fabric
+        self.rows = RowReader(fabric)
         self.key: tuple | None = None
         self.services = Services()
+        self.invalid: list[dict] = []   # [{"name", "reason"}]: skipped rows
+        self.log = log or (lambda line: print(line, flush=True))
+        self._logged: set[tuple[str, str]] = set()
 
     def read(self, db: Db) -> Services:
-        key = tuple(sorted((r.name, r.spec, r.allocations) for r in db.rows("Load_Balancer")))
-        if key != self.key:
-            lbs = {name: LoadBalancer.model_validate(json.loads(spec)) for name, spec, _ in key}
-            allocations = {name: json.loads(alloc or "{}") for name, _, alloc in key}
-            self.services = compile_services(lbs, self.fabric, allocations)
-            self.key = key
+        rows = self.rows.read(db.rows("Load_Balancer"))
+        if rows.key != self.key:
+            self.key = rows.key
+            skipped = {i["name"]: i["reason"] for i in rows.invalid}
+            lbs, allocations = dict(rows.lbs), rows.allocations
+            try:
+                self.services = compile_services(lbs, self.fabric, allocations)
+            except Exception:
+                # find the culprits one by one, serve the rest
+                for name in sorted(lbs):
+                    try:
+                        compile_services({name: lbs[name]}, self.fabric, {name: allocations.get(name, {})})
+                    except Exception as exc:
+                        skipped[name] = f"does not compile: {type(exc).__name__}: {exc}"[:400]
+                        del lbs[name]
+                try:
+                    self.services = compile_services(lbs, self.fabric, allocations)
+                except Exception as exc:   # only together: keep serving what was compiled before
+                    self.log(f"[desired] the load balancers do not compile together ({type(exc).__name__}: {exc}); "
+                             "keeping the previous desired state")
+            self.invalid = [{"name": n, "reason": r} for n, r in sorted(skipped.items(), key=lambda kv: str(kv[0]))]
+            now = {(i["name"], i["reason"]) for i in self.invalid}
+            for name, reason in sorted(now - self._logged, key=str):
+                self.log(f"[desired] skipping load balancer {name!r}: {reason}")
+            self._logged = now
         return self.services
 
 

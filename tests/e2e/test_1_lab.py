@@ -35,7 +35,8 @@ def test_status_json_and_table(lab):
     import json
     st = json.loads(cli("status", "--name", E2E_LAB, "--json").stdout)
     assert st["bgp"] == {"mux1": "Established", "mux2": "Established", "mux3": "Established"}
-    assert st["manager_url"].startswith("http://172.30.") and st["manager_url"].endswith(":8080")
+    assert st["manager_url"].startswith("https://172.30.") and st["manager_url"].endswith(":8080")
+    assert st["token"] and st["ca_file"].endswith("pki/ca.crt")
     assert sorted(m["role"] for m in st["managers"].values()) == ["follower", "follower", "leader"]
     assert st["load_balancers"] == ["bench", "direct", "web"]
     assert all(a["nb_cfg"] == st["nb_cfg"] for a in st["agents"].values()) and len(st["agents"]) == 6

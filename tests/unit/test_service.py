@@ -86,7 +86,7 @@ BAD = [
     ("frontend without address", lambda r: web(r)["frontendIPConfigurations"][0].update(properties={}),
      f"{W}.frontendIPConfigurations[0].properties", "not both or neither"),
     ("no frontends", lambda r: web(r).update(frontendIPConfigurations=[]), f"{W}.frontendIPConfigurations", "at least 1 item"),
-    ("child name", lambda r: web(r)["backendAddressPools"][0].update(name="-web"), f"{W}.backendAddressPools[0].name", "should match pattern"),
+    ("child name", lambda r: web(r)["backendAddressPools"][0].update(name="-web"), f"{W}.backendAddressPools[0].name", "must be an Azure resource name"),
     ("backend address", lambda r: members(r)[0]["properties"].update(ipAddress="vm1"),
      f"{W}.backendAddressPools[0].properties.loadBalancerBackendAddresses[0].properties.ipAddress", "valid IPv4 address"),
     ("admin state", lambda r: members(r)[0]["properties"].update(adminState="Drained"),

@@ -1,0 +1,225 @@
+"""No poison row: a Load_Balancer row the API would refuse, written around it, is skipped and
+reported by the one row rule (muxlab.model.rows) that the managers' store and the agents'
+ServicesCache share; the other rows are served as usual."""
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from muxlab.model.rows import RowReader, parse_row, read_rows
+from muxlab.model.service import NAME_RULE, canonical
+from tests.unit.conftest import default_lbs, fabric
+
+
+def spec(name="web", **change):
+    body = canonical(default_lbs()[name])
+    body.update(change)
+    return json.dumps(body, sort_keys=True)
+
+
+def good_rows():
+    return [(n, spec(n), "{}") for n in sorted(default_lbs())]
+
+
+def row(name, spec_text, alloc="{}"):
+    return SimpleNamespace(name=name, spec=spec_text, allocations=alloc)
+
+
+# a row of each kind the API would refuse: (name, spec, allocations, what its reason says)
+web_with_stranger = json.loads(spec("web"))
+web_with_stranger["properties"]["backendAddressPools"][0]["properties"]["loadBalancerBackendAddresses"][0][
+    "properties"]["ipAddress"] = "10.1.1.99"
+POISON = [
+    ("not JSON", "bad", "{not json", "{}", "spec is not JSON"),
+    ("not a load balancer", "bad", json.dumps({"properties": {}}), "{}",
+     "spec is not a valid load balancer: properties.frontendIPConfigurations"),
+    ("duplicate key", "bad", '{"properties": {}, "properties": {}}', "{}", "duplicate key 'properties'"),
+    ("bad name", "a b", spec("bench"), "{}", NAME_RULE),
+    ("allocations not JSON", "bad", spec("bench"), "[[", "allocations are not JSON"),
+    ("allocations not an object", "bad", spec("bench"), "[1]", "allocations are not a JSON object"),
+    ("spec is null", "bad", None, "{}", "spec is not JSON"),
+    ("refused by lbcheck", "web", json.dumps(web_with_stranger), "{}",
+     "refused by the checks against the fabric: web.properties.backendAddressPools[0]"),
+]
+
+
+@pytest.mark.parametrize("name,spec_text,alloc,reason", [p[1:] for p in POISON], ids=[p[0] for p in POISON])
+def test_poison_row_is_skipped_with_its_reason_and_the_rest_is_read(name, spec_text, alloc, reason):
+    rows = [r for r in good_rows() if r[0] != name] + [(name, spec_text, alloc)]
+    out = read_rows(rows, fabric())
+    assert [i["name"] for i in out.invalid] == [name]
+    assert reason in out.invalid[0]["reason"]
+    assert set(out.lbs) == set(default_lbs()) - {name}
+    assert set(out.allocations) == set(out.lbs)
+
+
+def test_good_rows_are_all_valid():
+    out = read_rows(good_rows(), fabric())
+    assert out.invalid == [] and set(out.lbs) == set(default_lbs())
+
+
+def test_a_clash_between_two_rows_is_blamed_on_the_later_one():
+    clash = json.loads(spec("bench"))
+    clash["properties"]["frontendIPConfigurations"][0]["properties"]["publicIPAddress"]["properties"]["ipAddress"] = \
+        "203.0.113.10"   # web's VIP
+    out = read_rows(good_rows() + [("zz", json.dumps(clash), "{}")], fabric())
+    assert [i["name"] for i in out.invalid] == ["zz"]
+    assert "already used by web" in out.invalid[0]["reason"]
+    assert set(out.lbs) == set(default_lbs())
+
+
+def test_without_a_fabric_only_the_row_itself_is_judged():
+    out = read_rows([("web", json.dumps(web_with_stranger), "{}"), ("x", "nope", "{}")])
+    assert set(out.lbs) == {"web"} and [i["name"] for i in out.invalid] == ["x"]
+
+
+def test_parse_row_says_why():
+    with pytest.raises(ValueError, match="spec is not JSON"):
+        parse_row("x", "", "{}")
+    lb, alloc = parse_row("web", spec("web"), None)
+    assert alloc == {} and lb.properties.frontendIPConfigurations[0].name == "web-fe"
+
+
+def test_reader_reads_again_only_when_a_row_changed():
+    reader = RowReader(fabric())
+    rows = [row(*r) for r in good_rows()]
+    first = reader.read(rows)
+    assert reader.read(list(reversed(rows))) is first
+    rows.append(row("bad", "{"))
+    second = reader.read(rows)
+    assert second is not first and [i["name"] for i in second.invalid] == ["bad"]
+
+
+# ---------------------------------------------------------------- the agents' ServicesCache
+
+
+class FakeDb:
+    def __init__(self, rows):
+        self.tables = {"Load_Balancer": rows}
+
+    def rows(self, table):
+        return list(self.tables.get(table, []))
+
+
+def test_services_cache_skips_poison_rows_and_logs_each_once():
+    from muxlab.node.desired import ServicesCache
+    logged = []
+    cache = ServicesCache(fabric(), log=logged.append)
+    rows = [row(*r) for r in good_rows() if r[0] != "bench"] + [row("bad", "{not json"), row("bench", "{}")]
+    db = FakeDb(rows)
+    svc = cache.read(db)
+    assert {r.lb for r in svc.rules} == {"web", "direct"}
+    assert [i["name"] for i in cache.invalid] == ["bad", "bench"]
+    assert len(logged) == 2 and "'bad'" in logged[0] and "spec is not JSON" in logged[0]
+    # another row changes: the skipped ones are not logged again
+    db.tables["Load_Balancer"] = rows + [row("bench2", spec("bench"))]
+    cache.read(db)
+    assert len(logged) == 2
+    assert [i["name"] for i in cache.invalid] == ["bad", "bench"]
+    # the bad row is fixed: it is served, and logged again should it break again
+    db.tables["Load_Balancer"] = [r for r in rows if r.name not in ("bad", "bench")] + [row("bench", spec("bench"))]
+    assert {r.lb for r in cache.read(db).rules} == {"web", "direct", "bench"}
+    assert cache.invalid == []
+
+
+def test_services_cache_skips_a_load_balancer_that_does_not_compile(monkeypatch):
+    from muxlab.node import desired
+    real = desired.compile_services
+
+    def fragile(lbs, fabric, allocations=None):
+        if "direct" in lbs:
+            raise KeyError("vm9")
+        return real(lbs, fabric, allocations)
+    monkeypatch.setattr(desired, "compile_services", fragile)
+    logged = []
+    cache = desired.ServicesCache(fabric(), log=logged.append)
+    svc = cache.read(FakeDb([row(*r) for r in good_rows()]))
+    assert {r.lb for r in svc.rules} == {"web", "bench"}
+    assert cache.invalid == [{"name": "direct", "reason": "does not compile: KeyError: 'vm9'"}]
+    assert len(logged) == 1
+
+
+def test_services_cache_refusing_every_row_serves_nothing_and_survives():
+    from muxlab.node.desired import ServicesCache
+    cache = ServicesCache(fabric(), log=lambda line: None)
+    assert cache.read(FakeDb([row("a", "1"), row("b", "[]")])).rules == ()
+    assert [i["name"] for i in cache.invalid] == ["a", "b"]
+
+
+# ---------------------------------------------------------------- the managers' store
+
+
+class Txn:
+    def __init__(self, db):
+        self.db = db
+
+    def insert(self, table):
+        r = StoreRow(self.db, name=None, spec=None, allocations=None, frontends=[])
+        self.db.tables["Load_Balancer"].append(r)
+        return r
+
+
+class StoreRow(SimpleNamespace):
+    def __init__(self, db, **kw):
+        super().__init__(**kw)
+        self._db = db
+
+    def delete(self):
+        self._db.tables["Load_Balancer"].remove(self)
+
+    def verify(self, column):
+        pass
+
+
+class StoreDb(FakeDb):
+    synced = True
+
+    def __init__(self, rows):
+        super().__init__([StoreRow(self, **vars(r)) for r in rows])
+        self.tables["Global"] = [StoreRow(self, nb_cfg=4, seeded=True, mtu_remedies=[])]
+
+    def transact(self, build):
+        return "success", build(Txn(self))
+
+
+@pytest.fixture
+def poisoned_store():
+    from manager.store import Store
+    store = Store.__new__(Store)   # no OVSDB: the DB thread's work runs inline on a fake IDL
+    store.fabric = fabric()
+    store.rows = RowReader(store.fabric)
+    db = StoreDb([row(*r) for r in good_rows()] + [row("bad", '{"properties": 1}', "not json")])
+    store.call = lambda fn, timeout=15.0: fn(db)
+    store.wait_synced = lambda timeout=10.0: None
+    return store, db
+
+
+def test_store_snapshot_skips_and_reports_the_invalid_row(poisoned_store):
+    store, db = poisoned_store
+    assert set(store.held(db)) == set(default_lbs())
+    snap = store.snapshot()
+    assert set(snap["load_balancers"]) == set(default_lbs()) == set(snap["allocations"])
+    assert [i["name"] for i in snap["invalid"]] == ["bad"]
+    assert "spec is not a valid load balancer: properties" in snap["invalid"][0]["reason"]
+    assert store.invalid() == snap["invalid"]
+
+
+def test_store_writes_the_rest_as_usual_and_deletes_the_invalid_row(poisoned_store):
+    store, db = poisoned_store
+    body = default_lbs()["bench"].model_copy(deep=True)
+    body.properties.loadBalancingRules[0].properties.idleTimeoutInMinutes = 9
+    cfg, stored = store.change(lambda held: {"bench": body})
+    assert cfg == 5 and set(stored) == {"bench"}
+    assert [r.name for r in db.rows("Load_Balancer")].count("bad") == 1   # left alone
+    cfg, _ = store.change(lambda held: {"bad": None})
+    assert cfg == 6 and "bad" not in [r.name for r in db.rows("Load_Balancer")]
+    assert store.snapshot()["invalid"] == []
+
+
+def test_format_status_prints_the_invalid_rows():
+    from muxlab.cli.lab import format_status
+    st = {"lab": "muxlab", "topology": "t.yml", "nodes": [], "bgp": {}, "vips": {}, "load_balancers": ["web"],
+          "nb_cfg": 3, "managers": {"manager1": {"url": "https://172.30.1.201:8080", "role": "leader"}},
+          "invalid": [{"name": "bad", "reason": "spec is not JSON: Expecting value"}]}
+    text = format_status(st)
+    assert "INVALID stored load balancer 'bad'" in text and "spec is not JSON: Expecting value" in text
