@@ -20,11 +20,12 @@ from muxlab.model.conventions import RULE_PRIORITY, dip_mark, vxlan_ifname
 from muxlab.model.fabric import Lab, load_lab
 from muxlab.model.render import node_plan
 from muxlab.node.desired import HEARTBEAT_S, LB_COLUMNS, ServicesCache, mtu_remedies, nb_cfg, watch
-from muxlab.node.kernel import PolicyRoute, ensure_bridge_ports, ensure_vxlan, nft_apply, reconcile_policy_routes
+from muxlab.node.kernel import (PolicyRoute, ensure_bridge_ports, ensure_local_addresses, ensure_vxlan, interface_networks,
+                                nft_apply, reconcile_policy_routes)
 from muxlab.node.ovsdb import Db, managers_remote
 from muxlab.node.runtime import FABRIC_PATH
 
-from . import datapath
+from . import datapath, imds
 from .usage import nft_counters, snat_ports_in_use
 from .probes import Prober, probe_targets
 
@@ -35,11 +36,27 @@ QUIET = ([("Backend_Health", c) for c in ("host", "vm", "probe", "up", "reason",
          + [("Chassis", c) for c in ("heartbeat", "nb_cfg", "synced_at", "snat_usage")])
 
 
-def desired(fabric: Lab, svc: Services, me: str, remedies: frozenset[str]) -> tuple:
+def desired(fabric: Lab, svc: Services, me: str, remedies: frozenset[str], management: tuple[str, ...] = ()) -> tuple:
     host = fabric.host(me)
     dev = vxlan_ifname(fabric.vni)
     routes = tuple(PolicyRoute(dip_mark(vm.ip), str(vm.ip), datapath.BRIDGE, dev) for vm in fabric.vms_on(me))
-    return (dev, fabric.vni, str(host.address), fabric.overlay_mtu), routes, datapath.render_nft(fabric, svc, me, remedies)
+    return ((dev, fabric.vni, str(host.address), fabric.overlay_mtu), routes,
+            datapath.render_nft(fabric, svc, me, remedies, management))
+
+
+def ensure_platform(me: str, platform: list[tuple[str, str]]) -> None:
+    """The platform addresses (IMDS, 168.63.129.16) on the bridge: idempotent."""
+    with IPRoute() as ipr:
+        for ifname in sorted({i for i, _ in platform}):
+            added = ensure_local_addresses(ipr, ifname, [c for i, c in platform if i == ifname])
+            if added:
+                print(f"[host-agent {me}] platform addresses {added} on {ifname}", flush=True)
+
+
+def management_networks() -> tuple[str, ...]:
+    """The management interface's networks (eth0, Docker's): no VM may reach them."""
+    with IPRoute() as ipr:
+        return interface_networks(ipr, datapath.MANAGEMENT)
 
 
 def apply(state: tuple) -> None:
@@ -73,7 +90,11 @@ class HostAgent:
         self.targets: dict = {}
         self.applied = None
         self.svc: Services | None = None
-        self.ports = node_plan(fabric, me).bridge[1]  # the VM-facing ports of this host's vswitch
+        plan = node_plan(fabric, me)
+        self.ports = plan.bridge[1]  # the VM-facing ports of this host's vswitch
+        self.platform = plan.platform
+        self.management = management_networks()
+        self.metadata = imds.Metadata(fabric, me)   # what this host's IMDS answers its VMs
         self.next_beat = 0.0
         self.beat = 0
         self.reported_cfg = -1
@@ -86,7 +107,9 @@ class HostAgent:
         if svc is self.svc and remedies == self.remedies:
             return
         self.remedies = remedies
-        want = desired(self.fabric, svc, self.me, remedies)
+        ensure_platform(self.me, self.platform)
+        self.metadata.update(svc)
+        want = desired(self.fabric, svc, self.me, remedies, self.management)
         if want != self.applied:
             apply(want)
             self.applied = want
@@ -130,6 +153,10 @@ class HostAgent:
         changed = []
         for (vm, probe), st in states.items():
             r = db.row("Backend_Health", vm=vm, probe=probe)
+            if r is not None and r.host != self.me:
+                # another node's row for our VM: RBAC lets us neither take it over nor delete it,
+                # and trying would fail the heartbeat with it (MUXes ignore it; the operator deletes it)
+                continue
             if r is None or (r.up, r.reason, r.host) != (st.up, reason(st), self.me):
                 changed.append(((vm, probe), st))
         if not (changed or stale or force_beat):
@@ -142,7 +169,8 @@ class HostAgent:
                 db.upsert(txn, "Backend_Health", {"vm": vm, "probe": probe}, host=self.me, up=st.up,
                           reason=reason(st), since=st.since)
             extra = {"snat_usage": usage} if usage != self.snat_usage else {}
-            db.upsert(txn, "Chassis", {"name": self.me}, heartbeat=self.beat + 1, nb_cfg=nb_cfg(db), synced_at=time.time(),
+            # update only: the managers create a host's Chassis row (manager/rbac.py)
+            db.update(txn, "Chassis", {"name": self.me}, heartbeat=self.beat + 1, nb_cfg=nb_cfg(db), synced_at=time.time(),
                       **extra)
 
         cfg = nb_cfg(db)
@@ -182,6 +210,9 @@ def main() -> None:
     db = Db(managers_remote(len(fabric.managers)), TABLES, quiet=QUIET,
             conditions={"Chassis": [["name", "==", me]], "Backend_Health": [["host", "==", me]]})
     agent = HostAgent(me, fabric, db)
+    ensure_platform(me, agent.platform)
+    imds.serve(agent.metadata)
+    print(f"[host-agent {me}] IMDS on {imds.IMDS_ADDRESS}:{imds.IMDS_PORT}", flush=True)
     print(f"[host-agent {me}] watching the managers' OVSDB", flush=True)
     watch(db, lambda: agent.step(time.monotonic()), lambda: agent.next_wakeup(time.monotonic()))
 

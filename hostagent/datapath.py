@@ -13,11 +13,16 @@ edge by the host's default route: Direct Server Return, never through a MUX.
 Outbound (a VM's own connections to the internet): source-NAT to its VIP and port range
 (muxlab.model.allocation); a connection beyond the range's room towards one destination is
 refused and counted per VM (snat_exhausted_<vm>). Replies come back through any MUX.
+The management interface (eth0, Docker's) is the platform's, never the tenants': nothing
+from a VM is forwarded out of it or delivered to the host's management addresses (counted:
+to_management). What a VM may reach on its host is its gateway and the platform addresses
+(IMDS 169.254.169.254, 168.63.129.16).
 Idle flows: each rule's conntrack timeout is its idleTimeoutInMinutes; a packet of a flow
 whose state expired is answered with a TCP reset (enableTcpReset) or dropped, on both sides.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -29,6 +34,7 @@ TABLE = "muxlab_host"
 OVERLAY_TABLE = "muxlab_overlay"
 BRIDGE = "br0"
 UPLINK = "eth1"
+MANAGEMENT = "eth0"   # Docker's interface on the management network
 
 
 def counter_name(vm: str) -> str:
@@ -75,8 +81,12 @@ def rules_of(bindings: list[Binding]) -> list[tuple[int, str, str, int, str, int
     return sorted({(dip_mark(b.dip), b.vip, b.protocol, b.port, b.dip, b.backend_port, b.floating_ip) for b in bindings})
 
 
-def render_nft(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] | None = None) -> str:
+def render_nft(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] | None = None,
+               management: tuple[str, ...] = ()) -> str:
+    """`management`: the host's management addresses or networks (eth0's), which no VM may reach."""
     remedies = fabric.mtu_remedies if remedies is None else remedies
+    management = tuple(str(n) for n in ipaddress.collapse_addresses(
+        ipaddress.IPv4Network(m, strict=False) for m in management))   # an interval set takes no overlaps
     dev = vxlan_ifname(fabric.vni)
     vms = fabric.vms_on(host)
     macs = ", ".join(f"{dip_mac(vm.ip)} : {dip_mark(vm.ip):#010x}" for vm in vms)
@@ -163,7 +173,8 @@ def render_nft(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] |
         f"  set reset_ends {{ type ipv4_addr . inet_proto . inet_service;{elems(reset_end)} }}",
         f"  set hairpin_vips {{ type ipv4_addr;{elems(hairpin_vips)} }}",
         f"  set self_pairs {{ type ipv4_addr . ipv4_addr;{elems(self_pairs)} }}",
-        "  counter idle_reset {}", "  counter idle_drop {}",
+        "  counter idle_reset {}", "  counter idle_drop {}", "  counter to_management {}",
+        f"  set management {{ type ipv4_addr; flags interval;{elems(management)} }}",
         *per_class, *snat_sets,
         # A VM calling a VIP: its packet leaves through this host and may come back through
         # a MUX to a VM here. Tracked on the way out, the return (same tuple) would match that
@@ -185,6 +196,7 @@ def render_nft(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] |
         "  chain input {",
         "    type filter hook input priority filter; policy accept;",
         "    udp dport 4789 ip saddr != @muxes counter name spoofed_vxlan drop",
+        f'    iifname "{BRIDGE}" ip daddr @management counter name to_management drop',
         "  }",
         "  chain prerouting {",
         "    type nat hook prerouting priority dstnat; policy accept;",
@@ -192,6 +204,9 @@ def render_nft(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] |
         "  }",
         "  chain forward {",
         "    type filter hook forward priority filter; policy accept;",
+        # a VM never reaches the management network, whatever route the host has to it
+        f'    iifname "{BRIDGE}" oifname "{MANAGEMENT}" counter name to_management drop',
+        f'    iifname "{BRIDGE}" ip daddr @management counter name to_management drop',
         # a packet of a flow whose state expired (idle timeout): a reset, or nothing
         f'    iifname "{dev}" {expired} ip daddr . meta l4proto . th dport @reset_ends counter name idle_reset reject with tcp reset',
         f'    iifname "{dev}" {expired} counter name idle_drop drop',

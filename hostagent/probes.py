@@ -1,6 +1,7 @@
 """Health probes the host agent runs against its own VMs (seed 003: the probe comes from the
-host the VM runs on). TCP: a connection must open. HTTP: GET path must answer 200; any other
-status takes the VM out of rotation.
+host the VM runs on), from 168.63.129.16 as Azure's (conventions.PLATFORM_ADDRESS, on the
+host's bridge: the VM answers through its default gateway, the host). TCP: a connection must
+open. HTTP: GET path must answer 200; any other status takes the VM out of rotation.
 
 `ProbeState.step` is the pure threshold logic: `unhealthy_threshold` consecutive failures
 take a backend out, `healthy_threshold` consecutive successes bring it back.
@@ -13,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from muxlab.model.compiled import Probe, Services
+from muxlab.model.conventions import PLATFORM_ADDRESS
 from muxlab.model.fabric import Lab
 
 
@@ -42,10 +44,11 @@ class ProbeState:
         return asdict(self)
 
 
-def check(probe: Probe, address: str) -> tuple[bool, str]:
-    """Run one probe against address; (ok, error)."""
+def check(probe: Probe, address: str, source: str | None = PLATFORM_ADDRESS) -> tuple[bool, str]:
+    """Run one probe against address, from `source` (None: whatever the route picks); (ok, error)."""
     try:
-        with socket.create_connection((address, probe.port), timeout=probe.timeout) as s:
+        with socket.create_connection((address, probe.port), timeout=probe.timeout,
+                                      source_address=(source, 0) if source else None) as s:
             if probe.protocol == "tcp":
                 return True, ""
             s.settimeout(probe.timeout)

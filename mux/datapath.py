@@ -4,9 +4,11 @@ Per packet (all in the kernel, see docs/datapath.md):
   raw:        a bare SYN to a VIP is not tracked (this MUX never sees the SYN-ACK, so
               conntrack would call the next ACK invalid); the flow is pinned from its
               first non-SYN packet on.
-  prerouting: a packet of a pinned flow takes its DIP from the conntrack mark; otherwise
-              (VIP, proto, port) picks the service, jhash(fields) mod M picks a Maglev
-              bucket, and the bucket's DIP becomes the packet mark (= the DIP as a u32).
+  prerouting: an internal frontend (a VIP inside the VNet) refuses any source outside the
+              VNet first (ilb_not_vnet). A packet of a pinned flow takes its DIP from the
+              conntrack mark; otherwise (VIP, proto, port) picks the service, jhash(fields)
+              mod M picks a Maglev bucket, and the bucket's DIP becomes the packet mark (= the
+              DIP as a u32).
               The hashed fields are the rule's loadDistribution: Default the 5-tuple,
               SourceIP (client, VIP), SourceIPProtocol (client, VIP, protocol).
               Stateless, no hash and no conntrack: an inbound NAT rule's port goes to its one
@@ -126,7 +128,8 @@ def ruleset(fabric: Lab, svc: Services, svcs: list[Service], remedies: frozenset
     remedies = fabric.mtu_remedies if remedies is None else remedies
     classes = idle_classes(svcs)
     objects = {f"counter {c}": f"counter {c} {{}}" for c in (
-        "vip_packets", "no_service", "no_backend", "nat_port_packets", "snat_return_packets", "icmp_frag_needed_suppressed")}
+        "vip_packets", "no_service", "no_backend", "nat_port_packets", "snat_return_packets", "icmp_frag_needed_suppressed",
+        "ilb_not_vnet")}
     objects |= {f"ct timeout idle_{proto}_{idle}": ct_timeout_object(proto, idle).strip() for proto, idle in classes}
     sets = {
         "vips": nfttable.Set("set", "type ipv4_addr;", {str(v): None for v in svc.vips}),
@@ -153,6 +156,9 @@ def ruleset(fabric: Lab, svc: Services, svcs: list[Service], remedies: frozenset
         "prerouting": nfttable.Chain("type filter hook prerouting priority mangle; policy accept;", (
             "ip daddr != @vips return",
             "counter name vip_packets",
+            # an internal frontend (a VIP inside the VNet) serves the VNet only, as Azure's
+            # internal load balancer: any other source is refused before any lookup
+            f"ip daddr {fabric.vnet} ip saddr != {fabric.vnet} counter name ilb_not_vnet drop",
             # a timeout policy attaches to a new, unconfirmed entry: after conntrack (priority -200),
             # so here and never in the raw chain, where the packet has no entry yet
             *(f'ip daddr . meta l4proto . th dport @idle_{proto}_{idle}_rules ct timeout set "idle_{proto}_{idle}"'

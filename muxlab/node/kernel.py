@@ -113,3 +113,33 @@ def reconcile_blackholes(ipr: IPRoute, prefixes: list[str], table: int = 254) ->
         ipr.route("replace", dst=p, type="blackhole", table=table)
     for p in have - set(prefixes):
         ipr.route("del", dst=p, type="blackhole", table=table)
+
+
+RT_SCOPE_LINK = 253
+
+
+def ensure_local_addresses(ipr: IPRoute, ifname: str, cidrs: list[str]) -> list[str]:
+    """Hold these addresses (/32s) on `ifname`, with link scope: served to the link's
+    neighbours, never picked as the source of other traffic. Returns those it added; an
+    interface not there yet adds nothing (the caller tries again)."""
+    idx = ifindex(ipr, ifname)
+    if idx is None:
+        return []
+    have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=2)}
+    added = []
+    for cidr in cidrs:
+        addr, plen = cidr.split("/")
+        if addr not in have:
+            ipr.addr("add", index=idx, address=addr, prefixlen=int(plen), scope=RT_SCOPE_LINK)
+            added.append(cidr)
+    return added
+
+
+def interface_networks(ipr: IPRoute, ifname: str) -> tuple[str, ...]:
+    """The IPv4 networks of `ifname`'s addresses ("172.30.1.5/24" -> "172.30.1.0/24"), () without it."""
+    import ipaddress
+    idx = ifindex(ipr, ifname)
+    if idx is None:
+        return ()
+    return tuple(sorted({str(ipaddress.IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}").network)
+                         for a in ipr.get_addr(index=idx, family=2)}))

@@ -8,9 +8,12 @@ TCP, on every backend and probe port the model gives this VM:
   - anything else: each chunk is answered with `<name>\\n` (long-lived flows ping through it).
 UDP, on the UDP backend ports: each datagram is answered with `<name>\\n`.
 
-It is the lab's stand-in for the tenant's application and guest configuration: it follows
-the load balancers in the managers' OVSDB (read-only), opening and closing ports and adding
-or removing floating-IP VIPs on lo as they change.
+It is the lab's stand-in for the tenant's application and guest configuration. A VM has no
+management interface: like a guest in Azure it learns its load balancers from the Instance
+Metadata Service its host serves (GET http://169.254.169.254/metadata/loadbalancer, header
+Metadata: true, every POLL_S seconds), and opens and closes ports and adds or removes
+floating-IP VIPs on lo as the answer changes (muxlab.model.metadata.guest_config). While
+IMDS does not answer, the VM keeps serving what it last learnt.
 
 UDP sockets are bound per address (the DIP and every floating-IP VIP on lo), never to
 0.0.0.0: an unconnected wildcard socket answers from the primary address, so a floating-IP
@@ -18,18 +21,37 @@ UDP sockets are bound per address (the DIP and every floating-IP VIP on lo), nev
 """
 from __future__ import annotations
 
+import http.client
+import json
 import socket
 import socketserver
 import threading
+import time
+import urllib.request
 
-from muxlab.model.compiled import guest_config
+from muxlab.model.conventions import IMDS_ADDRESS, IMDS_PORT
 from muxlab.model.fabric import load_lab
+from muxlab.model.metadata import LOADBALANCER_MIN_VERSION, guest_config
 
-from .desired import LB_COLUMNS, ServicesCache
-from .ovsdb import Db, managers_remote
 from .runtime import FABRIC_PATH, RUN_DIR
 
 IPERF_PORT = 5201  # iperf3 owns it
+IMDS_URL = f"http://{IMDS_ADDRESS}:{IMDS_PORT}/metadata/loadbalancer?api-version={LOADBALANCER_MIN_VERSION}"
+POLL_S = 1.0
+IMDS_TIMEOUT_S = 2.0
+
+
+def fetch_loadbalancer(url: str = IMDS_URL, timeout: float = IMDS_TIMEOUT_S) -> dict:
+    """The loadbalancer document IMDS has for this VM; OSError (urllib's errors are OSErrors),
+    ValueError or HTTPException when it cannot tell.
+    No proxy, ever: IMDS refuses proxied requests, and a guest must bypass proxies for it."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    req = urllib.request.Request(url, headers={"Metadata": "true"})
+    with opener.open(req, timeout=timeout) as resp:
+        doc = json.loads(resp.read())
+    if not isinstance(doc, dict) or not isinstance(doc.get("loadbalancer"), dict):
+        raise ValueError("not a loadbalancer document")
+    return doc
 
 
 def make_handlers(name: str):
@@ -145,16 +167,24 @@ def main() -> None:
     name = socket.gethostname()
     fabric = load_lab(FABRIC_PATH)
     guest = Guest(name, str(fabric.vm(name).ip))
-    db = Db(managers_remote(len(fabric.managers)), LB_COLUMNS)
-    compiled = ServicesCache(fabric)
-    applied = None
+    applied, failing = None, ""
     while True:
-        db.wait(None)
-        if db.run():
-            want = guest_config(compiled.read(db), name)
+        started = time.monotonic()
+        try:
+            want = guest_config(fetch_loadbalancer())
+        except (OSError, ValueError, KeyError, TypeError, http.client.HTTPException) as exc:   # keep the last good answer
+            err = f"{type(exc).__name__}: {exc}"
+            if err != failing:
+                print(f"[vm-service {name}] IMDS: {err}; serving what it last said", flush=True)
+                failing = err
+        else:
+            if failing:
+                print(f"[vm-service {name}] IMDS answers again", flush=True)
+                failing = ""
             if want != applied:
                 guest.converge(*want)
                 applied = want
+        time.sleep(max(0.0, POLL_S - (time.monotonic() - started)))
 
 
 if __name__ == "__main__":

@@ -183,3 +183,19 @@ def test_rules_with_the_same_pool_and_probe_share_one_map_and_chain():
     shared = [s for k, s in healthy.items() if k.startswith("bench/")]
     assert len(shared) == 2 and len({(s.table_name, s.chain) for s in shared}) == 1
     assert ruleset().count(f"map {shared[0].table_name} ") == 1
+
+
+def test_internal_frontends_refuse_sources_outside_the_vnet_before_any_lookup():
+    text = ruleset()
+    pre = text.split("chain prerouting {")[1].split("}")[0]
+    rule = "ip daddr 10.1.0.0/16 ip saddr != 10.1.0.0/16 counter name ilb_not_vnet drop"
+    assert rule in pre and "counter ilb_not_vnet {}" in text
+    assert pre.index(rule) < pre.index("ct mark != 0") < pre.index("vmap @services")
+
+
+def test_host_keeps_vms_off_the_management_interface():
+    text = host_dp.render_nft(fabric(), services(), "host1", management=("172.30.1.7/24", "172.30.1.7"))
+    assert "set management { type ipv4_addr; flags interval; elements = { 172.30.1.0/24 }; }" in text
+    fwd = text.split("chain forward {")[1].split("}")[0].splitlines()
+    assert fwd[2].strip() == 'iifname "br0" oifname "eth0" counter name to_management drop'
+    assert 'iifname "br0" ip daddr @management counter name to_management drop' in text.split("chain input {")[1]

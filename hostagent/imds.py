@@ -1,0 +1,126 @@
+"""The host's Instance Metadata Service: HTTP on 169.254.169.254:80, on the host's bridge, for
+its own VMs only, as Azure's hosts serve it (documents: muxlab.model.metadata).
+
+As Azure's:
+- a request without the header `Metadata: true` gets 400, and so does one carrying
+  `X-Forwarded-For` (IMDS refuses proxied requests);
+- `api-version` is required (400 without it or with one it does not know, with the newest
+  versions in the answer), except for /metadata/versions;
+- the caller is known by its source address (a VM's DIP or second NIC address); any other
+  source gets 403;
+- a path below a document selects part of it (`/metadata/instance/compute/name`), and
+  `format=text` gives a leaf as plain text.
+Until the agent has compiled the load balancers once, /metadata/loadbalancer answers 503 (a
+VM keeps what it had).
+"""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from muxlab.model import metadata
+from muxlab.model.compiled import Services
+from muxlab.model.conventions import IMDS_ADDRESS, IMDS_PORT
+from muxlab.model.fabric import Lab
+
+IP_FREEBIND = 15   # linux/in.h: bind before the address is on the bridge (the agent may start first)
+NEWEST = list(reversed(metadata.API_VERSIONS[-3:]))
+
+
+class Metadata:
+    """What the service answers, from the fabric and the latest compiled Services."""
+
+    def __init__(self, fabric: Lab, host: str):
+        self.fabric, self.host = fabric, host
+        self.svc: Services | None = None
+
+    def update(self, svc: Services) -> None:
+        self.svc = svc   # immutable: a request in flight keeps the one it read
+
+    def answer(self, method: str, target: str, headers: dict[str, str], source: str) -> tuple[int, str, str]:
+        """(status, content type, body) for one request; headers with lower-case names."""
+        def error(status: int, msg: str, **extra) -> tuple[int, str, str]:
+            return status, "application/json; charset=utf-8", json.dumps({"error": msg, **extra})
+
+        if method != "GET":
+            return error(405, "Method not allowed")
+        if headers.get("metadata", "").lower() != "true":
+            return error(400, "Bad request. Required metadata header not specified")
+        if "x-forwarded-for" in headers:
+            return error(400, "Bad request. Request contains X-Forwarded-For header: IMDS does not accept proxied requests")
+        url = urlsplit(target)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        parts = [p for p in url.path.split("/") if p]
+        if parts[:1] != ["metadata"] or len(parts) < 2:
+            return error(404, "Not found")
+        if parts[1] == "versions" and len(parts) == 2:
+            return 200, "application/json; charset=utf-8", json.dumps({"apiVersions": list(metadata.API_VERSIONS)})
+        if parts[1] not in ("instance", "loadbalancer"):
+            return error(404, "Not found")
+        version = query.get("api-version")
+        minimum = metadata.INSTANCE_MIN_VERSION if parts[1] == "instance" else metadata.LOADBALANCER_MIN_VERSION
+        if not version:
+            return error(400, "Bad request. api-version was not specified in the request", **{"newest-versions": NEWEST})
+        if not metadata.supported(version, minimum):
+            return error(400, "Bad request. api-version is invalid or not supported", **{"newest-versions": NEWEST})
+        vm = metadata.caller(self.fabric, self.host, source)
+        if vm is None:
+            return error(403, f"Forbidden. {source} is not a VM on {self.host}")
+        svc = self.svc
+        if parts[1] == "loadbalancer" and svc is None:
+            return error(503, "Service unavailable. Load balancer metadata is not known yet")
+        svc = svc or Services()
+        doc = (metadata.instance_document if parts[1] == "instance" else metadata.loadbalancer_document)(
+            self.fabric, svc, vm.name)
+        try:
+            node = metadata.select(doc, parts[2:])
+        except KeyError:
+            return error(404, "Not found")
+        if query.get("format") == "text":
+            if isinstance(node, (dict, list)):
+                return error(400, "Bad request. format=text is for leaf values only")
+            return 200, "text/plain; charset=utf-8", node if isinstance(node, str) else json.dumps(node)
+        return 200, "application/json; charset=utf-8", json.dumps(node)
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        super().server_bind()
+
+
+def handler_for(meta: Metadata):
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "muxlab-imds"
+        sys_version = ""
+
+        def _serve(self):
+            status, ctype, body = meta.answer(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
+                                              self.client_address[0])
+            data = body.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _serve
+
+        def log_message(self, *args):   # every VM asks every second: no log line per request
+            pass
+
+    return Handler
+
+
+def serve(meta: Metadata, address: str = IMDS_ADDRESS, port: int = IMDS_PORT) -> Server:
+    """Start the service in a daemon thread; returns the server (server.shutdown() stops it)."""
+    server = Server((address, port), handler_for(meta))
+    threading.Thread(target=server.serve_forever, name="imds", daemon=True).start()
+    return server
