@@ -14,10 +14,11 @@ import yaml
 
 from .. import versions
 from ..errors import MuxlabError
-from ..model.conventions import API_PORT, MAGLEV_TABLES_FILE
-from ..model.fabric import Lab, load_lab
+from ..model.conventions import API_PORT, API_TOKEN, CA_CERT, MAGLEV_TABLES_FILE, PKI_FOLDER
+from ..model.fabric import Lab, check_name, load_lab
 from ..model.render import GENERATED, MGMT_DEFAULTS, render_lab_files
 from ..model.service import LoadBalancer
+from ..pki import ensure_pki
 from .api import Api
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,6 +51,23 @@ class LabRef:
     def manager_urls(self) -> list[str]:
         return list(self.manager_url_map().values())
 
+    @property
+    def ca_file(self) -> Path:
+        """The lab's CA certificate (the managers' API certificates are signed by it)."""
+        return self.folder / PKI_FOLDER / CA_CERT
+
+    @property
+    def token(self) -> str:
+        """The managers' API bearer token, from the lab's PKI."""
+        path = self.folder / PKI_FOLDER / API_TOKEN
+        try:
+            token = path.read_text().strip()
+        except OSError:
+            token = ""
+        if not token or not self.ca_file.is_file():
+            raise MuxlabError(f"lab has no PKI: deploy it with muxlab up (no {path if not token else self.ca_file})")
+        return token
+
     def manager_url_map(self) -> dict[str, str]:
         """Manager -> its API, at its management address (as Docker gave it); a manager whose
         container is not running has none and is left out."""
@@ -59,11 +77,14 @@ class LabRef:
                                    self.container(m)], capture_output=True, text=True)
             addr = proc.stdout.split()[0] if proc.returncode == 0 and proc.stdout.split() else None
             if addr:
-                urls[m] = f"http://{addr}:{API_PORT}"
+                urls[m] = f"https://{addr}:{API_PORT}"
         return urls
 
     def api(self, timeout: float = 15.0) -> Api:
-        return Api(self.manager_urls(), timeout)
+        """The managers' API: HTTPS by management address, each certificate checked for its
+        manager's name against the lab's CA, with the lab's token."""
+        by_name = self.manager_url_map()
+        return Api(list(by_name.values()), timeout, token=self.token, ca=self.ca_file, names=list(by_name))
 
 
 DEFAULT_LAB_NAME = "muxlab"
@@ -102,6 +123,8 @@ def resolve(topology: str | Path | None, name: str | None) -> LabRef:
     if not model.is_file():
         raise MuxlabError(f"topology {topo}: its fabric {model} is missing")
     lab = load_lab(model)  # raises ModelError naming field and value: nothing deployed
+    if name is not None:   # it names containers, a network and state folders: the fabric's rule
+        check_name(name, "--name", "lab name")
     return LabRef(topo, name or lab.name, lab)
 
 
@@ -130,6 +153,8 @@ def render_folder(folder: Path) -> list[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         changed.append(path)
+    # the topology binds each node's certificate: a folder that can be deployed has its PKI
+    ensure_pki(folder, lab)
     return changed
 
 
@@ -177,6 +202,8 @@ def up(ref: LabRef, wait: float = 180) -> None:
     if ref.topology.read_text().startswith(GENERATED):
         for path in render_folder(ref.folder):
             print(f"muxlab: re-rendered {path.relative_to(ref.folder)} from lab.yml")
+    made = ensure_pki(ref.folder, ref.lab)   # a hand-written topology's folder too
+    print(f"muxlab: lab PKI (CA, a certificate per infrastructure node, API token) in {made}", flush=True)
     env = dict(__import__("os").environ, **mgmt_env(ref))
     print(f"muxlab: deploying lab {ref.name!r} from {ref.topology}", flush=True)
     proc = run(["containerlab", "deploy", "-t", str(ref.topology), "--name", ref.name], timeout=900, check=False, env=env)
@@ -195,8 +222,17 @@ def down(ref: LabRef) -> None:
     for c in containers(ref.name):
         run(["docker", "rm", "-f", c["container"]], check=False)
     run(["docker", "network", "rm", ref.mgmt_network], check=False)
-    shutil.rmtree(ref.state_dir, ignore_errors=True)
-    shutil.rmtree(ref.folder / f"clab-{ref.name}", ignore_errors=True)
+    for made in (ref.state_dir, ref.folder / f"clab-{ref.name}"):
+        remove_own(ref.folder, made)
+
+
+def remove_own(folder: Path, path: Path) -> None:
+    """Remove a directory muxlab (or containerlab, for this lab) made inside the lab folder,
+    and nothing else: a path that resolves outside it is refused, whatever its name."""
+    folder, target = folder.resolve(), path.resolve()
+    if target == folder or not target.is_relative_to(folder):
+        raise MuxlabError(f"refusing to remove {path}: it is not inside the lab folder {folder}")
+    shutil.rmtree(target, ignore_errors=True)
 
 
 def docker_exec(ref: LabRef, node: str, argv: list[str], timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
@@ -282,11 +318,12 @@ def manager_view(ref: LabRef) -> dict:
             out["managers"][m] = {"url": "-", "role": None, "status": "container not running"}
             continue
         try:
-            out["managers"][m] = {"url": url, **Api([url], timeout=3).get("/cluster")}
+            out["managers"][m] = {"url": url, **Api([url], timeout=3, token=ref.token, ca=ref.ca_file,
+                                                    names=[m]).get("/cluster")}
         except MuxlabError as exc:
             out["managers"][m] = {"url": url, "role": None, "status": f"not answering ({exc})"[:120]}
     try:
-        api = Api(urls, timeout=5)
+        api = Api(urls, timeout=5, token=ref.token, ca=ref.ca_file, names=list(by_name))
         out["status"] = api.get("/status")
         out["load_balancers"] = api.load_balancers()
     except MuxlabError:
@@ -314,7 +351,9 @@ def status(ref: LabRef) -> dict:
     st = mv["status"]
     urls = [m["url"] for m in mv["managers"].values() if m.get("role")]
     result = {"lab": ref.name, "topology": str(ref.topology), "nodes": nodes, "bgp": {}, "vips": {},
-              "manager_url": urls[0] if urls else None, "managers": mv["managers"],
+              "manager_url": urls[0] if urls else None, "token": _token_or_none(ref),
+              "ca_file": str(ref.ca_file) if ref.ca_file.is_file() else None, "managers": mv["managers"],
+              "invalid": st.get("invalid", []) if st else [],   # stored rows the API would refuse: skipped
               "load_balancers": st["load_balancers"] if st else [], "nb_cfg": st["nb_cfg"] if st else None,
               "agents": ({m["name"]: {"role": "mux", "nb_cfg": m["nb_cfg"], "synced_at": m["synced_at"]} for m in st["muxes"]}
                          | {h["name"]: {"role": "host", "nb_cfg": h["nb_cfg"], "synced_at": h["synced_at"]}
@@ -328,6 +367,13 @@ def status(ref: LabRef) -> dict:
         result["bgp"] = bgp_sessions(ref)
         result["vips"] = vip_nexthops(ref, frontends(mv["load_balancers"]))
     return result
+
+
+def _token_or_none(ref: LabRef) -> str | None:
+    try:
+        return ref.token
+    except MuxlabError:
+        return None
 
 
 def wait_converged(ref: LabRef, timeout: float) -> dict:
@@ -358,6 +404,9 @@ def format_status(st: dict) -> str:
             leader = "  (leader: self)" if info.get("leader") == "self" else ""
             lines.append(f"{m:<10} {info['url']:<28} {role}{leader}{'' if info.get('role') else '  ' + str(info.get('status'))}")
         lines.append(f"load balancers: {', '.join(st['load_balancers']) or '(none)'}   configuration nb_cfg {st['nb_cfg']}")
+        for bad in st.get("invalid", []):
+            lines.append(f"INVALID stored load balancer {bad['name']!r} (skipped by managers and agents; "
+                         f"muxlab lb delete it): {bad['reason']}")
     if st.get("agents"):
         now = time.time()
         lines += ["", f"{'AGENT':<10} {'ROLE':<6} LAST SYNC (configuration applied)"]

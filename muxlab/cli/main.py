@@ -62,6 +62,7 @@ def cmd_generate(a) -> None:
 def cmd_render(a) -> None:
     from pathlib import Path
 
+    from ..model.conventions import PKI_FOLDER
     from .lab import DEFAULT_TOPOLOGY, render_folder
     folder = Path(a.topology or DEFAULT_TOPOLOGY).resolve().parent
     changed = render_folder(folder)
@@ -69,6 +70,7 @@ def cmd_render(a) -> None:
         print(f"rendered {p}")
     if not changed:
         print(f"{folder}: up to date with lab.yml")
+    print(f"lab PKI (plain `containerlab deploy` binds it): {folder / PKI_FOLDER}")
 
 
 def cmd_up(a) -> None:

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .fabric import NAME_RE, NAME_RULE
 
 
 class ExerciseError(ValueError):
@@ -81,6 +83,14 @@ class Exercise(BaseModel):
     seed: str                      # which source article (and section) it comes from
     minutes: int                   # instructor's time budget
     lab: str | None = None         # another lab folder under containerlab/ (default: the default lab)
+
+    @field_validator("lab")
+    @classmethod
+    def _lab_is_a_name(cls, v: str | None) -> str | None:
+        # it becomes a folder and a lab name: the fabric's own name rule, so never '../x'
+        if v is not None and not NAME_RE.match(v):
+            raise ValueError(f"{v!r}: {NAME_RULE}")
+        return v
     hints: list[str] = Field(min_length=1)
     start: list[Step] = Field(default_factory=list)
     solution: list[Step] = Field(default_factory=list)

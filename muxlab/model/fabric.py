@@ -24,6 +24,15 @@ MTU_REMEDIES = ("mss-clamp", "icmp")
 VXLAN_OVERHEAD = 50    # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+NAME_RULE = "must be a lower-case name: a letter, then letters, digits or '-' (max 31)"
+
+
+def check_name(value: Any, field: str, what: str = "name") -> str:
+    """The one rule for every name that becomes a container, a network or a path (lab names,
+    nodes, an exercise's `lab:`): nothing that could climb out of a folder ('..', '/')."""
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ModelError([(field, value, NAME_RULE)], what)
+    return value
 # Documentation ranges: the only "internet" addresses the lab may use (RFC 5737).
 DOC_RANGES = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
 
@@ -223,7 +232,7 @@ class _Checker:
 
     def name(self, value: Any, path: str) -> str | None:
         if not isinstance(value, str) or not NAME_RE.match(value):
-            self.bad(path, value, "must be a lower-case name: a letter, then letters, digits or '-' (max 31)")
+            self.bad(path, value, NAME_RULE)
             return None
         return value
 

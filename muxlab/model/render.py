@@ -11,6 +11,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from .. import versions
+from ..model.conventions import IMDS_ADDRESS, PKI_DIR, PKI_FOLDER, PLATFORM_ADDRESS
 from ..model.fabric import Lab
 
 GENERATED = "# Generated from lab.yml by `muxlab render`; edit lab.yml and re-render, not this file.\n"
@@ -71,6 +72,9 @@ class NodePlan:
     bridge: tuple[str, list[str], str] | None = None                  # (name, ports, cidr) on hosts
     interfaces: list[str] = field(default_factory=list)               # lab ports to wait for
     second_nic: tuple[str, str, str, str] | None = None               # VM: (ifname, address, gateway, DIP)
+    # host: the platform addresses on its bridge, as Azure's hosts serve them to their VMs
+    # (IMDS, and 168.63.129.16 that health probes come from); the host agent holds them
+    platform: list[tuple[str, str]] = field(default_factory=list)     # (ifname, cidr)
 
 
 def render_mux_bfdd(lab: Lab, name: str) -> str:
@@ -99,6 +103,7 @@ def node_plan(lab: Lab, name: str) -> NodePlan:
         plan.addresses.append(("eth1", str(h.underlay)))
         plan.default_via = str(h.edge_address)
         plan.bridge = ("br0", [p for p in ports if p != "eth1"], str(h.vm_gateway))
+        plan.platform = [("br0", f"{IMDS_ADDRESS}/32"), ("br0", f"{PLATFORM_ADDRESS}/32")]
     elif role == "vm":
         # A /32 and an on-link gateway, as a cloud vSwitch does it: every packet of a VM,
         # even to its neighbour on the same host, is routed by the host (and so passes its
@@ -202,7 +207,21 @@ neighbor {m.edge_address} {{
 
 # ---------------------------------------------------------------- containerlab topology
 
-CAPS = ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"]
+# Capabilities per role, the least each needs (docs/security.md says why, role by role).
+# SYS_ADMIN: a private mount namespace, to write /sys and /proc/sys (threaded NAPI, sysctls
+# of links plugged after start) without making the container's own read-only mounts writable.
+GROUP_CAPS = {
+    "edge": ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"],     # FRR (routes, BFD's raw sockets), lab links' NAPI
+    "mux": ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"],      # nftables, VXLAN, policy routes, bfdd, links' NAPI
+    "host": ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"],     # nftables, VXLAN, bridge, conntrack, probes, links' NAPI
+    "vm": ["NET_ADMIN", "NET_RAW"],                    # its own routes and addresses (floating IPs on lo); ping
+    "client": ["NET_ADMIN", "NET_RAW"],                # its default route into the lab; ping, forged packets
+    "manager": [],                                     # ovsdb-server and the API: Docker's defaults suffice
+}
+# Tenants and the internet have no interface on the management network (as in Azure, a VM
+# reaches the platform only through its host's platform addresses); neither has the edge,
+# which is the border and talks to nobody on it. `docker exec` works all the same.
+NO_MGMT = ("edge", "vm", "client")
 
 GROUP_SYSCTLS = {
     # edge: route, hash ECMP on the L4 5-tuple, and accept DSR replies whose source is a
@@ -225,6 +244,11 @@ GROUP_SYSCTLS = {
     "manager": {},
 }
 
+# A VM with a second NIC (hairpin fix 1, seeds 000/001): its links are plugged after the
+# container starts and take these defaults, so the VM needs no SYS_ADMIN to set them later.
+SECOND_NIC_SYSCTLS = {"net.ipv4.conf.default.accept_local": 1, "net.ipv4.conf.default.rp_filter": 0,
+                      "net.ipv4.conf.all.rp_filter": 0, "net.ipv4.conf.all.arp_ignore": 1}
+
 # The management network: a Docker bridge per lab that carries only control traffic
 # (agents <-> managers' OVSDB, the operator <-> the managers' API). `muxlab up` picks a free
 # /24 per lab and passes it in these variables; plain `containerlab deploy` gets the defaults.
@@ -236,20 +260,30 @@ def env(var: str) -> str:
     return "${%s:=%s}" % (var, MGMT_DEFAULTS[var])
 
 
+def pki_bind(name: str) -> str:
+    """An infrastructure node's own certificate, key and the lab CA (muxlab.pki), read-only."""
+    return f"        - {PKI_FOLDER}/{name}:{PKI_DIR}:ro"
+
+
 def render_topology(lab: Lab) -> str:
     out = [GENERATED.rstrip(), "# Read docs/addressing.md for the plan; `muxlab up` deploys it.", f"name: {lab.name}", "",
-           "# Control traffic only: agents reach the managers' OVSDB, the operator their API (port 8080).",
+           "# Control traffic only: agents reach the managers' OVSDB (SSL), the operator their API (HTTPS).",
+           "# Only infrastructure (managers, MUXes, hosts) has an interface on it.",
            "mgmt:", f"  network: {env('MUXLAB_MGMT_NET')}", f"  ipv4-subnet: {env('MUXLAB_MGMT_SUBNET')}",
            "  # dynamic addresses from the lower half; managers are pinned at .201, .202, ...",
            f"  ipv4-range: {env('MUXLAB_MGMT_RANGE')}", "",
            "topology:", "  defaults:", "    kind: linux", f"    image: {versions.NODE_IMAGE}",
-           "    # Unprivileged with explicit capabilities: enough for netlink, nftables and FRR.",
-           "    privileged: false", "    cap-add: [" + ", ".join(CAPS) + "]",
+           "    # Unprivileged, with each role's capabilities listed in its group (docs/security.md).",
+           "    privileged: false",
            "    binds:", "      - lab.yml:/etc/muxlab/lab.yml:ro",
            "    env:", f"      MUXLAB_MGMT_SUBNET: {env('MUXLAB_MGMT_SUBNET')}", "", "  groups:"]
     for group, sysctls in GROUP_SYSCTLS.items():
         out.append(f"    {group}:")
         out.append(f"      labels: {{muxlab-role: {group}}}")
+        if group in NO_MGMT:
+            out.append("      network-mode: none")
+        if GROUP_CAPS[group]:
+            out.append("      cap-add: [" + ", ".join(GROUP_CAPS[group]) + "]")
         if sysctls:
             out.append("      sysctls:")
             out += [f"        {k}: {v}" for k, v in sysctls.items()]
@@ -260,13 +294,18 @@ def render_topology(lab: Lab) -> str:
         out += [f"    {name}:", "      group: manager", f"      mgmt-ipv4: {env('MUXLAB_MGMT_PREFIX')}.{200 + i}",
                 "      binds:", "        - lab.yml:/etc/muxlab/lab.yml:ro",
                 "        # the load balancers a new cluster starts with (manager1 stores them once)",
-                "        - loadbalancers.yml:/etc/muxlab/loadbalancers.yml:ro"]
+                "        - loadbalancers.yml:/etc/muxlab/loadbalancers.yml:ro", pki_bind(name)]
     for m in lab.muxes:
         out += [f"    {m.name}:", "      group: mux", "      binds:",
-                f"        - configs/{m.name}/exabgp.conf:/etc/exabgp/exabgp.conf:ro"]
-    for group, nodes in (("host", lab.hosts), ("vm", lab.vms), ("client", lab.clients)):
-        for n in nodes:
-            out += [f"    {n.name}:", f"      group: {group}"]
+                f"        - configs/{m.name}/exabgp.conf:/etc/exabgp/exabgp.conf:ro", pki_bind(m.name)]
+    for h in lab.hosts:
+        out += [f"    {h.name}:", "      group: host", "      binds:", pki_bind(h.name)]
+    for vm in lab.vms:
+        out += [f"    {vm.name}:", "      group: vm"]
+        if vm.nic2:
+            out += ["      sysctls:"] + [f"        {k}: {v}" for k, v in SECOND_NIC_SYSCTLS.items()]
+    for c in lab.clients:
+        out += [f"    {c.name}:", "      group: client"]
     out += ["", "  links:"]
     for l in links(lab):
         out.append(f'    - endpoints: ["{l.a}:{l.a_if}", "{l.b}:{l.b_if}"]' + (f"\n      mtu: {l.mtu}" if l.mtu else ""))
@@ -274,22 +313,38 @@ def render_topology(lab: Lab) -> str:
 
 
 def render_edge_nft(lab: Lab) -> str:
-    """Ingress filtering on the edge's internet ports (BCP 38): nothing from the internet may
-    claim a lab-internal source (underlay, VM subnets) or a public VIP (the whole range:
-    VIPs come and go with the load balancers, this file is static). DSR over tunnels cannot run
-    strict reverse-path filtering inside the lab (seed 004); this is the filter it can keep."""
+    """The edge's filter of its internet ports, where the internet meets the lab.
+
+    - Ingress filtering (BCP 38): nothing from the internet may claim a lab-internal source
+      (underlay, VM subnets) or a public VIP (the whole range: VIPs come and go with the load
+      balancers, this file is static). DSR over tunnels cannot run strict reverse-path
+      filtering inside the lab (seed 004); this is the filter it can keep.
+    - Internet and VNet apart, as Azure keeps them: from the internet only the public VIPs are
+      reachable. A packet to a DIP, a VM subnet, the VNet (internal frontends), an underlay
+      address (MUXes, hosts, the edge's own side of their links) is dropped and counted
+      (internet_to_private). The set bench_direct, empty unless a benchmark fills it for its
+      run, lets chosen private addresses through (bench/datapath_bench.py's direct path)."""
     internet = ", ".join(f'"{edge_port(lab, c.name)}"' for c in lab.clients)
     internal = [m.underlay.network for m in lab.muxes] + [h.underlay.network for h in lab.hosts] + [h.vm_subnet for h in lab.hosts]
     internal_txt = ", ".join(str(n) for n in ipaddress.collapse_addresses(internal))
     return GENERATED + "\n".join([
         "table ip muxlab_edge", "delete table ip muxlab_edge", "table ip muxlab_edge {",
         "  counter spoofed_from_internet {}",
+        "  counter internet_to_private {}",
         f"  set internet_ports {{ type ifname; elements = {{ {internet} }}; }}",
         f"  set internal {{ type ipv4_addr; flags interval; elements = {{ {internal_txt} }}; }}",
         f"  set vips {{ type ipv4_addr; flags interval; elements = {{ {lab.public_vips} }}; }}",
+        "  # private addresses a benchmark may reach directly for its run (nft add element ... bench_direct)",
+        "  set bench_direct { type ipv4_addr; }",
         "  chain forward {", "    type filter hook forward priority filter; policy accept;",
         "    iifname @internet_ports ip saddr @internal counter name spoofed_from_internet drop",
         "    iifname @internet_ports ip saddr @vips counter name spoofed_from_internet drop",
+        "    iifname @internet_ports ip daddr @bench_direct accept",
+        "    iifname @internet_ports ip daddr != @vips counter name internet_to_private drop",
+        "  }",
+        # the edge's own underlay addresses are private too (its client gateways stay reachable)
+        "  chain input {", "    type filter hook input priority filter; policy accept;",
+        "    iifname @internet_ports ip daddr @internal counter name internet_to_private drop",
         "  }", "}", ""])
 
 

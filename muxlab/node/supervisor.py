@@ -25,6 +25,29 @@ NETWORK_RECHECK = 2.0  # seconds between re-applications of the node's network p
 BFDD_CONF = RUN_DIR / "bfdd.conf"
 
 
+# What a role's long-running processes keep of the container's capabilities: tenants' and
+# the internet's programs get only these (containerlab has no cap-drop, so Docker's default
+# set stays for `docker exec`; PID 1 keeps NET_ADMIN to re-apply its routes). None: keep all.
+CAP_NET_BIND_SERVICE, CAP_NET_ADMIN = 10, 12
+# (NET_ADMIN also for what PID 1 runs itself: `ethtool` when a link is re-plugged)
+CHILD_CAPS = {"vm": {CAP_NET_ADMIN, CAP_NET_BIND_SERVICE},   # floating-IP addresses on lo; ports below 1024
+              "client": {CAP_NET_ADMIN}}
+CAP_LAST = 40          # CAP_CHECKPOINT_RESTORE, the highest this kernel's headers know
+PR_CAPBSET_DROP = 24
+
+
+def drop_bounding_set(keep: set[int]) -> list[int]:
+    """Remove every capability but `keep` from the bounding set: what PID 1 starts from now
+    on (and their children) can never hold them, root or not. Returns what was dropped."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    dropped = []
+    for cap in range(CAP_LAST + 1):
+        if cap not in keep and libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0:
+            dropped.append(cap)
+    return dropped
+
+
 def role_processes(lab, plan: NodePlan) -> list[tuple[str, list[str]]]:
     """The long-running processes of a node, by name (names are what fault injection holds down)."""
     if plan.role == "mux":
@@ -141,7 +164,14 @@ def second_nic(ipr, nic) -> None:
 
 def write_sysctl(key: str, value: int) -> None:
     """Docker mounts /proc/sys read-only in unprivileged containers (interfaces plugged later
-    cannot get `sysctls:`); a private proc mount of the node's own namespace is writable."""
+    cannot get `sysctls:`); a private proc mount of the node's own namespace is writable, with
+    SYS_ADMIN. A VM has no SYS_ADMIN: its topology gives the defaults its links inherit
+    (render.SECOND_NIC_SYSCTLS), so here the value is already right and nothing is written."""
+    try:
+        if Path("/proc/sys", key).read_text().strip() == str(value):
+            return
+    except OSError:
+        pass
     proc = RUN_DIR / "proc"
     if not (proc / "sys").exists():
         proc.mkdir(parents=True, exist_ok=True)
@@ -245,6 +275,8 @@ def main() -> None:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     (RUN_DIR / "network-ready").write_text(str(time.time()))
     log("network configured")
+    if plan.role in CHILD_CAPS:
+        log(f"capabilities of its processes: bounding set reduced ({len(drop_bounding_set(CHILD_CAPS[plan.role]))} dropped)")
     supervisor = Supervisor(role_processes(lab, plan), plan)
     supervisor.check_offloads()
     supervisor.run()

@@ -50,7 +50,16 @@ def test_exabgp_next_hop_self_speaker_per_mux():
 def test_topology_is_unprivileged_and_complete():
     topo = yaml.safe_load(render_topology(lab()))
     d = topo["topology"]["defaults"]
-    assert d["privileged"] is False and set(d["cap-add"]) == {"NET_ADMIN", "NET_RAW", "SYS_ADMIN"}
+    assert d["privileged"] is False and "cap-add" not in d
+    groups = topo["topology"]["groups"]
+    # least privilege: tenants and the internet have no SYS_ADMIN and no management interface
+    for role in ("vm", "client"):
+        assert set(groups[role]["cap-add"]) == {"NET_ADMIN", "NET_RAW"} and groups[role]["network-mode"] == "none"
+    assert groups["edge"]["network-mode"] == "none" and "cap-add" not in groups["manager"]
+    assert "network-mode" not in groups["host"] and "SYS_ADMIN" in groups["host"]["cap-add"]
+    # infrastructure binds its own certificate, tenants none
+    binds = {n: v.get("binds", []) for n, v in topo["topology"]["nodes"].items()}
+    assert "pki/host1:/etc/muxlab/pki:ro" in binds["host1"] and not any("pki" in b for b in binds["vm1"])
     assert set(topo["topology"]["nodes"]) == set(lab().node_names())
     assert topo["topology"]["groups"]["edge"]["sysctls"]["net.ipv4.fib_multipath_hash_policy"] == 1
     eps = [tuple(l["endpoints"]) for l in topo["topology"]["links"]]
