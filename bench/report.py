@@ -102,6 +102,11 @@ def main() -> None:
         out += ["", f"MUX agent at rest, over {mg['idle_window_s']:.0f} s: " + ", ".join(
             f"{m} {u['cpu_percent_of_a_core']} % of a core, {u['rss_mib']} MiB RSS" for m, u in mg["mux_agent_idle"].items())
             + f". Before: {mg['before_reference']}.", ""]
+        if "at_rest" in mg:   # every agent and the managers' processes, over the same window
+            out += ["| node | process at rest | CPU, % of a core | RSS, MiB |", "|---|---|---|---|"]
+            out += [f"| {n} | {proc} | {u['cpu_percent_of_a_core']} | {u['rss_mib']} |"
+                    for n, procs in mg["at_rest"].items() for proc, u in procs.items()]
+            out.append("")
     sd = load("seeds")
     if sd:
         h, o, x = sd["hairpin"], sd["outbound"], sd["exhaustion"]

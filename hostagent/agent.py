@@ -170,10 +170,11 @@ class HostAgent:
                           reason=reason(st), since=st.since)
             extra = {"snat_usage": usage} if usage != self.snat_usage else {}
             # update only: the managers create a host's Chassis row (manager/rbac.py)
-            db.update(txn, "Chassis", {"name": self.me}, heartbeat=self.beat + 1, nb_cfg=nb_cfg(db), synced_at=time.time(),
+            db.update(txn, "Chassis", {"name": self.me}, heartbeat=self.beat + 1, nb_cfg=cfg, synced_at=time.time(),
                       **extra)
 
-        cfg = nb_cfg(db)
+        # applied means the VMs have it too: they learn their ports from IMDS, not from OVSDB
+        cfg = self.reported_cfg if self.metadata.behind(time.monotonic()) and self.reported_cfg >= 0 else nb_cfg(db)
         status, _ = db.transact(build, timeout_s=2.0)
         if status in ("success", "unchanged"):
             self.beat += 1
@@ -199,7 +200,9 @@ class HostAgent:
 
     def next_wakeup(self, now: float) -> float:
         due = min(self.prober.due.values(), default=now + 1.0)
-        return max(0.0, min(due, self.next_beat, now + 0.5) - now)
+        # a VM still to read the new document: look again soon, to report it applied
+        soon = now + (0.05 if self.metadata.behind(now) else 0.5)
+        return max(0.0, min(due, self.next_beat, soon) - now)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -36,9 +37,17 @@ class Metadata:
     def __init__(self, fabric: Lab, host: str):
         self.fabric, self.host = fabric, host
         self.svc: Services | None = None
+        # per VM: (the Services its last load-balancer document came from, when it asked)
+        self.fetched: dict[str, tuple[Services, float]] = {}
 
     def update(self, svc: Services) -> None:
         self.svc = svc   # immutable: a request in flight keeps the one it read
+
+    def behind(self, now: float, alive_s: float = 3.0) -> list[str]:
+        """VMs that keep asking (within alive_s) but have not read the current document yet:
+        until they have, this host has not applied the configuration (as a guest agent's
+        goal state in Azure). A VM whose application stopped asking holds nothing up."""
+        return sorted(vm for vm, (svc, at) in self.fetched.items() if svc is not self.svc and now - at <= alive_s)
 
     def answer(self, method: str, target: str, headers: dict[str, str], source: str) -> tuple[int, str, str]:
         """(status, content type, body) for one request; headers with lower-case names."""
@@ -75,6 +84,8 @@ class Metadata:
         svc = svc or Services()
         doc = (metadata.instance_document if parts[1] == "instance" else metadata.loadbalancer_document)(
             self.fabric, svc, vm.name)
+        if parts[1] == "loadbalancer":
+            self.fetched[vm.name] = (svc, time.monotonic())
         try:
             node = metadata.select(doc, parts[2:])
         except KeyError:

@@ -66,14 +66,14 @@ from muxlab.model.service import (AZURE_NAME, NAME_RULE, BackendAddressPool, Inb
                                   canonical, error_message, is_azure_name, json_duplicates,
                                   json_loads_pairs, load_document, loc_path)
 from muxlab.node.desired import STALE_AFTER
-from muxlab.node.ovsdb import DB_NAME, manager_addresses, managers_remote
+from muxlab.node.ovsdb import DB_NAME, PKI_DIR_ENV, manager_addresses, managers_remote
 from muxlab.node.runtime import FABRIC_PATH
 
 from .cluster import CTL
 from .store import Store, Unavailable
 
 SEED_FILE = os.environ.get("MUXLAB_SEED", "/etc/muxlab/loadbalancers.yml")
-PKI = os.environ.get("MUXLAB_PKI_DIR", PKI_DIR)   # overrides for tests
+PKI = os.environ.get(PKI_DIR_ENV, PKI_DIR)   # overrides for tests
 TOKEN_FILE = os.environ.get("MUXLAB_API_TOKEN_FILE", os.path.join(PKI, API_TOKEN))
 MAX_BODY = 1 << 20            # bytes of a request body
 MAX_APPLY_BODY = 32 << 20     # of POST /applyLoadBalancers (2000 load balancers: about 2.5 MB)
@@ -431,7 +431,9 @@ def rule_health(name: LbName, rule: ChildName):
     rules = [r for r in svc.rules if r.name in (rule, f"{rule}-tcp", f"{rule}-udp")]
     if not rules:
         return not_found("load-balancing rule", rule, [r.name for r in held[name].properties.loadBalancingRules])
-    probes = {(h["vm"], h["probe"]): h for h in snap["health"]}
+    # a host reports on its own VMs only: a row naming another host is ignored (as the MUXes do)
+    owner = {vm.name: vm.host for vm in fabric.vms}
+    probes = {(h["vm"], h["probe"]): h for h in snap["health"] if owner.get(h["vm"]) == h["host"]}
     alive = {h["name"] for h in snap["hosts"] if h["alive"]}
     out = []
     r = rules[0]

@@ -98,28 +98,27 @@ def loadbalancer_document(fabric: Lab, svc: Services, vm_name: str) -> dict:
         return ipaddress.IPv4Address(vip) in fabric.vnet
 
     inbound, frontends = [], set()
+
+    def add(x, ip, name, probe) -> None:
+        """One inbound entry: `x` a rule or NAT port (vip, protocol, port, backend_port,
+        floating_ip, lb), `ip` the VM's address it reaches."""
+        inbound.append({
+            "frontendIpAddress": str(x.vip), "protocol": x.protocol, "frontendPort": x.port,
+            "backendIpAddress": str(x.vip) if x.floating_ip else ip, "backendPort": x.backend_port,
+            "privateIpAddress": ip,
+            "loadBalancer": x.lb, "name": name, "internal": internal(x.vip), "enableFloatingIP": x.floating_ip,
+            "probe": probe})
+        frontends.add((str(x.vip), ip))
+
     for r in svc.rules:
         for b in r.backends:
-            if b.vm != vm_name:
-                continue
-            inbound.append({
-                "frontendIpAddress": str(r.vip), "protocol": r.protocol, "frontendPort": r.port,
-                "backendIpAddress": str(r.vip) if r.floating_ip else b.ip, "backendPort": r.backend_port,
-                "privateIpAddress": b.ip,
-                "loadBalancer": r.lb, "name": r.name, "internal": internal(r.vip), "enableFloatingIP": r.floating_ip,
-                "probe": ({"protocol": r.probe.protocol, "port": r.probe.port,
-                           "requestPath": r.probe.path if r.probe.protocol == "http" else None} if r.probe else None)})
-            frontends.add((str(r.vip), b.ip))
+            if b.vm == vm_name:
+                add(r, b.ip, r.name,
+                    {"protocol": r.probe.protocol, "port": r.probe.port,
+                     "requestPath": r.probe.path if r.probe.protocol == "http" else None} if r.probe else None)
     for n in svc.nat_ports:
-        if n.vm != vm_name:
-            continue
-        inbound.append({
-            "frontendIpAddress": str(n.vip), "protocol": n.protocol, "frontendPort": n.port,
-            "backendIpAddress": str(n.vip) if n.floating_ip else n.ip, "backendPort": n.backend_port,
-            "privateIpAddress": n.ip,
-            "loadBalancer": n.lb, "name": n.rule, "internal": internal(n.vip), "enableFloatingIP": n.floating_ip,
-            "probe": None})
-        frontends.add((str(n.vip), n.ip))
+        if n.vm == vm_name:
+            add(n, n.ip, n.rule, None)
     outbound = []
     for s in svc.snat:
         if s.vm != vm_name:

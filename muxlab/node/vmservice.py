@@ -37,7 +37,7 @@ from .runtime import FABRIC_PATH, RUN_DIR
 
 IPERF_PORT = 5201  # iperf3 owns it
 IMDS_URL = f"http://{IMDS_ADDRESS}:{IMDS_PORT}/metadata/loadbalancer?api-version={LOADBALANCER_MIN_VERSION}"
-POLL_S = 1.0
+POLL_S = 0.25   # the host reports a change applied once its VMs have read it (hostagent/imds.py)
 IMDS_TIMEOUT_S = 2.0
 
 
@@ -132,7 +132,9 @@ class Guest:
         self.set_loopback(set(fips))
         want = {("tcp", p, "0.0.0.0") for p in tcp - {IPERF_PORT}}
         want |= {("udp", p, a) for p in udp - {IPERF_PORT} for a in [self.dip, *fips]}
-        for key in sorted(set(self.servers) - want):
+        # an application does not stop listening because a load balancer stopped sending to it
+        # (scale-in, drain): only sockets bound to a floating IP that went away close
+        for key in sorted(k for k in set(self.servers) - want if k[2] not in ("0.0.0.0", self.dip)):
             server = self.servers.pop(key)
             threading.Thread(target=server.shutdown, daemon=True).start()
             server.server_close()

@@ -124,7 +124,7 @@ def test_spoofed_vxlan_never_reaches_a_vm(L):
     before = spoofed_count()
     scapy = ("from scapy.all import *; from scapy.layers.vxlan import VXLAN; "
              "inner=Ether(dst='02:00:0a:01:01:0b')/IP(src='192.0.2.10',dst='203.0.113.10')/TCP(sport=55555,dport=80,flags='S'); "
-             "send(IP(dst='10.0.2.1')/UDP(sport=12345,dport=4789)/VXLAN(vni=4242,flags=8)/inner, count=5, verbose=0)")
+             "send(IP(src='10.1.2.13',dst='10.0.2.1')/UDP(sport=12345,dport=4789)/VXLAN(vni=4242,flags=8)/inner, count=5, verbose=0)")
     # from inside the VNet (vm3): from the internet the edge drops it first (test_10_boundary)
     _, caps = L.capture("vm1", "tcp port 55555 or tcp port 8080", lambda: L.sh("vm3", f'python -c "{scapy}"'))
     assert not [p for p in caps["vm1"] if p.get("sport") == 55555]
