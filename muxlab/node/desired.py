@@ -118,7 +118,11 @@ class Liveness:
             v = beats.get(h)
             if h not in self.seen or self.seen[h][0] != v:
                 self.seen[h] = (v, now if h in self.seen or v is not None else (self.epoch or now))
-        silent = frozenset(h for h in self.hosts if now - self.seen[h][1] > STALE_AFTER)
+        # silent for STALE_AFTER while another host's heartbeat went on moving: heartbeats that
+        # all stop at once (the managers gone) make nobody dead, however they were staggered;
+        # measured against now, the first-staggered hosts expired before the last did
+        latest = max(t for _, t in self.seen.values()) if len(self.hosts) > 1 else now
+        silent = frozenset(h for h in self.hosts if latest - self.seen[h][1] > STALE_AFTER)
         if len(self.hosts) > 1 and silent == frozenset(self.hosts):
             return self.verdict
         self.verdict = silent
