@@ -20,8 +20,8 @@ from muxlab.model.conventions import RULE_PRIORITY, dip_mark, vxlan_ifname
 from muxlab.model.fabric import Lab, load_lab
 from muxlab.model.render import node_plan
 from muxlab.node.desired import HEARTBEAT_S, LB_COLUMNS, ServicesCache, mtu_remedies, nb_cfg, watch
-from muxlab.node.kernel import (PolicyRoute, ensure_bridge_ports, ensure_local_addresses, ensure_vxlan, interface_networks,
-                                nft_apply, reconcile_policy_routes)
+from muxlab.node.kernel import (PolicyRoute, ensure_bridge_ports, ensure_vxlan, interface_networks, nft_apply,
+                                reconcile_policy_routes)
 from muxlab.node.ovsdb import Db, managers_remote
 from muxlab.node.runtime import FABRIC_PATH
 
@@ -42,15 +42,6 @@ def desired(fabric: Lab, svc: Services, me: str, remedies: frozenset[str], manag
     routes = tuple(PolicyRoute(dip_mark(vm.ip), str(vm.ip), datapath.BRIDGE, dev) for vm in fabric.vms_on(me))
     return ((dev, fabric.vni, str(host.address), fabric.overlay_mtu), routes,
             datapath.render_nft(fabric, svc, me, remedies, management))
-
-
-def ensure_platform(me: str, platform: list[tuple[str, str]]) -> None:
-    """The platform addresses (IMDS, 168.63.129.16) on the bridge: idempotent."""
-    with IPRoute() as ipr:
-        for ifname in sorted({i for i, _ in platform}):
-            added = ensure_local_addresses(ipr, ifname, [c for i, c in platform if i == ifname])
-            if added:
-                print(f"[host-agent {me}] platform addresses {added} on {ifname}", flush=True)
 
 
 def management_networks() -> tuple[str, ...]:
@@ -90,9 +81,7 @@ class HostAgent:
         self.targets: dict = {}
         self.applied = None
         self.svc: Services | None = None
-        plan = node_plan(fabric, me)
-        self.ports = plan.bridge[1]  # the VM-facing ports of this host's vswitch
-        self.platform = plan.platform
+        self.ports = node_plan(fabric, me).bridge[1]  # the VM-facing ports of this host's vswitch
         self.management = management_networks()
         self.metadata = imds.Metadata(fabric, me)   # what this host's IMDS answers its VMs
         self.next_beat = 0.0
@@ -107,7 +96,6 @@ class HostAgent:
         if svc is self.svc and remedies == self.remedies:
             return
         self.remedies = remedies
-        ensure_platform(self.me, self.platform)
         self.metadata.update(svc)
         want = desired(self.fabric, svc, self.me, remedies, self.management)
         if want != self.applied:
@@ -153,10 +141,6 @@ class HostAgent:
         changed = []
         for (vm, probe), st in states.items():
             r = db.row("Backend_Health", vm=vm, probe=probe)
-            if r is not None and r.host != self.me:
-                # another node's row for our VM: RBAC lets us neither take it over nor delete it,
-                # and trying would fail the heartbeat with it (MUXes ignore it; the operator deletes it)
-                continue
             if r is None or (r.up, r.reason, r.host) != (st.up, reason(st), self.me):
                 changed.append(((vm, probe), st))
         if not (changed or stale or force_beat):
@@ -213,8 +197,7 @@ def main() -> None:
     db = Db(managers_remote(len(fabric.managers)), TABLES, quiet=QUIET,
             conditions={"Chassis": [["name", "==", me]], "Backend_Health": [["host", "==", me]]})
     agent = HostAgent(me, fabric, db)
-    ensure_platform(me, agent.platform)
-    imds.serve(agent.metadata)
+    imds.serve(agent.metadata)   # its address is on the bridge: the node's network plan (render.NodePlan.platform)
     print(f"[host-agent {me}] IMDS on {imds.IMDS_ADDRESS}:{imds.IMDS_PORT}", flush=True)
     print(f"[host-agent {me}] watching the managers' OVSDB", flush=True)
     watch(db, lambda: agent.step(time.monotonic()), lambda: agent.next_wakeup(time.monotonic()))

@@ -112,6 +112,10 @@ def error(status: int, code: str, message: str, details: list[tuple[str, Any, st
                      "message": msg} for path, value, msg in details]}})
 
 
+def bad_url_name(details: list[tuple[str, Any, str]]) -> JSONResponse:
+    return error(400, "InvalidResourceName", "a name in the URL is not a valid resource name", details)
+
+
 @app.exception_handler(RequestValidationError)
 async def _invalid_body(request: Request, exc: RequestValidationError):
     details, in_url = [], True
@@ -124,7 +128,7 @@ async def _invalid_body(request: Request, exc: RequestValidationError):
             path = loc_path(tuple(p for p in loc if p != "body"))
         details.append((path or "(body)", e.get("input"), error_message(e)))
     if details and in_url:
-        return error(400, "InvalidResourceName", "a name in the URL is not a valid resource name", details)
+        return bad_url_name(details)
     return error(400, "InvalidRequestFormat", "the request body is not a valid load balancer resource", details)
 
 
@@ -235,8 +239,7 @@ class InputGuard:
         for segment in raw.split("?")[0].split("/"):
             if "%2f" in segment.lower() or "%5c" in segment.lower():
                 name = urllib.parse.unquote(segment)
-                return error(400, "InvalidResourceName", "a name in the URL is not a valid resource name",
-                             [("path", name, NAME_RULE)])
+                return bad_url_name([("path", name, NAME_RULE)])
         return None
 
 
@@ -275,7 +278,7 @@ def stored_invalid(name: str, reason: str) -> JSONResponse:
 
 def lb_missing(name: str, known) -> JSONResponse:
     """404 for a load balancer the store does not hold; 409 when it holds it as an invalid row."""
-    reason = next((i["reason"] for i in store().invalid() if i["name"] == name), None)
+    reason = store().invalid_reason(name)
     return stored_invalid(name, reason) if reason is not None else not_found("load balancer", name, known)
 
 
@@ -335,8 +338,7 @@ def delete_lb(name: Annotated[str, Path(description="the load balancer's name (A
     invalid = {i["name"] for i in snap["invalid"]}
     if name not in invalid:   # an invalid row may have any name: it can always be deleted
         if not is_azure_name(name):
-            return error(400, "InvalidResourceName", "a name in the URL is not a valid resource name",
-                         [("path.name", name, NAME_RULE)])
+            return bad_url_name([("path.name", name, NAME_RULE)])
         if name not in snap["load_balancers"]:
             return not_found("load balancer", name, snap["load_balancers"])
     cfg, _ = store().change(lambda held: {name: None})
@@ -432,8 +434,7 @@ def rule_health(name: LbName, rule: ChildName):
     if not rules:
         return not_found("load-balancing rule", rule, [r.name for r in held[name].properties.loadBalancingRules])
     # a host reports on its own VMs only: a row naming another host is ignored (as the MUXes do)
-    owner = {vm.name: vm.host for vm in fabric.vms}
-    probes = {(h["vm"], h["probe"]): h for h in snap["health"] if owner.get(h["vm"]) == h["host"]}
+    probes = {(h["vm"], h["probe"]): h for h in snap["health"] if fabric.runs(h["host"], h["vm"])}
     alive = {h["name"] for h in snap["hosts"] if h["alive"]}
     out = []
     r = rules[0]

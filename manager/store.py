@@ -111,6 +111,10 @@ class Store:
         """The invalid rows as last read ([{name, reason}]); any thread."""
         return self.rows.last.invalid
 
+    def invalid_reason(self, name: str) -> str | None:
+        """Why the row `name` was skipped as last read (None: it is not an invalid row); any thread."""
+        return self.rows.last.invalid_reason(name)
+
     def wait_synced(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while not self.call(lambda db: db.synced):
@@ -189,13 +193,11 @@ class Store:
         rows = {r.name: r for r in db.rows("Load_Balancer")}
 
         def build(txn):
-            glob = g[0] if g else db.upsert(txn, "Global", {}, seeded=True, mtu_remedies=sorted(self.fabric.mtu_remedies))
+            glob = self.seeded_global(db, txn, g)
             cfg = (glob.nb_cfg if g else 0) + 1
             if g:
                 glob.verify("nb_cfg")
             glob.nb_cfg = cfg
-            if g and not glob.seeded:   # Global made by manager/rbac.py: this write seeds the cluster
-                glob.seeded = True
             for name, alloc in allocations.items():   # another load balancer's change can move these
                 row = rows.get(name)
                 text = json.dumps(alloc, sort_keys=True)
@@ -235,13 +237,21 @@ class Store:
     def set_drained(self, mux: str, drained: bool) -> None:
         self._write(lambda db, txn: db.upsert(txn, "Mux", {"name": mux}, drained=drained))
 
+    def seeded_global(self, db: Db, txn, g: list) -> Any:
+        """The Global row (`g`: as read), marked seeded, in `txn`: created with the lab's MTU
+        remedies when missing. manager/rbac.py may have made it unseeded; the first write
+        seeds the cluster (agents read the stored remedies once it is)."""
+        if not g:
+            return db.upsert(txn, "Global", {}, seeded=True, mtu_remedies=sorted(self.fabric.mtu_remedies))
+        if not g[0].seeded:
+            g[0].seeded = True
+        return g[0]
+
     def set_mtu_remedies(self, remedies: list[str]) -> None:
         """The platform's answer to packets too big for the overlay (not a tenant setting)."""
         def build(db, txn):
             g = db.rows("Global")
-            glob = g[0] if g else db.upsert(txn, "Global", {}, seeded=True)
+            glob = self.seeded_global(db, txn, g)
             glob.mtu_remedies = sorted(remedies)
-            if g and not glob.seeded:   # Global made by manager/rbac.py: agents read remedies once seeded
-                glob.seeded = True
             glob.nb_cfg = (g[0].nb_cfg if g else 0) + 1   # agents report when they applied it
         self._write(build)

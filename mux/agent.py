@@ -98,16 +98,8 @@ class MuxAgent:
     def health(self) -> datapath.Health:
         me = self.db.row("Mux", name=self.me)
         # a host can only claim its own VMs: a row whose host is not the VM's host is ignored
-        probes = {(r.vm, r.probe): r.up for r in self.db.rows("Backend_Health") if self.claims(r.host, r.vm)}
+        probes = {(r.vm, r.probe): r.up for r in self.db.rows("Backend_Health") if self.fabric.runs(r.host, r.vm)}
         return datapath.Health(probes, self.liveness.dead(self.db), bool(me and me.drained))
-
-    def claims(self, host: str, vm: str) -> bool:
-        """`host` may report on `vm`: it is the fabric host of that VM (RBAC lets a host write
-        rows naming itself only, so this is what keeps one host from speaking for another's VMs)."""
-        try:
-            return self.fabric.vm(vm).host == host
-        except StopIteration:   # a VM the fabric does not have
-            return False
 
     def step(self) -> None:
         svc = self.compiled.read(self.db)

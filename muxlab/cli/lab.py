@@ -80,10 +80,11 @@ class LabRef:
                 urls[m] = f"https://{addr}:{API_PORT}"
         return urls
 
-    def api(self, timeout: float = 15.0) -> Api:
-        """The managers' API: HTTPS by management address, each certificate checked for its
-        manager's name against the lab's CA, with the lab's token."""
-        by_name = self.manager_url_map()
+    def api(self, timeout: float = 15.0, managers: dict[str, str] | None = None) -> Api:
+        """The managers' API (or those of `managers`: name -> URL): HTTPS by management
+        address, each certificate checked for its manager's name against the lab's CA, with
+        the lab's token."""
+        by_name = self.manager_url_map() if managers is None else managers
         return Api(list(by_name.values()), timeout, token=self.token, ca=self.ca_file, names=list(by_name))
 
 
@@ -311,19 +312,17 @@ def manager_view(ref: LabRef) -> dict:
     load balancers, in one round of calls."""
     out = {"managers": {}, "status": None, "load_balancers": {}}
     by_name = ref.manager_url_map()
-    urls = list(by_name.values())
     for m in ref.lab.managers:
         url = by_name.get(m)
         if url is None:
             out["managers"][m] = {"url": "-", "role": None, "status": "container not running"}
             continue
         try:
-            out["managers"][m] = {"url": url, **Api([url], timeout=3, token=ref.token, ca=ref.ca_file,
-                                                    names=[m]).get("/cluster")}
+            out["managers"][m] = {"url": url, **ref.api(3, {m: url}).get("/cluster")}
         except MuxlabError as exc:
             out["managers"][m] = {"url": url, "role": None, "status": f"not answering ({exc})"[:120]}
     try:
-        api = Api(urls, timeout=5, token=ref.token, ca=ref.ca_file, names=list(by_name))
+        api = ref.api(5, by_name)
         out["status"] = api.get("/status")
         out["load_balancers"] = api.load_balancers()
     except MuxlabError:

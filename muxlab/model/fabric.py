@@ -147,6 +147,11 @@ class Lab:
     def host(self, name: str) -> Host:
         return next(h for h in self.hosts if h.name == name)
 
+    def runs(self, host: str, vm: str) -> bool:
+        """`vm` runs on `host`: the only host that may report on it (RBAC lets a host write
+        rows naming itself; this keeps it from speaking for another host's VMs)."""
+        return any(v.name == vm and v.host == host for v in self.vms)
+
     def vms_on(self, host: str) -> tuple[VM, ...]:
         return tuple(v for v in self.vms if v.host == host)
 

@@ -73,7 +73,7 @@ class NodePlan:
     interfaces: list[str] = field(default_factory=list)               # lab ports to wait for
     second_nic: tuple[str, str, str, str] | None = None               # VM: (ifname, address, gateway, DIP)
     # host: the platform addresses on its bridge, as Azure's hosts serve them to their VMs
-    # (IMDS, and 168.63.129.16 that health probes come from); the host agent holds them
+    # (IMDS, and 168.63.129.16 that health probes come from); applied with the rest of the plan
     platform: list[tuple[str, str]] = field(default_factory=list)     # (ifname, cidr)
 
 

@@ -171,10 +171,7 @@ class Db:
             for k, v in {**key, **values}.items():
                 setattr(r, k, v)
             return r
-        for k, v in values.items():
-            if getattr(r, k) != v:
-                setattr(r, k, v)
-        return r
+        return set_changed(r, values)
 
     def update(self, txn, table: str, key: dict, **values) -> Any | None:
         """Set `values` on the existing row matching `key` in `txn`; never inserts. Agents may
@@ -182,24 +179,28 @@ class Db:
         Until it exists this skips, and says so once."""
         r = self.row(table, **key)
         tag = (table, tuple(sorted(key.items())))
+        what = ", ".join(f"{k}={v}" for k, v in key.items())
         if r is None:
             if tag not in self._awaiting:
                 self._awaiting.add(tag)
-                what = ", ".join(f"{k}={v}" for k, v in key.items())
                 print(f"[ovsdb] no {table} row {what} yet: the managers create it; not reporting it until then",
                       flush=True)
             return None
         if tag in self._awaiting:
             self._awaiting.discard(tag)
-            print(f"[ovsdb] the {table} row {', '.join(f'{k}={v}' for k, v in key.items())} exists now: reporting",
-                  flush=True)
-        for k, v in values.items():
-            if getattr(r, k) != v:
-                setattr(r, k, v)
-        return r
+            print(f"[ovsdb] the {table} row {what} exists now: reporting", flush=True)
+        return set_changed(r, values)
 
     def close(self) -> None:
         self.idl.close()
+
+
+def set_changed(row: Any, values: dict) -> Any:
+    """Set only the columns whose value differs: an unchanged column sends nothing."""
+    for k, v in values.items():
+        if getattr(row, k) != v:
+            setattr(row, k, v)
+    return row
 
 
 def ok(status: str) -> bool:

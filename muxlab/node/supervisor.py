@@ -101,6 +101,8 @@ def configure_network(plan: NodePlan) -> None:
     static route whose link went down and does not restore it when the link comes back."""
     from pyroute2 import IPRoute
 
+    from .kernel import ensure_local_addresses
+
     with IPRoute() as ipr:
         def idx(name: str) -> int:
             return ipr.link_lookup(ifname=name)[0]
@@ -121,6 +123,9 @@ def configure_network(plan: NodePlan) -> None:
         for ifname, cidr in addresses:
             addr, plen = cidr.split("/")
             ipr.addr("replace", index=idx(ifname), address=addr, prefixlen=int(plen))
+        # after the bridge's own address, with link scope: never the source of other traffic
+        for ifname in sorted({i for i, _ in plan.platform}):
+            ensure_local_addresses(ipr, ifname, [c for i, c in plan.platform if i == ifname])
         if plan.second_nic:
             second_nic(ipr, plan.second_nic)
         if plan.default_via:

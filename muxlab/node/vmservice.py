@@ -39,15 +39,15 @@ IPERF_PORT = 5201  # iperf3 owns it
 IMDS_URL = f"http://{IMDS_ADDRESS}:{IMDS_PORT}/metadata/loadbalancer?api-version={LOADBALANCER_MIN_VERSION}"
 POLL_S = 0.25   # the host reports a change applied once its VMs have read it (hostagent/imds.py)
 IMDS_TIMEOUT_S = 2.0
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # built once: it is asked 4 times a second
 
 
 def fetch_loadbalancer(url: str = IMDS_URL, timeout: float = IMDS_TIMEOUT_S) -> dict:
     """The loadbalancer document IMDS has for this VM; OSError (urllib's errors are OSErrors),
     ValueError or HTTPException when it cannot tell.
     No proxy, ever: IMDS refuses proxied requests, and a guest must bypass proxies for it."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     req = urllib.request.Request(url, headers={"Metadata": "true"})
-    with opener.open(req, timeout=timeout) as resp:
+    with NO_PROXY.open(req, timeout=timeout) as resp:
         doc = json.loads(resp.read())
     if not isinstance(doc, dict) or not isinstance(doc.get("loadbalancer"), dict):
         raise ValueError("not a loadbalancer document")

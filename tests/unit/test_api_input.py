@@ -39,6 +39,10 @@ class FakeStore:
         self.calls.append("invalid")
         return list(self._invalid)
 
+    def invalid_reason(self, name):
+        self.calls.append("invalid")
+        return next((i["reason"] for i in self._invalid if i["name"] == name), None)
+
     def change(self, edit):
         self.calls.append("change")
         updates = edit(dict(self.lbs))
