@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import socket
+import socketserver
 import time
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -103,7 +104,11 @@ class Server(ThreadingHTTPServer):
 
     def server_bind(self):
         self.socket.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
-        super().server_bind()
+        # not HTTPServer.server_bind: it asks DNS for the address's name (socket.getfqdn), and
+        # with no resolver reachable that held a restarted host agent for 10 s, its VMs
+        # leaving every MUX's tables meanwhile
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
 
 
 def handler_for(meta: Metadata):
