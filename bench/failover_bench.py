@@ -12,7 +12,7 @@ import time
 from muxlab.cli import faults
 from muxlab.cli.failover import analyse
 from muxlab.cli.lab import vip_nexthops
-from muxlab.model.compiled import compile_services
+from muxlab.model.compiler import compile_services
 from muxlab.model.service import LoadBalancer
 
 from .common import deployed, save, summary

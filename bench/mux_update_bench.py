@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from muxlab.model.compiled import compile_services
+from muxlab.model.compiler import compile_services
 from muxlab.model.fabric import load_lab
 from muxlab.model import nfttable
 from muxlab.model.generate import load_balancers

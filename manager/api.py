@@ -59,13 +59,11 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 
-from muxlab.model.compiled import compile_services
 from muxlab.model.conventions import API_PORT, API_TOKEN, NODE_CERT, NODE_KEY, PKI_DIR
 from muxlab.model.fabric import ModelError, load_lab
 from muxlab.model.service import (AZURE_NAME, NAME_RULE, BackendAddressPool, InboundNatRule, LoadBalancer, Name,
                                   canonical, error_message, is_azure_name, json_duplicates,
                                   json_loads_pairs, load_document, loc_path)
-from muxlab.node.desired import STALE_AFTER
 from muxlab.node.ovsdb import DB_NAME, PKI_DIR_ENV, manager_addresses, managers_remote
 from muxlab.node.runtime import FABRIC_PATH
 
@@ -429,8 +427,8 @@ def rule_health(name: LbName, rule: ChildName):
     snap = snapshot_holding(name)
     held = snap["load_balancers"]
     fabric = store().fabric
-    svc = compile_services({name: held[name]}, fabric)
-    rules = [r for r in svc.rules if r.name in (rule, f"{rule}-tcp", f"{rule}-udp")]
+    # the southbound rows, as the agents read them: what the data path does, not a recompile
+    rules = [r for r in snap["facts"].rules if r.lb == name and r.name in (rule, f"{rule}-tcp", f"{rule}-udp")]
     if not rules:
         return not_found("load-balancing rule", rule, [r.name for r in held[name].properties.loadBalancingRules])
     # a host reports on its own VMs only: a row naming another host is ignored (as the MUXes do)
@@ -445,7 +443,7 @@ def rule_health(name: LbName, rule: ChildName):
         if b.admin == "Down":
             state, why = "Down", "adminState is Down"
         elif host not in alive:
-            state, why = "Down", f"host {host} is not reporting (agent silent for more than {STALE_AFTER:.0f} s)"
+            state, why = "Down", f"host {host} is dead: a MUX stopped hearing its liveness beacons"
         elif b.admin == "Up":
             state, why = "Up", "adminState is Up (probes ignored)"
         elif r.probe is None:
@@ -503,12 +501,11 @@ def port_mappings(name: LbName, rule: ChildName):
     if rule not in rules:
         return not_found("inbound NAT rule", rule, sorted(rules))
     n = rules[rule]
-    fabric = store().fabric
-    mapping = snap["allocations"].get(name, {}).get("nat", {}).get(rule, {})
-    return {"value": [{"inboundNatRuleName": rule, "protocol": n.protocol, "frontendPort": port,
-                       "backendPort": port if n.enableFloatingIP else n.backendPort,
-                       "backendAddress": {"name": vm, "ipAddress": str(fabric.vm(vm).ip)}}
-                      for vm, port in sorted(mapping.items(), key=lambda kv: kv[1])]}
+    # the southbound Nat_Port rows (one per protocol): the ports the data path serves
+    ports = {(x.vm, x.ip, x.port, x.backend_port) for x in snap["facts"].nat_ports if x.lb == name and x.rule == rule}
+    return {"value": [{"inboundNatRuleName": rule, "protocol": n.protocol, "frontendPort": port, "backendPort": bport,
+                       "backendAddress": {"name": vm, "ipAddress": ip}}
+                      for vm, ip, port, bport in sorted(ports, key=lambda p: p[2])]}
 
 
 @app.get("/loadBalancers/{name}/outboundSnat")
@@ -517,9 +514,8 @@ def outbound_snat(name: LbName):
     each backend's frontend address and port range, the ports its connections hold and the
     connections refused because the range was full."""
     snap = snapshot_holding(name)
-    held = snap["load_balancers"]
     fabric = store().fabric
-    svc = compile_services(held, fabric, snap["allocations"])
+    svc = snap["facts"]
     usage = {vm: u for h in snap["hosts"] for vm, u in h["snat_usage"].items()}
     out = []
     for x in sorted((x for x in svc.snat if x.lb == name), key=lambda x: (str(x.vip), x.lo)):
@@ -587,6 +583,7 @@ def cluster():
 @app.get("/status")
 def status():
     snap = store().snapshot()
+    snap.pop("facts")
     snap["load_balancers"] = sorted(snap["load_balancers"])
     snap["manager"] = cluster_status()
     snap["now"] = time.time()

@@ -8,8 +8,8 @@ the `authorization` columns of the table's RBAC_Permission with the common name 
 agent's certificate (muxlab/pki.py: the node's name), and allows only the `update` columns,
 and inserts and deletes only where `insert_delete`:
 
-- Chassis (a host's own row, name = CN): heartbeat, nb_cfg, synced_at, snat_usage;
-- Mux (a MUX's own row, name = CN): nb_cfg, synced_at, tables_digest, announced — not
+- Chassis (a host's own row, name = CN): nb_cfg, synced_at, snat_usage;
+- Mux (a MUX's own row, name = CN): nb_cfg, synced_at, tables_digest, announced, dead_hosts — not
   `drained`, which is the operator's;
 - Backend_Health (host = CN): a host inserts and deletes its own probe results and updates
   up/reason/since; it cannot move a row to another host (MUXes also ignore a row whose host
@@ -37,8 +37,8 @@ AGENT_TARGET = f"pssl:{OVSDB_PORT}"   # every address: all managers share this r
 
 # table -> (authorization columns, insert_delete, update columns)
 PERMISSIONS: dict[str, tuple[list[str], bool, list[str]]] = {
-    "Chassis": (["name"], False, ["heartbeat", "nb_cfg", "synced_at", "snat_usage"]),
-    "Mux": (["name"], False, ["nb_cfg", "synced_at", "tables_digest", "announced"]),
+    "Chassis": (["name"], False, ["nb_cfg", "synced_at", "snat_usage"]),
+    "Mux": (["name"], False, ["nb_cfg", "synced_at", "tables_digest", "announced", "dead_hosts"]),
     "Backend_Health": (["host"], True, ["up", "reason", "since"]),
 }
 

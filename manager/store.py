@@ -6,9 +6,15 @@ Every write checks the complete resulting set of load balancers against the fabr
 (muxlab.model.lbcheck) before anything is sent; the transaction then verifies that
 Global.nb_cfg did not move since the check and bumps it, so two managers writing at once
 cannot both pass a check that only one of them should: the loser retries on fresh data.
+
+The same transaction carries the southbound rows compiled from the result (OVN's northd, run
+inline: muxlab.model.southbound, docs/southbound.md) and Global.southbound_digest, the digest
+of the Load_Balancer rows they were compiled from. Rows written around the API (ovsdb-client
+by hand) leave the digest behind; whichever manager sees that first compiles again.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -20,13 +26,15 @@ from typing import Any, Callable
 
 import ovs.poller
 
+from muxlab.model import southbound
 from muxlab.model.allocation import allocate
+from muxlab.model.compiled import Services
+from muxlab.model.compiler import compile_each
 from muxlab.model.fabric import Lab, ModelError
 from muxlab.model.lbcheck import allocate_public_ips, check, frontend_addresses
 from muxlab.model.rows import RowReader, Rows
 from muxlab.model.service import LoadBalancer, canonical
 
-from muxlab.node.desired import STALE_AFTER
 from muxlab.node.ovsdb import Db
 
 from .cluster import SOCK
@@ -34,6 +42,12 @@ from .cluster import SOCK
 # After the leader dies the others elect a new one within about a second, and this manager's
 # IDL notices and reconnects within its inactivity probe (2 s): a write waits that long.
 WRITE_DEADLINE_S = 12.0
+
+
+def nb_digest(key: tuple) -> str:
+    """The digest of the Load_Balancer rows (the row rule's key: every (name, spec,
+    allocations)) that the southbound tables were compiled from."""
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()
 
 
 class NotFound(KeyError):
@@ -47,7 +61,9 @@ class Unavailable(RuntimeError):
 class Store:
     def __init__(self, fabric: Lab, remote: str | None = None):
         self.fabric = fabric
-        self.rows = RowReader(fabric)   # the row rule (muxlab.model.rows), shared with the agents
+        self.rows = RowReader(fabric)   # the row rule (muxlab.model.rows)
+        self.uncompiled: dict[str, str] = {}   # valid rows that do not compile: name -> reason
+        self._read_back: tuple[int, Services] | None = None   # (nb_cfg, the southbound rows read back)
         # This manager's own ovsdb-server, on its unix socket: no RBAC role there (full
         # access), while the agents' ssl: remotes only let a node write its own rows. A
         # follower forwards writes to the leader (the nb_cfg verify in _change_once keeps
@@ -74,7 +90,8 @@ class Store:
                 os.read(self.wake_r, 4096)
             except BlockingIOError:
                 pass
-            self.db.run()
+            if self.db.run():
+                self._recompile_if_behind(self.db)
             while True:
                 try:
                     fn, fut = self.jobs.get_nowait()
@@ -108,12 +125,71 @@ class Store:
         return dict(self.read_rows(db).lbs)
 
     def invalid(self) -> list[dict]:
-        """The invalid rows as last read ([{name, reason}]); any thread."""
-        return self.rows.last.invalid
+        """The rows skipped as last read or compiled ([{name, reason}]); any thread."""
+        bad = {i["name"]: i["reason"] for i in self.rows.last.invalid} | self.uncompiled
+        return [{"name": n, "reason": r} for n, r in sorted(bad.items(), key=lambda kv: str(kv[0]))]
 
     def invalid_reason(self, name: str) -> str | None:
         """Why the row `name` was skipped as last read (None: it is not an invalid row); any thread."""
-        return self.rows.last.invalid_reason(name)
+        return self.rows.last.invalid_reason(name) or self.uncompiled.get(name)
+
+    def facts(self, db: Db) -> Services:
+        """The southbound rows as the agents read them (what the health, SNAT and port-mapping
+        answers report), read again only when nb_cfg moved."""
+        cfg = db.rows("Global")[0].nb_cfg if db.rows("Global") else 0
+        if self._read_back is None or self._read_back[0] != cfg:
+            self._read_back = (cfg, southbound.services_of(southbound.read(db.rows))[0])
+        return self._read_back[1]
+
+    # ------------------------------------------------------------ southbound (DB thread)
+
+    def _southbound(self, lbs: dict[str, LoadBalancer], allocations: dict[str, dict]) -> southbound.Rows:
+        svc, self.uncompiled = compile_each(lbs, self.fabric, allocations)
+        return southbound.rows_of(svc, lambda vm: self.fabric.vm(vm).host)
+
+    @staticmethod
+    def _write_southbound(db: Db, txn, want: southbound.Rows) -> int:
+        """Make the southbound tables hold `want`, in `txn`; the number of rows touched."""
+        by_key = {t: {tuple(getattr(r, k) for k in keys): r for r in db.rows(t)}
+                  for t, (keys, _) in southbound.TABLES.items()}
+        held = {t: {k: {c: getattr(r, c) for c in southbound.TABLES[t][1]} for k, r in rows.items()}
+                for t, rows in by_key.items()}
+        d = southbound.diff(held, want)
+        for table, key in d.delete:
+            by_key[table][key].delete()
+        for table, key, cols in d.update:
+            for c, v in cols.items():
+                setattr(by_key[table][key], c, v)
+        for table, cols in d.insert:
+            row = txn.insert(db.idl.tables[table])
+            for c, v in cols.items():
+                setattr(row, c, v)
+        return len(d.insert) + len(d.update) + len(d.delete)
+
+    def _recompile_if_behind(self, db: Db) -> None:
+        """Rows changed around the API (the digest is behind them): compile them again. Every
+        manager may try; the digest's verify lets one win, the others find nothing to do."""
+        g = db.rows("Global")
+        if not (db.synced and g and g[0].seeded):
+            return
+        rows = self.read_rows(db)
+        digest = nb_digest(rows.key)
+        if g[0].southbound_digest == digest:
+            return
+        want = self._southbound(dict(rows.lbs), dict(rows.allocations))
+
+        def build(txn):
+            g[0].verify("southbound_digest")
+            g[0].verify("nb_cfg")
+            touched = self._write_southbound(db, txn, want)
+            g[0].southbound_digest = digest
+            if touched:
+                g[0].nb_cfg = g[0].nb_cfg + 1   # agents report when they applied it
+            return touched
+        status, touched = db.transact(build)
+        if status == "success":
+            print(f"[manager] load balancers changed around the API: southbound compiled again ({touched} rows)",
+                  flush=True)
 
     def wait_synced(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -143,11 +219,14 @@ class Store:
                 "mtu_remedies": sorted(g[0].mtu_remedies) if g else sorted(self.fabric.mtu_remedies),
                 "health": [{"host": r.host, "vm": r.vm, "probe": r.probe, "up": r.up, "reason": r.reason, "since": r.since}
                            for r in db.rows("Backend_Health")],
-                "hosts": [{"name": r.name, "heartbeat": r.heartbeat, "nb_cfg": r.nb_cfg, "synced_at": r.synced_at,
-                           "alive": time.time() - (r.synced_at or 0) <= STALE_AFTER,
+                # a host is dead when a MUX finds its liveness beacons stopped (mux/liveness.py)
+                "hosts": [{"name": r.name, "nb_cfg": r.nb_cfg, "synced_at": r.synced_at,
+                           "alive": not any(r.name in m.dead_hosts for m in db.rows("Mux")),
                            "snat_usage": json.loads(r.snat_usage or "{}")} for r in db.rows("Chassis")],
                 "muxes": [{"name": r.name, "drained": r.drained, "nb_cfg": r.nb_cfg, "synced_at": r.synced_at,
-                           "tables_digest": r.tables_digest, "announced": sorted(r.announced)} for r in db.rows("Mux")],
+                           "tables_digest": r.tables_digest, "announced": sorted(r.announced),
+                           "dead_hosts": sorted(r.dead_hosts)} for r in db.rows("Mux")],
+                "facts": self.facts(db),
             }
         return self.call(read)
 
@@ -192,30 +271,40 @@ class Store:
         # quadratic in the number of load balancers (17 s of a write at 1500)
         rows = {r.name: r for r in db.rows("Load_Balancer")}
 
+        # what the table will hold, as the row rule reads it: its digest goes with the southbound
+        final = {r.name: (r.name, r.spec, r.allocations) for r in rows.values()}
+        for name, alloc in allocations.items():   # another load balancer's change can move these
+            if name not in updates and name in final:
+                final[name] = (name, final[name][1], json.dumps(alloc, sort_keys=True))
+        for name in updates:
+            if name in after:
+                final[name] = (name, json.dumps(canonical(after[name]), sort_keys=True),
+                               json.dumps(allocations[name], sort_keys=True))
+            else:
+                final.pop(name, None)
+        # invalid rows stay out of the compile, as the row rule reads them
+        want = self._southbound({n: lb for n, lb in after.items() if n in allocations}, allocations)
+
         def build(txn):
             glob = self.seeded_global(db, txn, g)
             cfg = (glob.nb_cfg if g else 0) + 1
             if g:
                 glob.verify("nb_cfg")
             glob.nb_cfg = cfg
-            for name, alloc in allocations.items():   # another load balancer's change can move these
+            for name, text, alloc_text in final.values():
                 row = rows.get(name)
-                text = json.dumps(alloc, sort_keys=True)
-                if name not in updates and row is not None and row.allocations != text:
-                    row.allocations = text
-            for name in updates:
-                row = rows.get(name)
-                if name not in after:
-                    if row is not None:
-                        row.delete()
-                    continue
-                spec = json.dumps(canonical(after[name]), sort_keys=True)
                 if row is None:
                     row = txn.insert(db.idl.tables["Load_Balancer"])
-                    row.name = name
-                row.spec = spec
-                row.allocations = json.dumps(allocations[name], sort_keys=True)
-                row.frontends = frontend_addresses([after[name]])
+                    row.name, row.spec, row.allocations = name, text, alloc_text
+                elif (row.spec, row.allocations) != (text, alloc_text):
+                    row.spec, row.allocations = text, alloc_text
+                if name in after:
+                    row.frontends = frontend_addresses([after[name]])
+            for name, row in rows.items():
+                if name not in final:
+                    row.delete()
+            self._write_southbound(db, txn, want)
+            glob.southbound_digest = nb_digest(tuple(sorted(final.values(), key=lambda r: str(r[0]))))
             return cfg, {n: after[n] for n in updates if n in after}
 
         return db.transact(build)

@@ -58,7 +58,7 @@ class MuxlabLab:
 
     def services(self):
         """The load balancers the managers hold, compiled as the agents compile them."""
-        from muxlab.model.compiled import compile_services
+        from muxlab.model.compiler import compile_services
         from muxlab.model.service import LoadBalancer
         lbs = {n: LoadBalancer.model_validate(lb) for n, lb in self.api.load_balancers().items()}
         return compile_services(lbs, self.ref.lab)

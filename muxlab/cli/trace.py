@@ -98,7 +98,7 @@ def _maglev(ref: LabRef, lbs: dict, walk: dict, vip: str, port: int, proto: str,
             served: str | None) -> dict | None:
     """The Maglev bucket the MUX's jhash chose, recomputed from the packet's fields and the
     rule that matched, and the bucket's owner in that MUX's table."""
-    from ..model.compiled import compile_services
+    from ..model.compiler import compile_services
     from ..model.service import LoadBalancer
     hop = next((h for h in walk["request"] if ref.lab.role_of(h["node"]) == "mux"), None)
     if hop is None:

@@ -32,5 +32,5 @@ def default_lbs():
 
 
 def services(lbs=None):
-    from muxlab.model.compiled import compile_services
+    from muxlab.model.compiler import compile_services
     return compile_services(lbs if lbs is not None else default_lbs(), fabric())

@@ -186,22 +186,22 @@ def test_a_manager_that_may_not_create_global_waits_for_it(lab):
 
 
 def test_a_host_updates_its_own_chassis_row(server, host1):
-    beat = int(time.time())
-    assert commit(host1, lambda txn: host1.update(txn, "Chassis", {"name": "host1"}, heartbeat=beat,
-                                                  synced_at=time.time(), nb_cfg=0)) == "success"
-    refresh(server["admin"], lambda db: db.row("Chassis", name="host1").heartbeat == beat, "host1's heartbeat stored")
+    cfg = int(time.time())
+    assert commit(host1, lambda txn: host1.update(txn, "Chassis", {"name": "host1"}, nb_cfg=cfg,
+                                                  synced_at=time.time())) == "success"
+    refresh(server["admin"], lambda db: db.row("Chassis", name="host1").nb_cfg == cfg, "host1's nb_cfg stored")
 
 
 def test_update_skips_a_row_that_does_not_exist_yet(server, host1, capsys):
     for _ in range(2):
-        status = commit(host1, lambda txn: host1.update(txn, "Chassis", {"name": "host9"}, heartbeat=1))
+        status = commit(host1, lambda txn: host1.update(txn, "Chassis", {"name": "host9"}, nb_cfg=1))
         assert status == "unchanged"
     out = capsys.readouterr().out
     assert out.count("no Chassis row name=host9 yet") == 1, out
 
 
 def test_a_host_cannot_update_another_hosts_chassis_row(host1):
-    status = commit(host1, lambda txn: setattr(host1.row("Chassis", name="host2"), "heartbeat", 424242))
+    status = commit(host1, lambda txn: setattr(host1.row("Chassis", name="host2"), "nb_cfg", 424242))
     assert permission_refused(status, "Chassis"), status
     print(status)
     assert "host1" in status   # the server names the client it refused: its certificate's CN
@@ -231,6 +231,22 @@ def test_a_host_cannot_insert_a_load_balancer(host1):
         r.name, r.spec = "evil", "{}"
     status = commit(host1, build)
     assert permission_refused(status, "Load_Balancer"), status
+
+
+def test_a_host_cannot_write_a_southbound_fact(host1):
+    """The facts are the managers' alone: a host could otherwise steer another host's VIP."""
+    from muxlab.model import southbound
+    from tests.unit.conftest import services
+    valid = southbound.rows_of(services(), lambda vm: "host1")
+    valid["Nat_Port"] = {(): {"lb": "web", "rule": "ssh", "vip": "203.0.113.10", "protocol": "tcp", "port": 2222,
+                              "vm": "vm1", "ip": "10.1.1.11", "host": "host1", "backend_port": 22, "floating_ip": False,
+                              "idle_s": 60, "tcp_reset": False}}
+    for table in southbound.TABLES:
+        def build(txn, table=table):
+            r = txn.insert(host1.idl.tables[table])
+            for column, value in next(iter(valid[table].values())).items():
+                setattr(r, column, value)
+        assert permission_refused(commit(host1, build), table), table
 
 
 def test_a_host_cannot_change_global_connections_or_roles(host1):

@@ -1,11 +1,12 @@
 """No poison row: a Load_Balancer row the API would refuse, written around it, is skipped and
-reported by the one row rule (muxlab.model.rows) that the managers' store and the agents'
-ServicesCache share; the other rows are served as usual."""
+reported by the row rule (muxlab.model.rows) the managers' store applies, and left out of the
+southbound facts agents read; the other rows are served as usual."""
 import json
 from types import SimpleNamespace
 
 import pytest
 
+from muxlab.model import southbound
 from muxlab.model.rows import RowReader, parse_row, read_rows
 from muxlab.model.service import NAME_RULE, canonical
 from tests.unit.conftest import default_lbs, fabric
@@ -90,7 +91,7 @@ def test_reader_reads_again_only_when_a_row_changed():
     assert second is not first and [i["name"] for i in second.invalid] == ["bad"]
 
 
-# ---------------------------------------------------------------- the agents' ServicesCache
+# ---------------------------------------------------------------- compiling what is valid
 
 
 class FakeDb:
@@ -101,49 +102,27 @@ class FakeDb:
         return list(self.tables.get(table, []))
 
 
-def test_services_cache_skips_poison_rows_and_logs_each_once():
-    from muxlab.node.desired import ServicesCache
-    logged = []
-    cache = ServicesCache(fabric(), log=logged.append)
-    rows = [row(*r) for r in good_rows() if r[0] != "bench"] + [row("bad", "{not json"), row("bench", "{}")]
-    db = FakeDb(rows)
-    svc = cache.read(db)
-    assert {r.lb for r in svc.rules} == {"web", "direct"}
-    assert [i["name"] for i in cache.invalid] == ["bad", "bench"]
-    assert len(logged) == 2 and "'bad'" in logged[0] and "spec is not JSON" in logged[0]
-    # another row changes: the skipped ones are not logged again
-    db.tables["Load_Balancer"] = rows + [row("bench2", spec("bench"))]
-    cache.read(db)
-    assert len(logged) == 2
-    assert [i["name"] for i in cache.invalid] == ["bad", "bench"]
-    # the bad row is fixed: it is served, and logged again should it break again
-    db.tables["Load_Balancer"] = [r for r in rows if r.name not in ("bad", "bench")] + [row("bench", spec("bench"))]
-    assert {r.lb for r in cache.read(db).rules} == {"web", "direct", "bench"}
-    assert cache.invalid == []
-
-
-def test_services_cache_skips_a_load_balancer_that_does_not_compile(monkeypatch):
-    from muxlab.node import desired
-    real = desired.compile_services
+def test_a_load_balancer_that_does_not_compile_is_left_out_and_named(monkeypatch):
+    from muxlab.model import compiler
+    real = compiler.compile_services
 
     def fragile(lbs, fabric, allocations=None):
         if "direct" in lbs:
             raise KeyError("vm9")
         return real(lbs, fabric, allocations)
-    monkeypatch.setattr(desired, "compile_services", fragile)
-    logged = []
-    cache = desired.ServicesCache(fabric(), log=logged.append)
-    svc = cache.read(FakeDb([row(*r) for r in good_rows()]))
+    monkeypatch.setattr(compiler, "compile_services", fragile)
+    svc, skipped = compiler.compile_each(default_lbs(), fabric(), {})
     assert {r.lb for r in svc.rules} == {"web", "bench"}
-    assert cache.invalid == [{"name": "direct", "reason": "does not compile: KeyError: 'vm9'"}]
-    assert len(logged) == 1
+    assert skipped == {"direct": "does not compile: KeyError: 'vm9'"}
 
 
-def test_services_cache_refusing_every_row_serves_nothing_and_survives():
-    from muxlab.node.desired import ServicesCache
-    cache = ServicesCache(fabric(), log=lambda line: None)
-    assert cache.read(FakeDb([row("a", "1"), row("b", "[]")])).rules == ()
-    assert [i["name"] for i in cache.invalid] == ["a", "b"]
+def test_the_store_compiles_the_valid_rows_into_the_southbound_and_reports_the_rest(poisoned_store):
+    store, db = poisoned_store
+    store.change(lambda held: {})   # any write compiles the whole set, the poison row left out
+    facts = store.snapshot()["facts"]
+    assert {r.lb for r in facts.rules} == {"web", "direct", "bench"}
+    assert db.rows("Global")[0].southbound_digest
+    assert [i["name"] for i in store.invalid()] == ["bad"]
 
 
 # ---------------------------------------------------------------- the managers' store
@@ -154,18 +133,19 @@ class Txn:
         self.db = db
 
     def insert(self, table):
-        r = StoreRow(self.db, name=None, spec=None, allocations=None, frontends=[])
-        self.db.tables["Load_Balancer"].append(r)
+        r = StoreRow(self.db, table, **({"name": None, "spec": None, "allocations": None, "frontends": []}
+                                        if table == "Load_Balancer" else {}))
+        self.db.tables.setdefault(table, []).append(r)
         return r
 
 
 class StoreRow(SimpleNamespace):
-    def __init__(self, db, **kw):
+    def __init__(self, db, table, **kw):
         super().__init__(**kw)
-        self._db = db
+        self._db, self._table = db, table
 
     def delete(self):
-        self._db.tables["Load_Balancer"].remove(self)
+        self._db.tables[self._table].remove(self)
 
     def verify(self, column):
         pass
@@ -175,8 +155,9 @@ class StoreDb(FakeDb):
     synced = True
 
     def __init__(self, rows):
-        super().__init__([StoreRow(self, **vars(r)) for r in rows])
-        self.tables["Global"] = [StoreRow(self, nb_cfg=4, seeded=True, mtu_remedies=[])]
+        super().__init__([StoreRow(self, "Load_Balancer", **vars(r)) for r in rows])
+        self.tables["Global"] = [StoreRow(self, "Global", nb_cfg=4, seeded=True, mtu_remedies=[], southbound_digest="")]
+        self.idl = SimpleNamespace(tables={t: t for t in ("Load_Balancer", *southbound.TABLES)})
 
     def transact(self, build):
         return "success", build(Txn(self))
@@ -188,6 +169,7 @@ def poisoned_store():
     store = Store.__new__(Store)   # no OVSDB: the DB thread's work runs inline on a fake IDL
     store.fabric = fabric()
     store.rows = RowReader(store.fabric)
+    store.uncompiled, store._read_back = {}, None
     db = StoreDb([row(*r) for r in good_rows()] + [row("bad", '{"properties": 1}', "not json")])
     store.call = lambda fn, timeout=15.0: fn(db)
     store.wait_synced = lambda timeout=10.0: None

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from muxlab.model.allocation import allocate
-from muxlab.model.compiled import compile_services, guest_config
+from muxlab.model.compiled import guest_config
+from muxlab.model.compiler import compile_services
 from muxlab.model.diff import diff
 from muxlab.model.fabric import ModelError
 from muxlab.model.lbcheck import allocate_public_ips, check, default_outbound_ports
