@@ -1,6 +1,7 @@
 """Host agent: programs this host's VXLAN termination, NAT and routes to its VMs from the
-load balancers in the managers' OVSDB, probes its VMs, and writes the results there
-(Backend_Health), with a heartbeat every second (Chassis) that tells MUXes it is alive.
+southbound facts in the managers' OVSDB (its own VMs' rows only: conditional monitoring),
+probes its VMs and writes the results there (Backend_Health). It tells the MUXes it is alive
+on the underlay (muxlab.node.liveness), not through the database: at rest it writes nothing.
 
 Restart-safe: every step is idempotent and the nft tables are replaced atomically, so
 conntrack's NAT bindings (established flows) survive a restart of the agent. With every
@@ -19,7 +20,8 @@ from muxlab.model.compiled import Services
 from muxlab.model.conventions import RULE_PRIORITY, dip_mark, vxlan_ifname
 from muxlab.model.fabric import Lab, load_lab
 from muxlab.model.render import node_plan
-from muxlab.node.desired import HEARTBEAT_S, LB_COLUMNS, ServicesCache, mtu_remedies, nb_cfg, watch
+from muxlab.node.desired import FACT_COLUMNS, FactsReader, mtu_remedies, nb_cfg, own_rows, watch
+from muxlab.node.liveness import Beacon
 from muxlab.node.kernel import (PolicyRoute, ensure_bridge_ports, ensure_vxlan, interface_networks, nft_apply,
                                 reconcile_policy_routes)
 from muxlab.node.ovsdb import Db, managers_remote
@@ -29,11 +31,11 @@ from . import datapath, imds
 from .usage import nft_counters, snat_ports_in_use
 from .probes import Prober, probe_targets
 
-TABLES = {**LB_COLUMNS, "Backend_Health": None, "Chassis": ["name", "heartbeat", "nb_cfg", "synced_at", "snat_usage"]}
-USAGE_EVERY_BEATS = 3   # SNAT usage (a conntrack listing) every third heartbeat
+TABLES = {**FACT_COLUMNS, "Backend_Health": None, "Chassis": ["name", "nb_cfg", "synced_at", "snat_usage"]}
+USAGE_EVERY_S = 3.0   # SNAT usage (a conntrack listing), written when it changed
 # this agent writes these and need not be woken when anybody does
 QUIET = ([("Backend_Health", c) for c in ("host", "vm", "probe", "up", "reason", "since")]
-         + [("Chassis", c) for c in ("heartbeat", "nb_cfg", "synced_at", "snat_usage")])
+         + [("Chassis", c) for c in ("nb_cfg", "synced_at", "snat_usage")])
 
 
 def desired(fabric: Lab, svc: Services, me: str, remedies: frozenset[str], management: tuple[str, ...] = ()) -> tuple:
@@ -76,7 +78,7 @@ def reason(st) -> str:
 class HostAgent:
     def __init__(self, me: str, fabric: Lab, db: Db):
         self.me, self.fabric, self.db = me, fabric, db
-        self.compiled = ServicesCache(fabric)
+        self.facts = FactsReader()
         self.prober = Prober()
         self.targets: dict = {}
         self.applied = None
@@ -84,14 +86,13 @@ class HostAgent:
         self.ports = node_plan(fabric, me).bridge[1]  # the VM-facing ports of this host's vswitch
         self.management = management_networks()
         self.metadata = imds.Metadata(fabric, me)   # what this host's IMDS answers its VMs
-        self.next_beat = 0.0
-        self.beat = 0
+        self.next_usage = 0.0
         self.reported_cfg = -1
         self.remedies: frozenset[str] | None = None
         self.snat_usage = ""
 
     def converge(self) -> None:
-        svc = self.compiled.read(self.db)
+        svc = self.facts.read(self.db)
         remedies = mtu_remedies(self.db, self.fabric)
         if svc is self.svc and remedies == self.remedies:
             return
@@ -131,19 +132,20 @@ class HostAgent:
                       "failures": counters.get(datapath.counter_name(x.vm), 0)} for x in snats}
         return json.dumps(out, sort_keys=True)
 
-    def report(self, force_beat: bool) -> None:
-        """Write probe results that differ from what the database holds, and the heartbeat."""
+    def report(self, usage_due: bool) -> None:
+        """Write what differs from what the database holds: probe results, the configuration
+        applied, SNAT usage. Nothing when nothing changed."""
         db = self.db
-        # every few heartbeats: listing conntrack costs the data path time too
-        usage = self.usage() if force_beat and self.beat % USAGE_EVERY_BEATS == 0 else self.snat_usage
+        # every few seconds: listing conntrack costs the data path time too
+        usage = self.usage() if usage_due else self.snat_usage
         states = {key: st for key, st in self.prober.states.items() if key in self.targets}
         stale = [r for r in db.rows("Backend_Health") if r.host == self.me and (r.vm, r.probe) not in states]
-        changed = []
-        for (vm, probe), st in states.items():
-            r = db.row("Backend_Health", vm=vm, probe=probe)
-            if r is None or (r.up, r.reason, r.host) != (st.up, reason(st), self.me):
-                changed.append(((vm, probe), st))
-        if not (changed or stale or force_beat):
+        held = {(r.vm, r.probe): r for r in db.rows("Backend_Health")}
+        changed = [((vm, probe), st) for (vm, probe), st in states.items()
+                   if (r := held.get((vm, probe))) is None or (r.up, r.reason, r.host) != (st.up, reason(st), self.me)]
+        # applied means the VMs have it too: they learn their ports from IMDS, not from OVSDB
+        cfg = self.reported_cfg if self.metadata.behind(time.monotonic()) and self.reported_cfg >= 0 else nb_cfg(db)
+        if not (changed or stale or cfg != self.reported_cfg or usage != self.snat_usage):
             return
 
         def build(txn):
@@ -153,15 +155,14 @@ class HostAgent:
                 db.upsert(txn, "Backend_Health", {"vm": vm, "probe": probe}, host=self.me, up=st.up,
                           reason=reason(st), since=st.since)
             extra = {"snat_usage": usage} if usage != self.snat_usage else {}
+            if cfg != self.reported_cfg:
+                extra |= {"nb_cfg": cfg, "synced_at": time.time()}
             # update only: the managers create a host's Chassis row (manager/rbac.py)
-            db.update(txn, "Chassis", {"name": self.me}, heartbeat=self.beat + 1, nb_cfg=cfg, synced_at=time.time(),
-                      **extra)
+            if extra:
+                db.update(txn, "Chassis", {"name": self.me}, **extra)
 
-        # applied means the VMs have it too: they learn their ports from IMDS, not from OVSDB
-        cfg = self.reported_cfg if self.metadata.behind(time.monotonic()) and self.reported_cfg >= 0 else nb_cfg(db)
         status, _ = db.transact(build, timeout_s=2.0)
         if status in ("success", "unchanged"):
-            self.beat += 1
             self.reported_cfg = cfg
             self.snat_usage = usage
 
@@ -173,29 +174,28 @@ class HostAgent:
         if changed:
             down = sorted(f"{vm}/{p}" for (vm, p), st in self.prober.states.items() if not st.up)
             print(f"[host-agent {self.me}] rotation changed; out of rotation: {down or 'none'}", flush=True)
-        # report a new configuration as soon as it is applied, not at the next heartbeat
-        beat = now >= self.next_beat or (self.db.synced and nb_cfg(self.db) != self.reported_cfg)
-        if self.db.synced and (changed or beat):
-            if beat:
-                self.next_beat = now + HEARTBEAT_S
-                row = self.db.row("Chassis", name=self.me)
-                self.beat = max(self.beat, row.heartbeat if row else 0)
-            self.report(force_beat=beat)
+        usage_due = now >= self.next_usage
+        if usage_due:
+            self.next_usage = now + USAGE_EVERY_S
+        if self.db.synced:
+            self.report(usage_due)
 
     def next_wakeup(self, now: float) -> float:
         due = min(self.prober.due.values(), default=now + 1.0)
         # a VM still to read the new document: look again soon, to report it applied
         soon = now + (0.05 if self.metadata.behind(now) else 0.5)
-        return max(0.0, min(due, self.next_beat, soon) - now)
+        return max(0.0, min(due, self.next_usage, soon) - now)
 
 
 def main() -> None:
     me = socket.gethostname()
     fabric = load_lab(FABRIC_PATH)
-    # its own rows only: every host's heartbeat to every host would grow with the square of
+    # its own rows only: every host's rows to every host would grow with the square of
     # the hosts, and was what used the CPU of large labs at rest (docs/scaling.md)
     db = Db(managers_remote(len(fabric.managers)), TABLES, quiet=QUIET,
-            conditions={"Chassis": [["name", "==", me]], "Backend_Health": [["host", "==", me]]})
+            conditions={"Chassis": [["name", "==", me]], "Backend_Health": [["host", "==", me]], **own_rows(me)})
+    # alive for the MUXes whatever the managers do: beacons on the underlay, from the VTEP
+    Beacon(me, str(fabric.host(me).address), [str(m.address) for m in fabric.muxes]).start()
     agent = HostAgent(me, fabric, db)
     imds.serve(agent.metadata)   # its address is on the bridge: the node's network plan (render.NodePlan.platform)
     print(f"[host-agent {me}] IMDS on {imds.IMDS_ADDRESS}:{imds.IMDS_PORT}", flush=True)

@@ -1,6 +1,6 @@
 """What this host's kernel says about outbound SNAT: connections refused for want of a port
 (nft counters) and the VIP ports source-NATed connections hold (conntrack). Read by the
-host agent once a heartbeat; no pyroute2 here, so the parsing is testable anywhere."""
+host agent every few seconds; no pyroute2 here, so the parsing is testable anywhere."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,7 @@ def nft_counters(table: str) -> dict[str, int]:
 def snat_ports_in_use() -> set[tuple[str, int]]:
     """(VIP, port) of every source-NATed connection in conntrack. The conntrack tool, not a
     netlink dump parsed here: it filters in the kernel and parses in C, 70 ms where pyroute2
-    took 5 s for 2000 entries, time this agent's probes and heartbeat cannot spare."""
+    took 5 s for 2000 entries, time this agent's probes cannot spare."""
     proc = subprocess.run(["conntrack", "-L", "--src-nat"], capture_output=True, text=True, timeout=5)
     return snat_holders(proc.stdout)
 

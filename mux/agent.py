@@ -1,10 +1,11 @@
 """MUX agent: keeps this MUX's kernel data path equal to the desired state in the managers'
 OVSDB, then tells the BGP helper which VIPs it may announce. Never touches packets itself.
 
-It monitors the tables it needs (load balancers, probe results, host heartbeats, its own
-drain flag) and sleeps until the server sends a change; a half-second timer only checks
-whether a host went silent. When every manager is unreachable it keeps the data path and
-announcements it has, and converges when one answers again."""
+It monitors the tables it needs (the southbound facts the managers compiled, probe results,
+its own drain flag) and sleeps until the server sends a change or a host's liveness changes
+(muxlab.node.liveness: beacons on the underlay, not the database). When every manager is
+unreachable it keeps the facts it has and still takes dead hosts out; it reports to the
+managers when one answers again."""
 from __future__ import annotations
 
 import json
@@ -15,11 +16,11 @@ from pathlib import PurePath
 from pyroute2 import IPRoute
 
 from muxlab.model.compiled import Services
-from muxlab.model import nfttable
 from muxlab.model.conventions import MAGLEV_TABLES_FILE, RULE_PRIORITY, maglev_report, vxlan_ifname
 from muxlab.model.fabric import Lab, load_lab
-from muxlab.node.desired import LB_COLUMNS, Liveness, ServicesCache, mtu_remedies, nb_cfg, watch
-from muxlab.node.kernel import KernelError, PolicyRoute, ensure_vxlan, nft_apply, reconcile_blackholes, reconcile_policy_routes
+from muxlab.node.desired import FACT_COLUMNS, FactsReader, mtu_remedies, nb_cfg, watch
+from muxlab.node.kernel import PolicyRoute, ensure_vxlan, nft_converge, reconcile_blackholes, reconcile_policy_routes
+from muxlab.node.liveness import Listener
 from muxlab.node.ovsdb import Db, managers_remote, ok
 from muxlab.node.runtime import FABRIC_PATH, RUN_DIR, write_atomic
 
@@ -28,12 +29,11 @@ from . import datapath
 ANNOUNCE_FILE = RUN_DIR / "announce.json"
 TABLES_FILE = RUN_DIR / PurePath(MAGLEV_TABLES_FILE).name   # where the operator's tools read it
 UPLINK = "eth1"  # the MUX's link to the edge (muxlab.model.render.links)
-TICK = 0.5       # host-liveness check; everything else is driven by OVSDB updates
 
-TABLES = {**LB_COLUMNS, "Backend_Health": ["host", "vm", "probe", "up"], "Chassis": ["name", "heartbeat"],
-          "Mux": ["name", "drained", "nb_cfg", "synced_at", "tables_digest", "announced"]}
-# columns this agent writes, or that change every second: no wake-up for them
-QUIET = [("Chassis", "heartbeat")] + [("Mux", c) for c in ("nb_cfg", "synced_at", "tables_digest", "announced")]
+TABLES = {**FACT_COLUMNS, "Backend_Health": ["host", "vm", "probe", "up"],
+          "Mux": ["name", "drained", "nb_cfg", "synced_at", "tables_digest", "announced", "dead_hosts"]}
+# columns this agent writes: no wake-up for them
+QUIET = [("Mux", c) for c in ("nb_cfg", "synced_at", "tables_digest", "announced", "dead_hosts")]
 
 
 def desired(fabric: Lab, me: str, svc: Services, svcs: list[datapath.Service], remedies: frozenset[str]) -> tuple:
@@ -59,18 +59,7 @@ def apply(state: tuple, before: tuple | None) -> str:
         if blackholes != old[2]:
             # a VIP packet that no rule claims must die here, not bounce back to the edge
             reconcile_blackholes(ipr, list(blackholes))
-    script = nfttable.update(old[3], table) if old[3] else None
-    if script == "":
-        return "nft unchanged"
-    if script is not None:
-        try:
-            nft_apply(script)
-            return f"nft update of {len(script.splitlines())} commands"
-        except KernelError as e:
-            # the kernel does not hold what we last loaded (someone changed it by hand)
-            print(f"[mux-agent] incremental update refused, loading the whole table: {e}", flush=True)
-    nft_apply(table.render())
-    return "whole table loaded"
+    return nft_converge(table, old[3], lambda line: print(f"[mux-agent] {line}", flush=True))
 
 
 def tables_report(svcs: list[datapath.Service], before: dict | None) -> dict:
@@ -84,10 +73,10 @@ def tables_report(svcs: list[datapath.Service], before: dict | None) -> dict:
 
 
 class MuxAgent:
-    def __init__(self, me: str, fabric: Lab, db: Db):
+    def __init__(self, me: str, fabric: Lab, db: Db, liveness: Listener):
         self.me, self.fabric, self.db = me, fabric, db
-        self.compiled = ServicesCache(fabric)
-        self.liveness = Liveness([h.name for h in fabric.hosts])
+        self.facts = FactsReader()
+        self.liveness = liveness
         self.inputs = None            # what the last computation was made from
         self.applied = None
         self.announced: list[str] | None = None
@@ -99,13 +88,15 @@ class MuxAgent:
         me = self.db.row("Mux", name=self.me)
         # a host can only claim its own VMs: a row whose host is not the VM's host is ignored
         probes = {(r.vm, r.probe): r.up for r in self.db.rows("Backend_Health") if self.fabric.runs(r.host, r.vm)}
-        return datapath.Health(probes, self.liveness.dead(self.db), bool(me and me.drained))
+        return datapath.Health(probes, self.liveness.dead(), bool(me and me.drained))
 
     def step(self) -> None:
-        svc = self.compiled.read(self.db)
+        if self.db.connected_since is None:
+            return   # never had the facts: program nothing rather than an empty data path
+        svc = self.facts.read(self.db)
         health = self.health()
         remedies = mtu_remedies(self.db, self.fabric)
-        inputs = (self.compiled.key, tuple(sorted(health.probes.items())), health.dead_hosts, health.drained, remedies)
+        inputs = (self.facts.key, tuple(sorted(health.probes.items())), health.dead_hosts, health.drained, remedies)
         if inputs != self.inputs:
             svcs = datapath.services(self.fabric, svc, health)
             want = desired(self.fabric, self.me, svc, svcs, remedies)
@@ -122,18 +113,18 @@ class MuxAgent:
                 self.announced = vips
                 print(f"[mux-agent {self.me}] announcing {vips}", flush=True)
             self.inputs = inputs
-        self.report(nb_cfg(self.db))
+        self.report(nb_cfg(self.db), health.dead_hosts)
 
-    def report(self, cfg: int) -> None:
+    def report(self, cfg: int, dead: frozenset[str]) -> None:
         """Tell the managers what this MUX has applied (its nb_cfg: `muxlab status`, and how
-        the API knows a change reached the data path)."""
-        state = (cfg, self.digest, tuple(self.announced or ()))
-        if state == self.reported:
+        the API knows a change reached the data path) and which hosts it finds dead."""
+        state = (cfg, self.digest, tuple(self.announced or ()), tuple(sorted(dead)))
+        if state == self.reported or not self.db.synced:
             return
         # update only: the managers create a MUX's row (manager/rbac.py); until then nothing is reported
         status, row = self.db.transact(lambda txn: self.db.update(
             txn, "Mux", {"name": self.me}, nb_cfg=cfg, synced_at=time.time(), tables_digest=self.digest,
-            announced=list(self.announced or ())))
+            announced=list(self.announced or ()), dead_hosts=sorted(dead)))
         if ok(status) and row is not None:
             self.reported = state
 
@@ -142,10 +133,12 @@ def main() -> None:
     me = socket.gethostname()
     fabric = load_lab(FABRIC_PATH)
     db = Db(managers_remote(len(fabric.managers)), TABLES, quiet=QUIET)
-    agent = MuxAgent(me, fabric, db)
-    print(f"[mux-agent {me}] watching the managers' OVSDB", flush=True)
-    # with no manager synced, keep forwarding with what we have
-    watch(db, lambda: agent.step() if db.synced else None, lambda: TICK)
+    mux = next(m for m in fabric.muxes if m.name == me)
+    liveness = Listener(str(mux.address), {h.name: str(h.address) for h in fabric.hosts}).start()
+    agent = MuxAgent(me, fabric, db, liveness)
+    print(f"[mux-agent {me}] watching the managers' OVSDB and the hosts' liveness beacons", flush=True)
+    # with no manager synced, keep forwarding with the facts we have, and still follow liveness
+    watch(db, agent.step, lambda: None, (liveness.fileno(),))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,12 @@ VXLAN_PORT = 4789
 OVSDB_PORT = 6641    # managers' OVSDB, for agents (and the managers' API) over the management network
 RAFT_PORT = 6643     # managers' OVSDB cluster among themselves
 API_PORT = 8080      # managers' northbound HTTPS API
+# Host liveness on the underlay (muxlab/node/liveness.py): every host sends a beacon from its
+# VTEP address to every MUX's each LIVENESS_INTERVAL_S; a MUX that hears none from a host for
+# LIVENESS_DEAD_AFTER_S (BFD's detect multiplier, 3) takes its DIPs out of its tables.
+LIVENESS_PORT = 3799
+LIVENESS_INTERVAL_S = 0.2
+LIVENESS_DEAD_AFTER_S = 0.6
 
 # The lab's PKI (muxlab.pki creates it at deploy, in the lab folder's PKI_FOLDER): one CA, and
 # per infrastructure node a certificate whose common name is the node's name, bound read-only

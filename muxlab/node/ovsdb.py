@@ -115,10 +115,12 @@ class Db:
             return True
         return False
 
-    def wait(self, timeout_s: float | None) -> None:
-        """Block until the server sends something or timeout_s passes."""
+    def wait(self, timeout_s: float | None, fds: Iterable[int] = ()) -> None:
+        """Block until the server sends something, one of `fds` is readable, or timeout_s passes."""
         poller = ovs.poller.Poller()
         self.idl.wait(poller)
+        for fd in fds:
+            poller.fd_wait(fd, ovs.poller.POLLIN)
         if timeout_s is not None:
             poller.timer_wait(max(0, int(timeout_s * 1000)))
         poller.block()

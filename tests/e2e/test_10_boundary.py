@@ -181,9 +181,9 @@ def refused(proc) -> bool:
 
 def test_a_host_may_write_its_own_chassis_row_and_nothing_else(L):
     own = ovsdb(L, "host1", [{"op": "mutate", "table": "Chassis", "where": [["name", "==", "host1"]],
-                              "mutations": [["heartbeat", "+=", 0]]}])
+                              "mutations": [["nb_cfg", "+=", 0]]}])
     assert not refused(own), own.stdout + own.stderr
-    for ops in ([{"op": "update", "table": "Chassis", "where": [["name", "==", "host2"]], "row": {"heartbeat": 0}}],
+    for ops in ([{"op": "update", "table": "Chassis", "where": [["name", "==", "host2"]], "row": {"nb_cfg": 0}}],
                 [{"op": "update", "table": "Mux", "where": [["name", "==", "mux1"]], "row": {"drained": True}}],
                 [{"op": "insert", "table": "Load_Balancer", "row": {"name": "evil", "spec": "{}"}}],
                 [{"op": "update", "table": "Global", "where": [], "row": {"nb_cfg": 0}}]):

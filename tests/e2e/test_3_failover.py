@@ -78,12 +78,12 @@ def test_stopped_vm_service_leaves_rotation_and_returns(L):
 def test_host_failure_removes_its_dips_from_every_mux(L):
     """host1 vanishes: vm1 and vm2 leave every MUX's tables, and the bench VIP, whose only
     DIP is vm1, is withdrawn by every MUX (the edge then blackholes it)."""
-    from muxlab.node.desired import STALE_AFTER
-    fault(L, "host1", "pause")  # its agent stops reporting
+    from muxlab.model.conventions import LIVENESS_DEAD_AFTER_S
+    fault(L, "host1", "pause")  # its liveness beacons stop
     try:
         L.wait_for("host1's DIPs to leave every MUX", lambda: all(
             "vm1" not in t["web/http"] and "vm2" not in t["web/http"] for t in L.mux_tables().values()),
-            timeout=STALE_AFTER + 5)
+            timeout=LIVENESS_DEAD_AFTER_S + 5)
         tables = L.assert_mux_tables_identical()
         assert {"vm1", "vm2"}.isdisjoint(tables["web/dns"]) and set(tables["bench/iperf"]) == {None}
         L.wait_for("the bench VIP withdrawn", lambda: vip_nexthops(L.ref)["203.0.113.30"] == [], timeout=10)

@@ -224,7 +224,7 @@ def test_every_manager_stopped_traffic_flows_then_converges(L):
     containers = [L.ref.container(m) for m in L.ref.lab.managers]
     subprocess.run(["docker", "stop", "-t", "2", *containers], check=True, capture_output=True, timeout=60)
     try:
-        time.sleep(4)  # longer than a host heartbeat is allowed to be silent: nothing may expire
+        time.sleep(4)  # long enough for anything tied to the managers to expire: nothing may
         res = L.flows("client1", "203.0.113.10", 80, 300)
         assert res["failures"] == 0 and len(res["by_dip"]) == 6
         assert vip_nexthops(L.ref, ["203.0.113.10"])["203.0.113.10"] == MUXES
@@ -242,6 +242,41 @@ def test_every_manager_stopped_traffic_flows_then_converges(L):
         cli("pool", "add", "web", "web", "vm6", "--name", E2E_LAB)
     L.synced(timeout=60)
     assert len(L.flows("client1", "web", 80, 300)["by_dip"]) == 6
+
+
+def maglev_marks(L, mux) -> set[int]:
+    """The DIP marks in a MUX's Maglev maps, as its kernel holds them."""
+    from mux.datapath import TABLE
+    doc = json.loads(L.sh(mux, f"nft -j list table ip {TABLE}").stdout)
+    return {int(e[1], 0) if isinstance(e[1], str) else e[1]
+            for item in doc["nftables"] if "map" in item and item["map"]["name"].startswith("maglev_")
+            for e in item["map"].get("elem", [])}
+
+
+def test_a_host_killed_while_every_manager_is_stopped_leaves_every_mux(L):
+    """Liveness travels on the underlay (beacons), not through the managers: with all three
+    stopped, host3 frozen still leaves every MUX's kernel tables, and comes back."""
+    from muxlab.model.conventions import LIVENESS_DEAD_AFTER_S, dip_mark
+    host3 = {dip_mark(vm.ip) for vm in L.ref.lab.vms_on("host3")}
+    muxes = [m.name for m in L.ref.lab.muxes]
+    assert all(host3 <= maglev_marks(L, m) for m in muxes)
+    containers = [L.ref.container(m) for m in L.ref.lab.managers]
+    subprocess.run(["docker", "stop", "-t", "2", *containers], check=True, capture_output=True, timeout=60)
+    try:
+        faults.fail(L.ref, "host3", "pause")
+        try:
+            L.wait_for("host3's DIPs out of every MUX's kernel", lambda: all(
+                not host3 & maglev_marks(L, m) for m in muxes), timeout=LIVENESS_DEAD_AFTER_S + 10, interval=0.1)
+            res = L.flows("client1", "203.0.113.10", 80, 100)
+            assert res["failures"] == 0 and set(res["by_dip"]) == {"vm1", "vm2", "vm3", "vm4"}
+        finally:
+            faults.heal(L.ref, "host3")
+        L.wait_for("host3's DIPs back in every MUX", lambda: all(host3 <= maglev_marks(L, m) for m in muxes),
+                   timeout=LIVENESS_DEAD_AFTER_S + 10, interval=0.1)
+    finally:
+        subprocess.run(["docker", "start", *containers], check=True, capture_output=True, timeout=60)
+    L.wait_for("the API answering", lambda: _answers(L), timeout=60)
+    L.synced(timeout=60)
 
 
 def _answers(L):

@@ -1,4 +1,5 @@
 """BFD configuration, probe thresholds, host liveness, failover analysis: pure logic."""
+import select
 import time
 
 import pytest
@@ -7,7 +8,7 @@ from hostagent.probes import ProbeState, probe_targets
 from mux import datapath
 from muxlab.cli.failover import analyse
 from muxlab.model.compiled import Probe
-from muxlab.node.desired import STALE_AFTER, Liveness
+from muxlab.node.liveness import Beacon, Listener
 from tests.unit.conftest import fabric, services
 
 
@@ -46,50 +47,43 @@ def test_probe_targets_are_local_vms_with_probes():
 # ---------------------------------------------------------------- host liveness
 
 
-class FakeRow:
-    def __init__(self, name, heartbeat):
-        self.name, self.heartbeat = name, heartbeat
+PORT = 47991   # not the lab's LIVENESS_PORT: a test on a machine running a lab must not hear it
 
 
-class Replica:
-    """The two things Liveness reads from an OVSDB replica: Chassis rows, connection epoch."""
-
-    def __init__(self):
-        self.beats, self.connected_since = {}, 0.0
-
-    def rows(self, table):
-        assert table == "Chassis"
-        return [FakeRow(h, v) for h, v in self.beats.items()]
+def wait_until(what, cond, bound=10.0):
+    """A bounded wait on a condition (no timing claim: `bound` only ends a hopeless wait)."""
+    deadline = time.monotonic() + bound
+    while not cond():
+        assert time.monotonic() < deadline, f"{what}: not within {bound} s"
+        time.sleep(0.02)
 
 
-def test_silent_host_is_dead_and_reconnect_restarts_every_clock(monkeypatch):
-    clock = [100.0]
-    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
-    db, live = Replica(), Liveness(["host1", "host2", "host3"])
-    db.connected_since = 100.0
-    db.beats = {"host1": 1, "host2": 1}
-    assert live.dead(db) == frozenset()                    # everyone gets a grace period
-    clock[0] += STALE_AFTER + 0.5
-    db.beats = {"host1": 5, "host2": 1}                    # host2 stopped beating, host3 never did
-    assert live.dead(db) == {"host2", "host3"}
-    clock[0] += 60                                         # managers unreachable: nothing moves...
-    db.connected_since = clock[0]                          # ...until the replica reconnects
-    assert live.dead(db) == frozenset()
+def test_a_host_whose_beacons_stop_is_dead_and_alive_again_when_they_resume():
+    """Real UDP beacons on loopback addresses (the whole of 127/8 is local on Linux)."""
+    hosts = {"host1": "127.0.0.2", "host2": "127.0.0.3", "host3": "127.0.0.4"}
+    logged = []
+    listener = Listener("127.0.0.1", hosts, dead_after=0.3, log=logged.append, port=PORT).start()
+    beacons = {h: Beacon(h, a, ["127.0.0.1"], interval=0.05, port=PORT).start() for h, a in hosts.items() if h != "host3"}
+    assert listener.dead() == frozenset()            # host3 never heard: alive for its grace period
+    wait_until("host3, never heard, dead", lambda: listener.dead() == {"host3"})
+    beacons["host2"].stop()
+    # the change wakes the agent's poller: its pipe becomes readable
+    wait_until("the listener's pipe readable", lambda: select.select([listener.fileno()], [], [], 0)[0])
+    wait_until("host2 dead once its beacons stop", lambda: listener.dead() == {"host2", "host3"})
+    assert "host1" not in listener.dead()
+    Beacon("host3", hosts["host3"], ["127.0.0.1"], interval=0.05, port=PORT).start()
+    wait_until("host3 alive once it beacons", lambda: listener.dead() == {"host2"})
+    assert any("dead: host2" in line for line in logged) and any("alive again: host3" in line for line in logged)
+    beacons["host1"].stop()
 
 
-def test_every_host_silent_at_once_is_a_control_plane_outage_and_changes_nothing(monkeypatch):
-    clock = [100.0]
-    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
-    db, live = Replica(), Liveness(["host1", "host2", "host3"])
-    db.beats = {"host1": 1, "host2": 1, "host3": 1}
-    assert live.dead(db) == frozenset()
-    clock[0] += 2
-    db.beats = {"host1": 2, "host2": 2, "host3": 1}
-    clock[0] += STALE_AFTER
-    db.beats = {"host1": 3, "host2": 3, "host3": 1}
-    assert live.dead(db) == {"host3"}                      # one host silent: it is dead
-    clock[0] += STALE_AFTER + 1                            # then nobody's heartbeat moves (no leader)
-    assert live.dead(db) == {"host3"}                      # the last verdict stands
+def test_a_beacon_counts_only_from_its_hosts_address_with_its_name():
+    hosts = {"host1": "127.0.0.5", "host2": "127.0.0.6"}
+    listener = Listener("127.0.0.1", hosts, dead_after=0.3, log=lambda line: None, port=PORT + 1).start()
+    # host2's name from host1's address, and an unknown address: neither keeps host2 alive
+    Beacon("host2", "127.0.0.5", ["127.0.0.1"], interval=0.05, port=PORT + 1).start()
+    Beacon("host2", "127.0.0.7", ["127.0.0.1"], interval=0.05, port=PORT + 1).start()
+    wait_until("both hosts dead", lambda: listener.dead() == {"host1", "host2"})
 
 
 def test_dead_host_takes_its_dips_out_and_empty_pool_withdraws_its_vip():
