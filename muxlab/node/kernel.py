@@ -8,9 +8,12 @@ from __future__ import annotations
 import os
 import subprocess
 from dataclasses import dataclass
+from typing import Callable
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
+
+from muxlab.model import nfttable
 
 RTNH_F_ONLINK = 4
 NTF_SELF = 2  # an FDB entry of the VXLAN device itself, not of a bridge above it
@@ -25,6 +28,24 @@ def nft_apply(ruleset: str) -> None:
     proc = subprocess.run(["nft", "-f", "-"], input=ruleset, text=True, capture_output=True)
     if proc.returncode != 0:
         raise KernelError(f"nft rejected the ruleset: {proc.stderr.strip()}")
+
+
+def nft_converge(table: nfttable.Table, before: nfttable.Table | None, log: Callable[[str], None]) -> str:
+    """Make the kernel hold `table`, knowing it holds `before` (None: unknown, as after a
+    restart): the difference of the two in one transaction (muxlab.model.nfttable.update),
+    or the whole table when that cannot be done or the kernel refuses it (it does not hold
+    `before`: someone changed it by hand). Says which."""
+    script = nfttable.update(before, table) if before is not None else None
+    if script == "":
+        return "nft unchanged"
+    if script is not None:
+        try:
+            nft_apply(script)
+            return f"nft update of {len(script.splitlines())} commands"
+        except KernelError as e:
+            log(f"incremental update refused, loading the whole table: {e}")
+    nft_apply(table.render())
+    return "whole table loaded"
 
 
 def ifindex(ipr: IPRoute, name: str) -> int | None:
