@@ -80,7 +80,7 @@ def exhaustion(ref, ports: int = 8) -> dict:
     try:
         held = json.loads(sh(ref, "vm3", f"python -m muxlab.node.holdclient --vip {PEER} --port {PEER_PORT} --conns {ports} "
                                           "--duration 3 --every 0.25 2>/dev/null"))
-        time.sleep(2.5)   # two heartbeats: the host reports its counters once a second
+        time.sleep(3.5)   # the host looks at its SNAT counters every 3 s (hostagent.agent.USAGE_EVERY_S)
         row = next(b for b in api.get("/loadBalancers/web/outboundSnat")["value"] if b["name"] == "vm3")
     finally:
         web["properties"]["outboundRules"][0]["properties"]["allocatedOutboundPorts"] = 0

@@ -3,7 +3,8 @@ southbound facts in the managers' OVSDB (its own VMs' rows only: conditional mon
 probes its VMs and writes the results there (Backend_Health). It tells the MUXes it is alive
 on the underlay (muxlab.node.liveness), not through the database: at rest it writes nothing.
 
-Restart-safe: every step is idempotent and the nft tables are replaced atomically, so
+Restart-safe: every step is idempotent; the nft tables are loaded whole once, atomically,
+then changed by their differences (muxlab.model.nfttable), so
 conntrack's NAT bindings (established flows) survive a restart of the agent. With every
 manager unreachable it keeps its data path and goes on probing; it reports when one answers."""
 from __future__ import annotations
@@ -22,7 +23,7 @@ from muxlab.model.fabric import Lab, load_lab
 from muxlab.model.render import node_plan
 from muxlab.node.desired import FACT_COLUMNS, FactsReader, mtu_remedies, nb_cfg, own_rows, watch
 from muxlab.node.liveness import Beacon
-from muxlab.node.kernel import (PolicyRoute, ensure_bridge_ports, ensure_vxlan, interface_networks, nft_apply,
+from muxlab.node.kernel import (PolicyRoute, ensure_bridge_ports, ensure_vxlan, interface_networks, nft_converge,
                                 reconcile_policy_routes)
 from muxlab.node.ovsdb import Db, managers_remote
 from muxlab.node.runtime import FABRIC_PATH
@@ -43,7 +44,7 @@ def desired(fabric: Lab, svc: Services, me: str, remedies: frozenset[str], manag
     dev = vxlan_ifname(fabric.vni)
     routes = tuple(PolicyRoute(dip_mark(vm.ip), str(vm.ip), datapath.BRIDGE, dev) for vm in fabric.vms_on(me))
     return ((dev, fabric.vni, str(host.address), fabric.overlay_mtu), routes,
-            datapath.render_nft(fabric, svc, me, remedies, management))
+            datapath.tables(fabric, svc, me, remedies, management))
 
 
 def management_networks() -> tuple[str, ...]:
@@ -52,12 +53,16 @@ def management_networks() -> tuple[str, ...]:
         return interface_networks(ipr, datapath.MANAGEMENT)
 
 
-def apply(state: tuple) -> None:
-    (dev, vni, local, mtu), routes, ruleset = state
+def apply(state: tuple, before: tuple | None) -> str:
+    """Make the kernel hold `state`, knowing it holds `before` (None: unknown, as after a
+    restart): each nft table by its difference (or whole), as the MUX does. Says how."""
+    (dev, vni, local, mtu), routes, tables = state
+    old_tables = before[2] if before else (None,) * len(tables)
     with IPRoute() as ipr:
         ensure_vxlan(ipr, dev, vni, local, mtu)
         reconcile_policy_routes(ipr, list(routes), RULE_PRIORITY)
-    nft_apply(ruleset)
+    log = lambda line: print(f"[host-agent] {line}", flush=True)   # noqa: E731
+    return "; ".join(f"{t.name}: {nft_converge(t, old, log)}" for t, old in zip(tables, old_tables))
 
 
 def forget_self_mapped(vips: set[str], dips: list[str]) -> None:
@@ -100,14 +105,14 @@ class HostAgent:
         self.metadata.update(svc)
         want = desired(self.fabric, svc, self.me, remedies, self.management)
         if want != self.applied:
-            apply(want)
+            how = apply(want, self.applied)
             self.applied = want
             newly = set(map(str, svc.hairpin_snat_vips)) - set(map(str, self.svc.hairpin_snat_vips if self.svc else ()))
             if newly:
                 forget_self_mapped(newly, [str(vm.ip) for vm in self.fabric.vms_on(self.me)])
                 print(f"[host-agent {self.me}] hairpin SNAT on for {sorted(newly)}: self-mapped flows forgotten", flush=True)
             print(f"[host-agent {self.me}] data path programmed ({len(datapath.local_rules(self.fabric, svc, self.me))} "
-                  "local rule bindings)", flush=True)
+                  f"local rule bindings; {how})", flush=True)
         self.targets = probe_targets(self.fabric, svc, self.me)
         self.prober.sync(self.targets)
         self.svc = svc

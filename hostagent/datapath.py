@@ -19,6 +19,18 @@ to_management). What a VM may reach on its host is its gateway and the platform 
 (IMDS 169.254.169.254, 168.63.129.16).
 Idle flows: each rule's conntrack timeout is its idleTimeoutInMinutes; a packet of a flow
 whose state expired is answered with a TCP reset (enableTcpReset) or dropped, on both sides.
+
+As data (`tables`): the rules name sets and maps only, and every per-VIP, per-rule and
+per-VM fact is an element, so the agent changes a loaded table with a few element lines
+(muxlab.model.nfttable.update). Besides the sets of addresses:
+  nat_rules      mark . VIP . proto . port -> DIP . backend port (DNAT)
+  floating_rules mark . VIP . proto . port (delivered untouched)
+  idle_rules     VIP . proto . port -> jump timeout_<proto>_<s>, the chain setting its ct timeout
+  snat_idle      VM . proto -> jump timeout_<proto>_<s> (its outbound flows)
+  snat_limits    VM -> jump snat_limit_<vm>: its connections per destination against its range
+  snat_ranges    VM . proto -> VIP . LO-HI (SNAT)
+(nft 1.0 has no map to a ct timeout object, hence a verdict map to a one-rule chain; the
+connection count's limit is a constant of its rule, hence a chain per VM.)
 """
 from __future__ import annotations
 
@@ -26,8 +38,9 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from muxlab.model import nfttable
 from muxlab.model.compiled import Services
-from muxlab.model.conventions import ct_timeout_object, dip_mac, dip_mark, vxlan_ifname
+from muxlab.model.conventions import LIVENESS_PORT, ct_timeout_object, dip_mac, dip_mark, vxlan_ifname
 from muxlab.model.fabric import Lab
 
 TABLE = "muxlab_host"
@@ -37,8 +50,12 @@ UPLINK = "eth1"
 MANAGEMENT = "eth0"   # Docker's interface on the management network
 
 
+def _ident(vm: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", vm)
+
+
 def counter_name(vm: str) -> str:
-    return "snat_exhausted_" + re.sub(r"[^A-Za-z0-9]", "_", vm)
+    return "snat_exhausted_" + _ident(vm)
 
 
 @dataclass(frozen=True)
@@ -81,15 +98,56 @@ def rules_of(bindings: list[Binding]) -> list[tuple[int, str, str, int, str, int
     return sorted({(dip_mark(b.dip), b.vip, b.protocol, b.port, b.dip, b.backend_port, b.floating_ip) for b in bindings})
 
 
+def tables(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] | None = None,
+           management: tuple[str, ...] = ()) -> tuple[nfttable.Table, nfttable.Table]:
+    """The host's data path as data: the overlay table (netdev, on the VXLAN device) and the
+    host table (ip). An agent loads each whole once, then only its differences
+    (muxlab.model.nfttable.update): every per-VIP, per-rule and per-VM fact is an element of a
+    set or map, so a backend, a NAT port, a SNAT range or a hairpin VIP coming or going is an
+    element change, not a rewrite of a chain. What a VM newly given outbound SNAT needs
+    besides elements is declared, not rewritten: its counter, its connection-count set and
+    the chain that checks it (a range that changes size rewrites that chain's rules, the
+    MTU remedies the forward chain's).
+
+    `management`: the host's management addresses or networks (eth0's), which no VM may reach."""
+    return overlay_table(fabric, host), host_table(fabric, svc, host, remedies, management)
+
+
 def render_nft(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] | None = None,
                management: tuple[str, ...] = ()) -> str:
-    """`management`: the host's management addresses or networks (eth0's), which no VM may reach."""
+    """Both tables whole, as one nft script (one transaction)."""
+    return "".join(t.render() for t in tables(fabric, svc, host, remedies, management))
+
+
+def overlay_table(fabric: Lab, host: str) -> nfttable.Table:
+    """The inner destination MAC names the DIP the MUX chose: it becomes the packet mark."""
+    dev = vxlan_ifname(fabric.vni)
+    macs = {dip_mac(vm.ip): f"{dip_mark(vm.ip):#010x}" for vm in fabric.vms_on(host)}
+    return nfttable.Table("netdev", OVERLAY_TABLE, {"counter unknown_dip": "counter unknown_dip {}"},
+                          {"dip_by_mac": nfttable.Set("map", "type ether_addr : mark;", macs)},
+                          {"ingress": nfttable.Chain(f'type filter hook ingress device "{dev}" priority filter; policy accept;', (
+                              "meta mark set ether daddr map @dip_by_mac meta pkttype set host accept",
+                              "counter name unknown_dip drop"))})
+
+
+def timeout_chain(proto: str, idle_s: int) -> str:
+    """The chain that gives a new flow the idle timeout idle_<proto>_<seconds>: the verdict
+    maps of the timeouts chain jump to it (nft 1.0 has no map from a key to a ct timeout)."""
+    return f"timeout_{proto}_{idle_s}"
+
+
+def snat_chain(vm: str) -> str:
+    """The chain that refuses a VM's outbound connection beyond its SNAT range's room."""
+    return "snat_limit_" + _ident(vm)
+
+
+def host_table(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] | None = None,
+               management: tuple[str, ...] = ()) -> nfttable.Table:
     remedies = fabric.mtu_remedies if remedies is None else remedies
     management = tuple(str(n) for n in ipaddress.collapse_addresses(
         ipaddress.IPv4Network(m, strict=False) for m in management))   # an interval set takes no overlaps
     dev = vxlan_ifname(fabric.vni)
     vms = fabric.vms_on(host)
-    macs = ", ".join(f"{dip_mac(vm.ip)} : {dip_mark(vm.ip):#010x}" for vm in vms)
     bindings = local_bindings(fabric, svc, host)
     rules = rules_of(bindings)
     local_names = {vm.name for vm in vms}
@@ -98,133 +156,108 @@ def render_nft(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] |
     timeouts: dict[tuple[str, int], set[str]] = {}
     for b in bindings:
         timeouts.setdefault((b.protocol, b.idle_s), set()).add(f"{b.vip} . {b.protocol} . {b.port}")
-    timeouts = dict(sorted(timeouts.items()))
+    idle_rules = {k: f"jump {timeout_chain(*c)}" for c, keys in sorted(timeouts.items()) for k in sorted(keys)}
+    # the outbound flows' own idle timeout, per VM and protocol
+    snat_idle = {f"{x.ip} . {p}": f"jump {timeout_chain(p, x.idle_s)}" for x in snats for p in x.protocols}
+    classes = sorted(set(timeouts) | {(p, x.idle_s) for x in snats for p in x.protocols})
     # a packet of an expired TCP flow leaves a VM from one of these: drop it, or reset it
     every_end = {b.backend_end for b in bindings if b.protocol == "tcp"}
     reset_end = {b.backend_end for b in bindings if b.protocol == "tcp" and b.tcp_reset}
-    lab_space = f"{fabric.vnet}, {fabric.public_vips}"
-    gateway = fabric.host(host).vm_gateway.ip
-    hairpin_vips = ", ".join(str(v) for v in svc.hairpin_snat_vips)
-    self_pairs = ", ".join(f"{vm.ip} . {vm.ip}" for vm in vms)
-    nat = ", ".join(f"{m:#010x} . {vip} . {p} . {port} : {dip} . {bport}" for m, vip, p, port, dip, bport, fip in rules if not fip)
-    fips = ", ".join(f"{m:#010x} . {vip} . {p} . {port}" for m, vip, p, port, dip, bport, fip in rules if fip)
-    muxes = ", ".join(str(m.address) for m in fabric.muxes)
-    vips = ", ".join(str(v) for v in svc.vips)
 
-    def elems(s) -> str:
-        s = s if isinstance(s, str) else ", ".join(sorted(s))
-        return f" elements = {{ {s} }};" if s else ""
+    def members(values) -> dict[str, None]:
+        return dict.fromkeys(values)
 
-    per_class, timeout_rules = [], []
-    for (proto, idle), front in timeouts.items():
-        name = f"idle_{proto}_{idle}"
-        per_class += [ct_timeout_object(proto, idle),
-                      f"  set {name}_rules {{ type ipv4_addr . inet_proto . inet_service;{elems(front)} }}"]
-        timeout_rules.append(f'    iifname "{dev}" ip daddr . meta l4proto . th dport @{name}_rules ct timeout set "{name}"')
-    snat_sets, snat_fwd, snat_nat = [], [], []
-    for x in snats:
-        protos = ", ".join(x.protocols)
-        c = counter_name(x.vm)
-        snat_sets += [f"  counter {c} {{}}",
-                      f"  set {c}_use {{ type ipv4_addr . inet_proto . inet_service; flags dynamic; size 65535; }}"]
-        # as many concurrent connections to one destination as the range has ports; one
-        # more is what exhaustion looks like, refused at once and counted. TCP is refused
-        # with a reset: ICMP errors are rate-limited by the kernel, so a burst of refusals
-        # would turn into silent drops and connect timeouts.
-        for proto in x.protocols:
-            refuse = "reject with tcp reset" if proto == "tcp" else "reject"
-            snat_fwd.append(f'    iifname "{BRIDGE}" oifname "{UPLINK}" ip saddr {x.ip} ip daddr != @lab_space meta l4proto {proto} '
-                            f"ct state new add @{c}_use {{ ip daddr . meta l4proto . th dport ct count over {x.ports} }} "
-                            f"counter name {c} {refuse}")
-            # the outbound flows' own idle timeout; its timeout object, unless a binding made it
-            name = f"idle_{proto}_{x.idle_s}"
-            if (proto, x.idle_s) not in timeouts:
-                timeouts[(proto, x.idle_s)] = set()
-                per_class.append(ct_timeout_object(proto, x.idle_s))
-            timeout_rules.append(f'    iifname "{BRIDGE}" ip saddr {x.ip} ip daddr != @lab_space meta l4proto {proto} '
-                             f'ct timeout set "{name}"')
-        snat_nat.append(f'    oifname "{UPLINK}" ip saddr {x.ip} ip daddr != @lab_space meta l4proto {{ {protos} }} '
-                        f"snat ip to {x.vip}:{x.lo}-{x.hi}")
+    addr_tuple = "type ipv4_addr . inet_proto . inet_service;"
+    objects = {f"counter {c}": f"counter {c} {{}}" for c in (
+        "spoofed_vxlan", "no_rule", "idle_reset", "idle_drop", "to_management", "forged_beacon")}
+    objects |= {f"ct timeout idle_{p}_{idle}": ct_timeout_object(p, idle).strip() for p, idle in classes}
+    objects |= {f"counter {counter_name(x.vm)}": f"counter {counter_name(x.vm)} {{}}" for x in snats}
+    sets = {
+        "muxes": nfttable.Set("set", "type ipv4_addr;", members(str(m.address) for m in fabric.muxes)),
+        "nat_rules": nfttable.Set("map", "type mark . ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service;",
+                                  {f"{m:#010x} . {vip} . {p} . {port}": f"{dip} . {bport}"
+                                   for m, vip, p, port, dip, bport, fip in rules if not fip}),
+        "floating_rules": nfttable.Set("set", "type mark . ipv4_addr . inet_proto . inet_service;",
+                                       members(f"{m:#010x} . {vip} . {p} . {port}"
+                                               for m, vip, p, port, dip, bport, fip in rules if fip)),
+        "vips": nfttable.Set("set", "type ipv4_addr;", members(str(v) for v in svc.vips)),
+        "lab_space": nfttable.Set("set", "type ipv4_addr; flags interval;", members([str(fabric.vnet), str(fabric.public_vips)])),
+        "backend_ends": nfttable.Set("set", addr_tuple, members(sorted(every_end))),
+        "reset_ends": nfttable.Set("set", addr_tuple, members(sorted(reset_end))),
+        "hairpin_vips": nfttable.Set("set", "type ipv4_addr;", members(str(v) for v in svc.hairpin_snat_vips)),
+        "self_pairs": nfttable.Set("set", "type ipv4_addr . ipv4_addr;", members(f"{vm.ip} . {vm.ip}" for vm in vms)),
+        "management": nfttable.Set("set", "type ipv4_addr; flags interval;", members(management)),
+        # (VIP, protocol, port) of a binding -> the chain giving its flows their idle timeout
+        "idle_rules": nfttable.Set("map", f"{addr_tuple[:-1]} : verdict;", idle_rules),
+        # (VM, protocol) -> the chain giving its outbound flows their idle timeout
+        "snat_idle": nfttable.Set("map", "type ipv4_addr . inet_proto : verdict;", snat_idle),
+        # VM -> the chain refusing its outbound connections beyond its range's room
+        "snat_limits": nfttable.Set("map", "type ipv4_addr : verdict;", {x.ip: f"jump {snat_chain(x.vm)}" for x in snats}),
+        # (VM, protocol) -> its outbound identity, VIP . LO-HI
+        "snat_ranges": nfttable.Set("map", "type ipv4_addr . inet_proto : interval ipv4_addr . inet_service;",
+                                    {f"{x.ip} . {p}": f"{x.vip} . {x.lo}-{x.hi}" for x in snats for p in x.protocols}),
+    }
+    # as many concurrent connections to one destination as the range has ports: each VM its
+    # own set of them (each as big as it was), counted per destination
+    sets |= {f"{counter_name(x.vm)}_use": nfttable.Set("set", f"{addr_tuple[:-1]}; flags dynamic; size 65535;") for x in snats}
+
     mss = fabric.overlay_mss
-    clamp = ([f'    iifname "{BRIDGE}" tcp flags & (syn | ack) == syn | ack tcp option maxseg size > {mss} '
-              f"tcp option maxseg size set {mss}"] if "mss-clamp" in remedies else [])
+    clamp = ((f'iifname "{BRIDGE}" tcp flags & (syn | ack) == syn | ack tcp option maxseg size > {mss} '
+              f"tcp option maxseg size set {mss}",) if "mss-clamp" in remedies else ())
     expired = "ct state new tcp flags & (syn | rst) == 0"
-
-    return "\n".join([
-        f"table netdev {OVERLAY_TABLE}", f"delete table netdev {OVERLAY_TABLE}",
-        f"table ip {TABLE}", f"delete table ip {TABLE}",
-        f"table netdev {OVERLAY_TABLE} {{",
-        "  counter unknown_dip {}",
-        f"  map dip_by_mac {{ type ether_addr : mark;{elems(macs)} }}",
-        "  chain ingress {",
-        f'    type filter hook ingress device "{dev}" priority filter; policy accept;',
-        "    meta mark set ether daddr map @dip_by_mac meta pkttype set host accept",
-        "    counter name unknown_dip drop",
-        "  }",
-        "}",
-        f"table ip {TABLE} {{",
-        "  counter spoofed_vxlan {}", "  counter no_rule {}",
-        f"  set muxes {{ type ipv4_addr;{elems(muxes)} }}",
-        f"  map nat_rules {{ type mark . ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service;{elems(nat)} }}",
-        f"  set floating_rules {{ type mark . ipv4_addr . inet_proto . inet_service;{elems(fips)} }}",
-        f"  set vips {{ type ipv4_addr;{elems(vips)} }}",
-        f"  set lab_space {{ type ipv4_addr; flags interval;{elems(lab_space)} }}",
-        f"  set backend_ends {{ type ipv4_addr . inet_proto . inet_service;{elems(every_end)} }}",
-        f"  set reset_ends {{ type ipv4_addr . inet_proto . inet_service;{elems(reset_end)} }}",
-        f"  set hairpin_vips {{ type ipv4_addr;{elems(hairpin_vips)} }}",
-        f"  set self_pairs {{ type ipv4_addr . ipv4_addr;{elems(self_pairs)} }}",
-        "  counter idle_reset {}", "  counter idle_drop {}", "  counter to_management {}",
-        f"  set management {{ type ipv4_addr; flags interval;{elems(management)} }}",
-        *per_class, *snat_sets,
+    gateway = fabric.host(host).vm_gateway.ip
+    chains = {
         # A VM calling a VIP: its packet leaves through this host and may come back through
         # a MUX to a VM here. Tracked on the way out, the return (same tuple) would match that
         # entry and skip the NAT; so it is tracked, and NATed, only on the way back.
-        "  chain raw {",
-        "    type filter hook prerouting priority raw; policy accept;",
-        f'    iifname "{BRIDGE}" ip daddr @vips notrack return',
-        # The replies to such a call come straight from the serving host (DSR), source VIP.
-        # Tracked, each would leave an entry VIP:80 -> VM:port behind, whose reply direction
-        # is the VM's next call from that port: that call's SYN would then skip its NAT.
-        f'    iifname "{UPLINK}" ip saddr @vips notrack return',
-        "  }",
+        "raw": nfttable.Chain("type filter hook prerouting priority raw; policy accept;", (
+            f'iifname "{BRIDGE}" ip daddr @vips notrack return',
+            # The replies to such a call come straight from the serving host (DSR), source VIP.
+            # Tracked, each would leave an entry VIP:80 -> VM:port behind, whose reply direction
+            # is the VM's next call from that port: that call's SYN would then skip its NAT.
+            f'iifname "{UPLINK}" ip saddr @vips notrack return')),
         # idle timeouts attach to a new entry before it is confirmed: after conntrack made it
         # (priority -200), which is why they are not in the raw chain above
-        "  chain timeouts {",
-        "    type filter hook prerouting priority mangle; policy accept;",
-        *timeout_rules,
-        "  }",
-        "  chain input {",
-        "    type filter hook input priority filter; policy accept;",
-        "    udp dport 4789 ip saddr != @muxes counter name spoofed_vxlan drop",
-        f'    iifname "{BRIDGE}" ip daddr @management counter name to_management drop',
-        "  }",
-        "  chain prerouting {",
-        "    type nat hook prerouting priority dstnat; policy accept;",
-        f'    iifname "{dev}" dnat ip to meta mark . ip daddr . meta l4proto . th dport map @nat_rules',
-        "  }",
-        "  chain forward {",
-        "    type filter hook forward priority filter; policy accept;",
-        # a VM never reaches the management network, whatever route the host has to it
-        f'    iifname "{BRIDGE}" oifname "{MANAGEMENT}" counter name to_management drop',
-        f'    iifname "{BRIDGE}" ip daddr @management counter name to_management drop',
-        # a packet of a flow whose state expired (idle timeout): a reset, or nothing
-        f'    iifname "{dev}" {expired} ip daddr . meta l4proto . th dport @reset_ends counter name idle_reset reject with tcp reset',
-        f'    iifname "{dev}" {expired} counter name idle_drop drop',
-        f'    iifname "{BRIDGE}" {expired} ip saddr . meta l4proto . th sport @reset_ends counter name idle_reset reject with tcp reset',
-        f'    iifname "{BRIDGE}" {expired} ip saddr . meta l4proto . th sport @backend_ends counter name idle_drop drop',
-        *clamp,
-        f'    iifname "{dev}" ct status dnat accept',
-        f'    iifname "{dev}" ct direction reply ct status snat accept',
-        f'    iifname "{dev}" meta mark . ip daddr . meta l4proto . th dport @floating_rules accept',
-        f'    iifname "{dev}" counter name no_rule drop',
-        *snat_fwd,
-        "  }",
-        "  chain postrouting {",
-        "    type nat hook postrouting priority srcnat; policy accept;",
-        # hairpin fix 2 (hairpinSnat): a flow mapped back to the VM that sent it leaves this
-        # host with the host's address as source, so the VM answers through the host
-        f'    oifname "{BRIDGE}" ct original ip daddr @hairpin_vips ip saddr . ip daddr @self_pairs snat ip to {gateway}',
-        *snat_nat,
-        "  }",
-        "}",
-    ]) + "\n"
+        "timeouts": nfttable.Chain("type filter hook prerouting priority mangle; policy accept;", (
+            f'iifname "{dev}" ip daddr . meta l4proto . th dport vmap @idle_rules',
+            f'iifname "{BRIDGE}" ip daddr != @lab_space ip saddr . meta l4proto vmap @snat_idle')),
+        "input": nfttable.Chain("type filter hook input priority filter; policy accept;", (
+            "udp dport 4789 ip saddr != @muxes counter name spoofed_vxlan drop",
+            f'iifname "{BRIDGE}" ip daddr @management counter name to_management drop')),
+        "prerouting": nfttable.Chain("type nat hook prerouting priority dstnat; policy accept;", (
+            f'iifname "{dev}" dnat ip to meta mark . ip daddr . meta l4proto . th dport map @nat_rules',)),
+        "forward": nfttable.Chain("type filter hook forward priority filter; policy accept;", (
+            # a VM never reaches the management network, whatever route the host has to it
+            f'iifname "{BRIDGE}" oifname "{MANAGEMENT}" counter name to_management drop',
+            f'iifname "{BRIDGE}" ip daddr @management counter name to_management drop',
+            # host liveness is the hosts' own word to the MUXes (muxlab.node.liveness): no VM may forge it
+            f'iifname "{BRIDGE}" udp dport {LIVENESS_PORT} counter name forged_beacon drop',
+            # a packet of a flow whose state expired (idle timeout): a reset, or nothing
+            f'iifname "{dev}" {expired} ip daddr . meta l4proto . th dport @reset_ends counter name idle_reset reject with tcp reset',
+            f'iifname "{dev}" {expired} counter name idle_drop drop',
+            f'iifname "{BRIDGE}" {expired} ip saddr . meta l4proto . th sport @reset_ends counter name idle_reset reject with tcp reset',
+            f'iifname "{BRIDGE}" {expired} ip saddr . meta l4proto . th sport @backend_ends counter name idle_drop drop',
+            *clamp,
+            f'iifname "{dev}" ct status dnat accept',
+            f'iifname "{dev}" ct direction reply ct status snat accept',
+            f'iifname "{dev}" meta mark . ip daddr . meta l4proto . th dport @floating_rules accept',
+            f'iifname "{dev}" counter name no_rule drop',
+            # the last rule: a VM's new outbound connection, checked in its own chain
+            f'iifname "{BRIDGE}" oifname "{UPLINK}" ip daddr != @lab_space ct state new ip saddr vmap @snat_limits')),
+        "postrouting": nfttable.Chain("type nat hook postrouting priority srcnat; policy accept;", (
+            # hairpin fix 2 (hairpinSnat): a flow mapped back to the VM that sent it leaves this
+            # host with the host's address as source, so the VM answers through the host
+            f'oifname "{BRIDGE}" ct original ip daddr @hairpin_vips ip saddr . ip daddr @self_pairs snat ip to {gateway}',
+            f'oifname "{UPLINK}" ip daddr != @lab_space meta l4proto {{ tcp, udp }} snat ip to ip saddr . meta l4proto map @snat_ranges')),
+    }
+    chains |= {timeout_chain(p, idle): nfttable.Chain("", (f'ct timeout set "idle_{p}_{idle}"',)) for p, idle in classes}
+    for x in snats:
+        c = counter_name(x.vm)
+        # one connection more than the range has ports towards one destination is what
+        # exhaustion looks like, refused at once and counted. TCP is refused with a reset:
+        # ICMP errors are rate-limited by the kernel, so a burst of refusals would turn into
+        # silent drops and connect timeouts.
+        chains[snat_chain(x.vm)] = nfttable.Chain("", tuple(
+            f"meta l4proto {p} add @{c}_use {{ ip daddr . meta l4proto . th dport ct count over {x.ports} }} "
+            f"counter name {c} {'reject with tcp reset' if p == 'tcp' else 'reject'}" for p in x.protocols))
+    return nfttable.Table("ip", TABLE, objects, sets, chains)

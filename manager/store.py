@@ -219,7 +219,7 @@ class Store:
                 "mtu_remedies": sorted(g[0].mtu_remedies) if g else sorted(self.fabric.mtu_remedies),
                 "health": [{"host": r.host, "vm": r.vm, "probe": r.probe, "up": r.up, "reason": r.reason, "since": r.since}
                            for r in db.rows("Backend_Health")],
-                # a host is dead when a MUX finds its liveness beacons stopped (mux/liveness.py)
+                # a host is dead when a MUX finds its liveness beacons stopped (muxlab/node/liveness.py)
                 "hosts": [{"name": r.name, "nb_cfg": r.nb_cfg, "synced_at": r.synced_at,
                            "alive": not any(r.name in m.dead_hosts for m in db.rows("Mux")),
                            "snat_usage": json.loads(r.snat_usage or "{}")} for r in db.rows("Chassis")],

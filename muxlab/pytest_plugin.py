@@ -57,7 +57,7 @@ class MuxlabLab:
         return api.wait_synced(self.agents, timeout=timeout)
 
     def services(self):
-        """The load balancers the managers hold, compiled as the agents compile them."""
+        """The load balancers the managers hold, compiled as the managers compile them into the facts."""
         from muxlab.model.compiler import compile_services
         from muxlab.model.service import LoadBalancer
         lbs = {n: LoadBalancer.model_validate(lb) for n, lb in self.api.load_balancers().items()}

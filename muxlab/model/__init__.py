@@ -1,2 +1,3 @@
-"""Pure logic, runs nowhere in particular: the fabric (topology), the Azure-shaped service
-model and its validation, what agents compile from them, Maglev, and the renderers."""
+"""Pure logic, runs nowhere in particular: the fabric (topology), the Azure-shaped load
+balancer model and its validation, the facts the managers compile from them and their
+southbound rows, Maglev, and the renderers."""

@@ -89,7 +89,7 @@ class Db:
         for table, column in quiet:
             self.idl.tables[table].columns[column].alert = False
         # conditional monitoring (OVSDB monitor_cond): only the rows this client needs cross
-        # the wire, e.g. a host agent's own Chassis row, not every host's heartbeat each second
+        # the wire, e.g. a host agent's own Chassis row and its own VMs' southbound rows
         for table, cond in (conditions or {}).items():
             self.idl.cond_change(table, cond)
         self.seen_seqno = -1

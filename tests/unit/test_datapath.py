@@ -1,5 +1,6 @@
 """MUX and host-agent kernel state computed from the fabric, the load balancers and health
 (pure), and checked by nft."""
+import re
 import shutil
 import subprocess
 
@@ -138,14 +139,29 @@ def test_rulesets_load_in_the_kernel(which):
 
 
 def chains_setting_timeouts(text: str) -> set[str]:
-    """The priority of every chain holding a `ct timeout set` rule."""
-    out, priority = set(), None
+    """The priority of every base chain holding a `ct timeout set` rule, or reaching one by a
+    jump or goto (in a rule, or in a verdict map a rule looks up)."""
+    priority: dict[str, str] = {}          # base chain -> its priority
+    reaches: dict[str, set[str]] = {}      # chain or verdict map -> the chains and maps it leads to
+    setting, chain = set(), None
     for line in text.splitlines():
-        if "type filter hook" in line:
-            priority = line.split("priority")[1].split(";")[0].strip()
-        if "ct timeout set" in line:
-            out.add(priority)
-    return out
+        words = line.split()
+        if words[:1] == ["chain"]:
+            chain = words[1]
+        elif words[:1] == ["map"]:
+            reaches.setdefault(words[1], set()).update(re.findall(r"(?:jump|goto) (\w+)", line))
+        elif chain and "hook" in words:
+            priority[chain] = line.split("priority")[1].split(";")[0].strip()
+        elif chain:
+            reaches.setdefault(chain, set()).update(
+                n for pair in re.findall(r"(?:jump|goto) (\w+)|vmap @(\w+)", line) for n in pair if n)
+            if "ct timeout set" in line:
+                setting.add(chain)
+
+    def leads_to_setting(name: str, seen: frozenset = frozenset()) -> bool:
+        return name in setting or any(leads_to_setting(n, seen | {name}) for n in reaches.get(name, ()) if n not in seen)
+
+    return {p for base, p in priority.items() if leads_to_setting(base)}
 
 
 def test_idle_timeouts_attach_after_conntrack_made_the_entry():
