@@ -54,6 +54,44 @@ def cpu_jiffies() -> dict[str, int]:
     return dict(zip(CPU_KINDS, map(int, open("/proc/stat").readline().split()[1:])))
 
 
+def container_cpu_ns(ref) -> dict[str, int]:
+    """CPU time each of the lab's containers has used (its cgroup's cpuacct.usage, ns;
+    cgroup v2's cpu.stat where that is what the machine has)."""
+    ids = subprocess.run(["docker", "inspect", "--format", "{{.Name}} {{.Id}}",
+                          *[ref.container(n) for n in ref.lab.node_names()]], capture_output=True, text=True,
+                         timeout=120).stdout.split("\n")
+    out = {}
+    prefix = f"/{ref.container('')}"
+    for line in filter(None, ids):
+        name, cid = line.split()
+        for path, read in ((f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage", lambda t: int(t)),
+                           (f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat",
+                            lambda t: 1000 * int(t.split("usage_usec ")[1].split()[0]))):
+            try:
+                out[name[len(prefix):]] = read(open(path).read())
+                break
+            except OSError:
+                continue
+    return out
+
+
+def idle_cpu_by_role(ref, seconds: float = 60.0) -> dict:
+    """Each container's CPU over `seconds` of a lab at rest, in percent of one core,
+    averaged per role (and over every container: `all`), with the busiest of each role."""
+    before, t0 = container_cpu_ns(ref), time.monotonic()
+    time.sleep(seconds)
+    after, took = container_cpu_ns(ref), time.monotonic() - t0
+    per = {n: 100 * (after[n] - before[n]) / 1e9 / took for n in after if n in before}
+    roles: dict[str, list[float]] = {}
+    for n, pct in per.items():
+        roles.setdefault(ref.lab.role_of(n), []).append(pct)
+    out = {role: {"containers": len(v), "mean": round(statistics.mean(v), 3), "max": round(max(v), 3)}
+           for role, v in sorted(roles.items())}
+    out["all"] = {"containers": len(per), "mean": round(statistics.mean(per.values()), 3),
+                  "max": round(max(per.values()), 3), "seconds": round(took, 1)}
+    return out
+
+
 def summary(values: list[float]) -> dict:
     return {"n": len(values), "median": round(statistics.median(values), 3), "min": round(min(values), 3),
             "max": round(max(values), 3), "values": [round(v, 3) for v in values]}

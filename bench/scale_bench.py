@@ -1,8 +1,10 @@
-"""Issue 10 benchmark: the scale curve of this machine. For labs written by `muxlab generate`,
-from (3 MUXes, 3 hosts, 6 VMs) upwards until one does not deploy (or --max steps): deploy
-time, memory per node and in total, idle CPU, time to converge after a change, and MUX-kill
-failover time. Writes results/scale.json and results/scale.png.
-`python -m bench.scale_bench [--steps N]`."""
+"""Issue 10/18 benchmark: the scale curve of this machine. For labs written by `muxlab
+generate`, from (3 MUXes, 3 hosts, 6 VMs) upwards until one does not deploy, converge or fail
+over as designed (a killed MUX's next hop gone within FAILOVER_S, no held connection broken):
+deploy time, memory per node and in total, idle CPU per role (cgroup CPU time at rest), time
+to converge after a change, MUX-kill failover with held connections, and what ran out.
+Writes results/scale.json and results/scale.png.
+`python -m bench.scale_bench [--steps N] [--sizes M,H,V M,H,V ...]`."""
 from __future__ import annotations
 
 import argparse
@@ -15,13 +17,17 @@ from pathlib import Path
 from muxlab.cli import lab as labmod
 from muxlab.model.generate import generate
 
-from .common import RESULTS, cli, cpu_jiffies, save
+from muxlab.cli.observe import Hold, hold_summary
+
+from .common import RESULTS, cli, cpu_jiffies, idle_cpu_by_role, save
 from .lab_bench import kill_and_time
 
 NAME = "muxlab-scale"
 FOLDER = Path(__file__).resolve().parents[1] / ".labs" / "scale"
 # (MUXes, hosts, VMs per host): the first is the default lab's shape
 SIZES = [(3, 3, 2), (4, 6, 2), (6, 10, 2), (8, 16, 2), (8, 24, 3), (10, 32, 3), (12, 48, 3), (16, 64, 3)]
+FAILOVER_S = 0.3     # a killed MUX out of ECMP within this, as issue 18 asks
+IDLE_S = 30          # the window of the idle-CPU measurement at each point
 UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "kB": 1e3, "MB": 1e6, "GB": 1e9}
 
 
@@ -93,18 +99,32 @@ def one(muxes: int, hosts: int, per_host: int) -> dict:
     cli("up", "-t", topo, "--name", NAME, "--wait", "900", timeout=1800)
     deploy = round(time.monotonic() - t0, 1)
     ref = labmod.resolve(FOLDER / "muxlab.clab.yml", NAME)
-    time.sleep(5)
+    time.sleep(10)   # start-up settles
     stats = node_stats()
     by_role: dict[str, list[float]] = {}
     for node, s in stats.items():
         by_role.setdefault(ref.lab.role_of(node), []).append(s["mem_mib"])
-    return {"muxes": muxes, "hosts": hosts, "vms": hosts * per_host, "nodes": len(stats), "deploy_s": deploy,
-            "mem_total_mib": round(sum(s["mem_mib"] for s in stats.values()), 1),
-            "machine_mem_used_mib": round(before - available_mib(), 1),
-            "mem_per_node_mib": {role: round(sum(v) / len(v), 1) for role, v in sorted(by_role.items())},
-            "idle_cpu_percent_of_machine": machine_cpu_busy(10),
-            "converge_after_change_s": converge_after_change(ref),
-            "mux_kill_nexthop_removed_s": round(kill_and_time(ref, ref.lab.muxes[-1].name, str(ref.lab.muxes[-1].address)), 3)}
+    point = {"muxes": muxes, "hosts": hosts, "vms": hosts * per_host, "nodes": len(stats), "deploy_s": deploy,
+             "mem_total_mib": round(sum(s["mem_mib"] for s in stats.values()), 1),
+             "machine_mem_used_mib": round(before - available_mib(), 1),
+             "machine_mem_available_mib": round(available_mib(), 1),
+             "mem_per_node_mib": {role: round(sum(v) / len(v), 1) for role, v in sorted(by_role.items())}}
+    busy = machine_cpu_busy(10)
+    point["idle_cpu_percent_of_machine"] = busy
+    point["idle_cpu_percent_of_a_core"] = idle_cpu_by_role(ref, IDLE_S)
+    point["converge_after_change_s"] = converge_after_change(ref)
+    # held connections through the MUX that is killed (and the others)
+    victim = ref.lab.muxes[-1]
+    hold = Hold(ref, ref.lab.clients[0].name, "203.0.113.10", 80, conns=24, duration=8)
+    time.sleep(1)
+    point["mux_kill_nexthop_removed_s"] = round(kill_and_time(ref, victim.name, str(victim.address)), 3)
+    held = hold_summary(hold.result())
+    point["mux_kill_held"] = {k: held[k] for k in ("conns", "broken", "new_connections", "new_failures")}
+    point["ok"] = point["mux_kill_nexthop_removed_s"] < FAILOVER_S and held["broken"] == 0
+    if not point["ok"]:
+        point["ran_out"] = (f"failover: next hop gone in {point['mux_kill_nexthop_removed_s']} s, "
+                            f"{held['broken']} held connections broken; machine {busy} % busy at rest")
+    return point
 
 
 def plot(points: list[dict], path: Path) -> None:
@@ -130,21 +150,27 @@ def plot(points: list[dict], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=len(SIZES))
+    ap.add_argument("--sizes", nargs="*", help="MUXES,HOSTS,VMS_PER_HOST each (default: the built-in curve)")
     a = ap.parse_args()
+    sizes = [tuple(map(int, x.split(","))) for x in a.sizes] if a.sizes else SIZES[:a.steps]
     points, stopped = [], None
     try:
-        for size in SIZES[:a.steps]:
+        for size in sizes:
             print(f"scale: {size} ...", flush=True)
             try:
                 points.append(one(*size))
                 print(json.dumps(points[-1]), flush=True)
             except Exception as exc:   # the largest lab is the one before what fails, and why it failed
-                stopped = {"size": list(size), "error": str(exc)[-2000:]}
+                stopped = {"size": list(size), "error": str(exc)[-2000:], "machine_mem_available_mib": available_mib()}
+                break
+            if not points[-1]["ok"]:
+                stopped = {"size": list(size), "error": points[-1]["ran_out"]}
                 break
     finally:
         subprocess.run(["python", "-m", "muxlab", "down", "-t", str(FOLDER / "muxlab.clab.yml"), "--name", NAME],
                        capture_output=True, timeout=600)
-    save("scale", {"points": points, "stopped_at": stopped, "steps_tried": a.steps})
+    save("scale", {"points": points, "stopped_at": stopped, "sizes_tried": [list(x) for x in sizes],
+                   "failover_limit_s": FAILOVER_S})
     if points:
         plot(points, RESULTS / "scale.png")
 
