@@ -15,6 +15,7 @@ VM keeps what it had).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import socketserver
@@ -32,26 +33,80 @@ IP_FREEBIND = 15   # linux/in.h: bind before the address is on the bridge (the a
 NEWEST = list(reversed(metadata.API_VERSIONS[-3:]))
 
 
+MAX_WAIT_S = 30.0   # the longest a request with `wait` is held
+
+
+def etag(body: str) -> str:
+    return '"' + hashlib.sha256(body.encode()).hexdigest()[:16] + '"'
+
+
 class Metadata:
-    """What the service answers, from the fabric and the latest compiled Services."""
+    """What the service answers, from the fabric and the latest compiled Services.
+
+    A muxlab extension Azure's IMDS does not have, so that an idle guest costs nothing: every
+    document carries an ETag, and a request with `If-None-Match: <that tag>` and the query
+    parameter `wait=<seconds>` (at most MAX_WAIT_S) is held until the document changes,
+    then answered 200; unchanged when the wait is over, 304. A request without them is
+    answered at once, as Azure's."""
 
     def __init__(self, fabric: Lab, host: str):
         self.fabric, self.host = fabric, host
         self.svc: Services | None = None
         # per VM: (the Services its last load-balancer document came from, when it asked)
         self.fetched: dict[str, tuple[Services, float]] = {}
+        self.waiting: dict[str, int] = {}   # VMs with a request held, and how many
+        self.changed = threading.Condition()
 
     def update(self, svc: Services) -> None:
-        self.svc = svc   # immutable: a request in flight keeps the one it read
+        with self.changed:
+            self.svc = svc   # immutable: a request in flight keeps the one it read
+            self.changed.notify_all()
 
     def behind(self, now: float, alive_s: float = 3.0) -> list[str]:
-        """VMs that keep asking (within alive_s) but have not read the current document yet:
-        until they have, this host has not applied the configuration (as a guest agent's
-        goal state in Azure). A VM whose application stopped asking holds nothing up."""
-        return sorted(vm for vm, (svc, at) in self.fetched.items() if svc is not self.svc and now - at <= alive_s)
+        """VMs that keep asking (within alive_s, or waiting in a held request) but have not
+        read the current document yet: until they have, this host has not applied the
+        configuration (as a guest agent's goal state in Azure). A VM whose application
+        stopped asking holds nothing up."""
+        return sorted(vm for vm, (svc, at) in self.fetched.items()
+                      if svc is not self.svc and (now - at <= alive_s or self.waiting.get(vm)))
 
     def answer(self, method: str, target: str, headers: dict[str, str], source: str) -> tuple[int, str, str]:
         """(status, content type, body) for one request; headers with lower-case names."""
+        status, ctype, body, _ = self.respond(method, target, headers, source)
+        return status, ctype, body
+
+    def respond(self, method: str, target: str, headers: dict[str, str],
+                source: str) -> tuple[int, str, str, dict[str, str]]:
+        """answer(), and the response headers (ETag); holds a request that asks to wait."""
+        status, ctype, body = self._answer(method, target, headers, source)
+        tag = etag(body) if status == 200 else None
+        query = {k: v[-1] for k, v in parse_qs(urlsplit(target).query).items()}
+        vm = metadata.caller(self.fabric, self.host, source)
+        try:
+            wait = min(float(query.get("wait", 0)), MAX_WAIT_S)
+        except ValueError:
+            wait = 0.0
+        if tag and vm is not None and wait > 0 and headers.get("if-none-match") == tag:
+            deadline = time.monotonic() + wait
+            with self.changed:
+                self.waiting[vm.name] = self.waiting.get(vm.name, 0) + 1
+                try:
+                    while True:
+                        svc = self.svc
+                        self.changed.wait(max(0.0, deadline - time.monotonic()))
+                        if self.svc is not svc:
+                            break
+                        if time.monotonic() >= deadline:
+                            return 304, ctype, "", {"ETag": tag}
+                finally:
+                    self.waiting[vm.name] -= 1
+            status, ctype, body = self._answer(method, target, headers, source)
+            tag = etag(body) if status == 200 else None
+            if tag == headers.get("if-none-match"):   # changed, but not for this VM
+                return 304, ctype, "", {"ETag": tag}
+        return status, ctype, body, ({"ETag": tag} if tag else {})
+
+    def _answer(self, method: str, target: str, headers: dict[str, str], source: str) -> tuple[int, str, str]:
         def error(status: int, msg: str, **extra) -> tuple[int, str, str]:
             return status, "application/json; charset=utf-8", json.dumps({"error": msg, **extra})
 
@@ -117,12 +172,15 @@ def handler_for(meta: Metadata):
         sys_version = ""
 
         def _serve(self):
-            status, ctype, body = meta.answer(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
-                                              self.client_address[0])
+            status, ctype, body, extra = meta.respond(self.command, self.path,
+                                                      {k.lower(): v for k, v in self.headers.items()},
+                                                      self.client_address[0])
             data = body.encode()
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(data)))
+            for k, v in extra.items():
+                self.send_header(k, v)
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)

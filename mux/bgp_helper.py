@@ -16,6 +16,8 @@ import time
 
 from muxlab.node.runtime import RUN_DIR
 
+from .datapath import TABLE
+
 ANNOUNCE_FILE = RUN_DIR / "announce.json"
 
 
@@ -40,6 +42,16 @@ def commands(verb: str, prefixes: list[str]) -> list[str]:
             for i in range(0, len(prefixes), BATCH)]
 
 
+def stamp() -> int | None:
+    """The announce file's change time (it is replaced whole, atomically): read it again only
+    when this moves."""
+    try:
+        st = ANNOUNCE_FILE.stat()
+        return st.st_mtime_ns ^ st.st_ino
+    except FileNotFoundError:
+        return None
+
+
 def wanted() -> set[str] | None:
     try:
         return set(json.loads(ANNOUNCE_FILE.read_text())["vips"])
@@ -50,18 +62,22 @@ def wanted() -> set[str] | None:
 
 
 def datapath_present() -> bool:
-    return subprocess.run(["nft", "list", "set", "ip", "muxlab_mux", "vips"], capture_output=True).returncode == 0
+    """The MUX's table is in the kernel (names only: listing its sets costs as much as they hold)."""
+    out = subprocess.run(["nft", "list", "tables", "ip"], capture_output=True, text=True).stdout
+    return f"table ip {TABLE}" in out.splitlines()
 
 
 def main() -> None:
     announced: set[str] = set()
-    checked_at, present = 0.0, False
+    checked_at, present, seen = 0.0, False, (0, False)
     while True:
         try:
             if time.monotonic() - checked_at > 1.0:
                 present, checked_at = datapath_present(), time.monotonic()
-            want = wanted() if present else set()
+            now = (stamp(), present)
+            want = (wanted() if present else set()) if now != seen else None
             if want is not None:
+                seen = now
                 for line in commands("announce", sorted(want - announced)) + commands("withdraw", sorted(announced - want)):
                     send(line)
                 announced = want

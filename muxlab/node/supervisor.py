@@ -7,6 +7,7 @@ routes through netlink, then starts and supervises its role's long-running proce
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -21,7 +22,11 @@ from .offloads import Offloads
 from .runtime import FABRIC_PATH, RUN_DIR
 
 PY = sys.executable
-NETWORK_RECHECK = 2.0  # seconds between re-applications of the node's network plan
+# The node's network plan is applied again when the kernel reports a link or route change
+# (a link that went down took its static routes with it), and every NETWORK_RECHECK seconds
+# in any case; re-applying it every 2 s was most of an idle node's CPU.
+NETWORK_RECHECK = 30.0
+TICK = 0.5             # children and held-down services are looked at this often
 BFDD_CONF = RUN_DIR / "bfdd.conf"
 
 
@@ -78,6 +83,10 @@ EXABGP_ENV = {
     # thousands of lines per change with thousands of VIPs. Sessions and errors still show.
     "exabgp_log_statistics": "false",
     "exabgp_log_processes": "false",
+    # ExaBGP's reactor sleeps speed/100 s between turns when idle (10 ms by default: 100
+    # wake-ups a second, most of an idle MUX's CPU). Sockets and API pipes still wake it at
+    # once; only its timers (keepalive 1 s, hold 3 s) are looked at every 50 ms instead.
+    "exabgp_reactor_speed": "5.0",
 }
 
 
@@ -167,6 +176,12 @@ def second_nic(ipr, nic) -> None:
               table=SECOND_NIC_TABLE)
 
 
+def drain(events) -> None:
+    """Discard the netlink notifications waiting on `events`."""
+    while select.select([events], [], [], 0)[0]:
+        events.get()
+
+
 def write_sysctl(key: str, value: int) -> None:
     """Docker mounts /proc/sys read-only in unprivileged containers (interfaces plugged later
     cannot get `sysctls:`); a private proc mount of the node's own namespace is writable, with
@@ -216,10 +231,15 @@ class Supervisor:
         self.running[name] = subprocess.Popen(argv, env=env)
 
     def run(self) -> None:
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_LINK
+
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
         signal.signal(signal.SIGINT, lambda *_: self.stop())
         stopped_dir = RUN_DIR / "stopped"
         stopped_dir.mkdir(parents=True, exist_ok=True)
+        events = IPRoute()
+        events.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_ROUTE)
         while not self.stopping:
             for name, argv in self.procs:
                 held = (stopped_dir / name).exists()
@@ -231,20 +251,24 @@ class Supervisor:
                     if p is not None:
                         log(f"{name} exited with {p.returncode}; restarting")
                     self.start(name, argv)
-            if time.monotonic() - self.network_checked > NETWORK_RECHECK:
+            changed = bool(select.select([events], [], [], 0)[0])
+            if changed or time.monotonic() - self.network_checked > NETWORK_RECHECK:
                 self.network_checked = time.monotonic()
+                drain(events)
                 try:
                     configure_network(self.plan)
                 except Exception as exc:  # a link that is down right now: next time
                     log(f"network re-check: {exc}")
                 self.check_offloads()
+                time.sleep(0.05)
+                drain(events)   # what re-applying the plan itself announced
             # reap anything else that died (PID 1 duty)
             try:
                 while os.waitpid(-1, os.WNOHANG)[0] > 0:
                     pass
             except ChildProcessError:
                 pass
-            time.sleep(0.5)
+            select.select([events], [], [], TICK)
 
     def check_offloads(self) -> None:
         for dev, turned_on in self.offloads.ensure().items():

@@ -11,7 +11,8 @@ UDP, on the UDP backend ports: each datagram is answered with `<name>\\n`.
 It is the lab's stand-in for the tenant's application and guest configuration. A VM has no
 management interface: like a guest in Azure it learns its load balancers from the Instance
 Metadata Service its host serves (GET http://169.254.169.254/metadata/loadbalancer, header
-Metadata: true, every POLL_S seconds), and opens and closes ports and adds or removes
+Metadata: true; held by the host until the document changes: hostagent/imds.py's `wait`
+extension, WAIT_S at a time), and opens and closes ports and adds or removes
 floating-IP VIPs on lo as the answer changes (muxlab.model.metadata.guest_config). While
 IMDS does not answer, the VM keeps serving what it last learnt.
 
@@ -27,6 +28,7 @@ import socket
 import socketserver
 import threading
 import time
+import urllib.error
 import urllib.request
 
 from muxlab.model.conventions import IMDS_ADDRESS, IMDS_PORT
@@ -37,21 +39,30 @@ from .runtime import FABRIC_PATH, RUN_DIR
 
 IPERF_PORT = 5201  # iperf3 owns it
 IMDS_URL = f"http://{IMDS_ADDRESS}:{IMDS_PORT}/metadata/loadbalancer?api-version={LOADBALANCER_MIN_VERSION}"
-POLL_S = 0.25   # the host reports a change applied once its VMs have read it (hostagent/imds.py)
+WAIT_S = 20.0   # how long the host may hold a request for a change (at most its MAX_WAIT_S)
+RETRY_S = 0.25  # after a failed request
 IMDS_TIMEOUT_S = 2.0
-NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # built once: it is asked 4 times a second
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # built once
 
 
-def fetch_loadbalancer(url: str = IMDS_URL, timeout: float = IMDS_TIMEOUT_S) -> dict:
-    """The loadbalancer document IMDS has for this VM; OSError (urllib's errors are OSErrors),
+def fetch_loadbalancer(url: str = IMDS_URL, timeout: float = IMDS_TIMEOUT_S, tag: str | None = None,
+                       wait: float = 0.0) -> tuple[dict | None, str | None]:
+    """The loadbalancer document IMDS has for this VM and its ETag; (None, tag) when it is
+    still the one tagged `tag` after `wait` seconds. OSError (urllib's errors are OSErrors),
     ValueError or HTTPException when it cannot tell.
     No proxy, ever: IMDS refuses proxied requests, and a guest must bypass proxies for it."""
-    req = urllib.request.Request(url, headers={"Metadata": "true"})
-    with NO_PROXY.open(req, timeout=timeout) as resp:
-        doc = json.loads(resp.read())
+    headers = {"Metadata": "true", **({"If-None-Match": tag} if tag else {})}
+    req = urllib.request.Request(f"{url}&wait={wait:g}" if wait else url, headers=headers)
+    try:
+        with NO_PROXY.open(req, timeout=timeout + wait) as resp:
+            doc, tag = json.loads(resp.read()), resp.headers.get("ETag")
+    except urllib.error.HTTPError as exc:
+        if exc.code == 304:
+            return None, tag
+        raise
     if not isinstance(doc, dict) or not isinstance(doc.get("loadbalancer"), dict):
         raise ValueError("not a loadbalancer document")
-    return doc
+    return doc, tag
 
 
 def make_handlers(name: str):
@@ -169,16 +180,18 @@ def main() -> None:
     name = socket.gethostname()
     fabric = load_lab(FABRIC_PATH)
     guest = Guest(name, str(fabric.vm(name).ip))
-    applied, failing = None, ""
+    applied, failing, tag = None, "", None
     while True:
-        started = time.monotonic()
         try:
-            want = guest_config(fetch_loadbalancer())
+            doc, tag = fetch_loadbalancer(tag=tag, wait=WAIT_S if tag else 0.0)
+            want = guest_config(doc) if doc is not None else applied
         except (OSError, ValueError, KeyError, TypeError, http.client.HTTPException) as exc:   # keep the last good answer
             err = f"{type(exc).__name__}: {exc}"
             if err != failing:
                 print(f"[vm-service {name}] IMDS: {err}; serving what it last said", flush=True)
                 failing = err
+            tag = None
+            time.sleep(RETRY_S)
         else:
             if failing:
                 print(f"[vm-service {name}] IMDS answers again", flush=True)
@@ -186,7 +199,6 @@ def main() -> None:
             if want != applied:
                 guest.converge(*want)
                 applied = want
-        time.sleep(max(0.0, POLL_S - (time.monotonic() - started)))
 
 
 if __name__ == "__main__":

@@ -334,7 +334,7 @@ for name, headers in (("bare", {}), ("proxied", {"Metadata": "true", "X-Forwarde
     c.request("GET", "/metadata/instance?api-version=2021-02-01", headers=headers)
     r = c.getresponse()
     out[name] = [r.status, json.loads(r.read())]
-tcp, udp, fips = guest_config(fetch_loadbalancer())
+tcp, udp, fips = guest_config(fetch_loadbalancer()[0])
 out["guest"] = [sorted(tcp), sorted(udp), fips]
 print(json.dumps(out))
 """

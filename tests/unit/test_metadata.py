@@ -1,10 +1,12 @@
 """The Instance Metadata Service's documents (pure) and its answers to requests."""
 import json
+import time
 
 import pytest
 
 from hostagent.imds import Metadata
 from muxlab.model import compiled, metadata
+from muxlab.model.compiler import compile_services
 from muxlab.model.service import load_document
 from tests.unit.conftest import REPO, default_lbs, fabric, services
 
@@ -130,3 +132,35 @@ def test_imds_says_unavailable_until_the_agent_compiled_the_load_balancers():
     assert answer(m, INSTANCE)[0] == 200     # what the fabric alone tells
     m.update(services())
     assert answer(m, LB)[0] == 200
+
+
+def test_a_request_that_asks_to_wait_is_held_until_the_document_changes():
+    """muxlab's long poll: If-None-Match with the current ETag and `wait` holds the request
+    until the host has a new document for the VM (then 200), or the wait is over (304)."""
+    import threading
+    s = services()
+    m = meta(s)
+    status, _, body, extra = m.respond("GET", LB, OK, "10.1.1.11")
+    tag = extra["ETag"]
+    assert status == 200 and tag
+    # unchanged: 304 once the wait is over, with the same tag
+    assert m.respond("GET", LB + "&wait=0.2", {**OK, "if-none-match": tag}, "10.1.1.11")[::3] == (304, {"ETag": tag})
+    # a stale tag: answered at once
+    assert m.respond("GET", LB + "&wait=30", {**OK, "if-none-match": '"old"'}, "10.1.1.11")[0] == 200
+    # a change for this VM wakes the held request; meanwhile the VM counts as asking
+    held = {}
+    t = threading.Thread(target=lambda: held.update(r=m.respond("GET", LB + "&wait=30", {**OK, "if-none-match": tag},
+                                                                  "10.1.1.11")))
+    t.start()
+    deadline = time.monotonic() + 10
+    while not m.waiting.get("vm1"):
+        assert time.monotonic() < deadline, "the request was not held"
+        time.sleep(0.01)
+    web = default_lbs()
+    web["web"].properties.loadBalancingRules[0].properties.backendPort = 8081
+    m.update(compile_services(web, fabric()))
+    assert m.behind(time.monotonic() + 60) in ([], ["vm1"])   # waiting: still asking, whatever the clock
+    t.join(10)
+    status, _, body, extra = held["r"]
+    assert status == 200 and extra["ETag"] != tag and "8081" in body
+    assert m.behind(time.monotonic()) == []
