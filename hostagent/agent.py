@@ -95,6 +95,7 @@ class HostAgent:
         self.reported_cfg = -1
         self.remedies: frozenset[str] | None = None
         self.snat_usage = ""
+        self.snat_seen: tuple[int | None, set] = (None, set())   # (snat_new counter, ports in use) at the last look
 
     def converge(self) -> None:
         svc = self.facts.read(self.db)
@@ -126,12 +127,17 @@ class HostAgent:
 
     def usage(self) -> str:
         """Outbound SNAT of this host's VMs, as JSON: per VM its VIP, range, the ports its
-        connections hold now (conntrack) and the connections refused for want of one."""
+        connections hold now (conntrack) and the connections refused for want of one.
+        conntrack is listed only when it can have changed: while no connection was NATed
+        since the last look and none was held then, nothing can be held now."""
         snats = [x for x in (self.svc.snat if self.svc else ()) if x.vm in {vm.name for vm in self.fabric.vms_on(self.me)}]
         if not snats:
             return ""
         counters = nft_counters(datapath.TABLE)
-        in_use = snat_ports_in_use()
+        new = counters.get(datapath.SNAT_NEW)
+        if new is None or new != self.snat_seen[0] or self.snat_seen[1]:
+            self.snat_seen = (new, snat_ports_in_use())
+        in_use = self.snat_seen[1]
         out = {x.vm: {"vip": str(x.vip), "ranges": [[x.lo, x.hi]], "ports": x.ports,
                       "in_use": len({p for (vip, p) in in_use if vip == str(x.vip) and x.lo <= p <= x.hi}),
                       "failures": counters.get(datapath.counter_name(x.vm), 0)} for x in snats}

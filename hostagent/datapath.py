@@ -54,6 +54,9 @@ def _ident(vm: str) -> str:
     return re.sub(r"[^A-Za-z0-9]", "_", vm)
 
 
+SNAT_NEW = "snat_new"   # connections source-NATed (a NAT chain sees each one's first packet only)
+
+
 def counter_name(vm: str) -> str:
     return "snat_exhausted_" + _ident(vm)
 
@@ -169,7 +172,7 @@ def host_table(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] |
 
     addr_tuple = "type ipv4_addr . inet_proto . inet_service;"
     objects = {f"counter {c}": f"counter {c} {{}}" for c in (
-        "spoofed_vxlan", "no_rule", "idle_reset", "idle_drop", "to_management", "forged_beacon")}
+        "spoofed_vxlan", "no_rule", "idle_reset", "idle_drop", "to_management", "forged_beacon", SNAT_NEW)}
     objects |= {f"ct timeout idle_{p}_{idle}": ct_timeout_object(p, idle).strip() for p, idle in classes}
     objects |= {f"counter {counter_name(x.vm)}": f"counter {counter_name(x.vm)} {{}}" for x in snats}
     sets = {
@@ -248,7 +251,7 @@ def host_table(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] |
             # hairpin fix 2 (hairpinSnat): a flow mapped back to the VM that sent it leaves this
             # host with the host's address as source, so the VM answers through the host
             f'oifname "{BRIDGE}" ct original ip daddr @hairpin_vips ip saddr . ip daddr @self_pairs snat ip to {gateway}',
-            f'oifname "{UPLINK}" ip daddr != @lab_space meta l4proto {{ tcp, udp }} snat ip to ip saddr . meta l4proto map @snat_ranges')),
+            f'oifname "{UPLINK}" ip daddr != @lab_space meta l4proto {{ tcp, udp }} counter name {SNAT_NEW} snat ip to ip saddr . meta l4proto map @snat_ranges')),
     }
     chains |= {timeout_chain(p, idle): nfttable.Chain("", (f'ct timeout set "idle_{p}_{idle}"',)) for p, idle in classes}
     for x in snats:

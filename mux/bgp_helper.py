@@ -21,6 +21,7 @@ from .datapath import TABLE
 ANNOUNCE_FILE = RUN_DIR / "announce.json"
 
 
+PRESENCE_EVERY_S = 5.0   # a data path flushed by hand withdraws the VIPs within this (an nft run each time)
 BATCH = 200   # prefixes per command: thousands of VIPs go out in a few UPDATE-sized commands
 
 
@@ -72,7 +73,7 @@ def main() -> None:
     checked_at, present, seen = 0.0, False, (0, False)
     while True:
         try:
-            if time.monotonic() - checked_at > 1.0:
+            if time.monotonic() - checked_at > PRESENCE_EVERY_S:
                 present, checked_at = datapath_present(), time.monotonic()
             now = (stamp(), present)
             want = (wanted() if present else set()) if now != seen else None
