@@ -176,18 +176,38 @@ def main() -> None:
                 f"{bg['apply_returned_s']} s (validated, stored, applied by every agent); the edge held every VIP with all "
                 f"{bg['muxes']} MUXes as next hops {bg['every_vip_via_every_mux_s']} s after the call. After `docker kill` of a MUX, "
                 f"its {bg['vips']} next hops left the edge's kernel in {bg['killed_mux_nexthops_gone_s']} s.", ""]
+    lv = load("liveness")
+    if lv:
+        idle = lv["idle_cpu_percent_of_a_core"]
+        out += [*heading("Host liveness and idle cost", "liveness_bench", lv),
+                "A host frozen (`docker pause`) until its DIPs are out of every MUX's kernel Maglev maps (each MUX polls its",
+                f"own `nft` every 10 ms; beacons every {lv['beacon_interval_s']} s, dead after {lv['dead_after_s']} s of silence):", "",
+                "| managers | host paused → DIPs out of every MUX |", "|---|---|",
+                f"| running | {s(lv['host_paused_dips_out_of_every_mux_s'])} |",
+                f"| all three stopped | {s(lv['host_paused_dips_out_of_every_mux_managers_stopped_s'])} |", "",
+                f"The default lab at rest: each container's CPU (its cgroup's CPU time over {idle['all']['seconds']:.0f} s), "
+                "in % of one core:", "",
+                "| role | containers | mean | busiest |", "|---|---|---|---|"]
+        out += [f"| {role} | {r['containers']} | {r['mean']} | {r['max']} |" for role, r in idle.items() if role != "all"]
+        out += [f"| **every container** | {idle['all']['containers']} | **{idle['all']['mean']}** | {idle['all']['max']} |", ""]
     sc = load("scale")
     if sc:
         out += [*heading("Scale curve", "scale_bench", sc),
                 "Labs written by `muxlab generate` (1 client, 3 load balancers whose pools hold every VM), deployed one",
                 "after the other on this machine. ![scale curve](results/scale.png)", "",
                 "| MUXes | hosts | VMs | containers | deploy | memory, all nodes | per MUX / host / VM | idle CPU (of 2 cores) "
-                "| converge after a change | MUX kill: next hop gone |", "|---|---|---|---|---|---|---|---|---|---|"]
+                "| idle, % of a core: MUX / host / manager / VM / every container | converge after a change "
+                "| MUX kill: next hop gone | held connections broken |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in sc["points"]:
             m = p["mem_per_node_mib"]
+            roles = p.get("idle_cpu_percent_of_a_core")
+            per = (" / ".join(str(roles[r]["mean"]) for r in ("mux", "host", "manager", "vm", "all")) if roles else "-")
+            held = p.get("mux_kill_held")
+            broken = f"{held['broken']} of {held['conns']}" if held else "-"
             out.append(f"| {p['muxes']} | {p['hosts']} | {p['vms']} | {p['nodes']} | {p['deploy_s']} s | "
                        f"{p['mem_total_mib']:.0f} MiB | {m['mux']:.0f} / {m['host']:.0f} / {m['vm']:.0f} MiB | "
-                       f"{p['idle_cpu_percent_of_machine']} % | {p['converge_after_change_s']} s | {p['mux_kill_nexthop_removed_s']} s |")
+                       f"{p['idle_cpu_percent_of_machine']} % | {per} | {p['converge_after_change_s']} s | "
+                       f"{p['mux_kill_nexthop_removed_s']} s | {broken} |")
         if sc.get("stopped_at"):
             st = sc["stopped_at"]
             out += ["", f"Stopped at {st['size'][0]} MUXes, {st['size'][1]} hosts, {st['size'][1] * st['size'][2]} VMs: "

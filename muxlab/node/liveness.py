@@ -112,6 +112,7 @@ class Listener:
 
     def _run(self) -> None:
         sock = self._bind()
+        judged, every = 0.0, self.dead_after / 12   # judging is per host: not per datagram
         while True:
             try:
                 data, (src, _) = sock.recvfrom(256)
@@ -120,7 +121,10 @@ class Listener:
                     self.heard[host] = time.monotonic()
             except socket.timeout:
                 pass
-            self._judge(time.monotonic())
+            now = time.monotonic()
+            if now - judged >= every:
+                judged = now
+                self._judge(now)
 
     def _judge(self, now: float) -> None:
         dead = frozenset(h for h, t in self.heard.items() if now - t > self.dead_after)
