@@ -12,8 +12,8 @@ import time
 from muxlab.cli import faults
 from muxlab.cli.failover import analyse
 from muxlab.cli.lab import vip_nexthops
-from muxlab.model.compiler import compile_services
-from muxlab.model.service import LoadBalancer
+from muxlab.lb.compiler import compile_services
+from muxlab.lb.azure import LoadBalancer
 
 from .common import deployed, save, summary
 from .lab_bench import POLL

@@ -9,7 +9,7 @@ import subprocess
 import time
 
 from muxlab.cli import faults
-from muxlab.model.conventions import LIVENESS_DEAD_AFTER_S, LIVENESS_INTERVAL_S, dip_mark
+from muxlab.datapath.conventions import LIVENESS_DEAD_AFTER_S, LIVENESS_INTERVAL_S, dip_mark
 from mux.datapath import TABLE
 
 from .common import deployed, idle_cpu_by_role, save, summary

@@ -14,11 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from muxlab.model.compiler import compile_services
-from muxlab.model.fabric import load_lab
-from muxlab.model import nfttable
-from muxlab.model.generate import load_balancers
-from muxlab.model.service import LoadBalancer
+from muxlab.lb.compiler import compile_services
+from muxlab.fabric.lab import load_lab
+from muxlab.datapath import nfttable
+from muxlab.fabric.generate import load_balancers
+from muxlab.lb.azure import LoadBalancer
 from mux import datapath
 
 from .common import save

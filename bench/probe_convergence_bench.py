@@ -16,7 +16,7 @@ from pathlib import Path
 
 from muxlab.cli import faults
 from muxlab.cli import lab as labmod
-from muxlab.model.conventions import MAGLEV_TABLES_FILE, rule_tables
+from muxlab.datapath.conventions import MAGLEV_TABLES_FILE, rule_tables
 
 from .common import BENCH_LAB, cli, deployed, save, sh, write_bulk_load_balancers
 

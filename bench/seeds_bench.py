@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from muxlab.cli.traffic import run_flows
-from muxlab.model.conventions import MAGLEV_TABLES_FILE, rule_tables
-from muxlab.model.service import canonical, load_document
+from muxlab.datapath.conventions import MAGLEV_TABLES_FILE, rule_tables
+from muxlab.lb.azure import canonical, load_document
 
 from .common import deployed, save, sh
 

@@ -4,7 +4,7 @@ probes its VMs and writes the results there (Backend_Health). It tells the MUXes
 on the underlay (muxlab.node.liveness), not through the database: at rest it writes nothing.
 
 Restart-safe: every step is idempotent; the nft tables are loaded whole once, atomically,
-then changed by their differences (muxlab.model.nfttable), so
+then changed by their differences (muxlab.datapath.nfttable), so
 conntrack's NAT bindings (established flows) survive a restart of the agent. With every
 manager unreachable it keeps its data path and goes on probing; it reports when one answers."""
 from __future__ import annotations
@@ -17,10 +17,10 @@ import time
 
 from pyroute2 import IPRoute
 
-from muxlab.model.compiled import Services
-from muxlab.model.conventions import RULE_PRIORITY, dip_mark, vxlan_ifname
-from muxlab.model.fabric import Lab, load_lab
-from muxlab.model.render import node_plan
+from muxlab.lb.facts import Services
+from muxlab.datapath.conventions import RULE_PRIORITY, dip_mark, vxlan_ifname
+from muxlab.fabric.lab import Lab, load_lab
+from muxlab.fabric.render import node_plan
 from muxlab.node.desired import FACT_COLUMNS, FactsReader, mtu_remedies, nb_cfg, own_rows, watch
 from muxlab.node.liveness import Beacon
 from muxlab.node.kernel import (PolicyRoute, ensure_bridge_ports, ensure_vxlan, interface_networks, nft_converge,

@@ -11,7 +11,7 @@ Replies from the VM are un-NATed by conntrack (source becomes the VIP) and route
 edge by the host's default route: Direct Server Return, never through a MUX.
 
 Outbound (a VM's own connections to the internet): source-NAT to its VIP and port range
-(muxlab.model.allocation); a connection beyond the range's room towards one destination is
+(muxlab.lb.allocation); a connection beyond the range's room towards one destination is
 refused and counted per VM (snat_exhausted_<vm>). Replies come back through any MUX.
 The management interface (eth0, Docker's) is the platform's, never the tenants': nothing
 from a VM is forwarded out of it or delivered to the host's management addresses (counted:
@@ -22,7 +22,7 @@ whose state expired is answered with a TCP reset (enableTcpReset) or dropped, on
 
 As data (`tables`): the rules name sets and maps only, and every per-VIP, per-rule and
 per-VM fact is an element, so the agent changes a loaded table with a few element lines
-(muxlab.model.nfttable.update). Besides the sets of addresses:
+(muxlab.datapath.nfttable.update). Besides the sets of addresses:
   nat_rules      mark . VIP . proto . port -> DIP . backend port (DNAT)
   floating_rules mark . VIP . proto . port (delivered untouched)
   idle_rules     VIP . proto . port -> jump timeout_<proto>_<s>, the chain setting its ct timeout
@@ -38,10 +38,10 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from muxlab.model import nfttable
-from muxlab.model.compiled import Services
-from muxlab.model.conventions import LIVENESS_PORT, ct_timeout_object, dip_mac, dip_mark, vxlan_ifname
-from muxlab.model.fabric import Lab
+from muxlab.datapath import nfttable
+from muxlab.lb.facts import Services
+from muxlab.datapath.conventions import LIVENESS_PORT, ct_timeout_object, dip_mac, dip_mark, vxlan_ifname
+from muxlab.fabric.lab import Lab
 
 TABLE = "muxlab_host"
 OVERLAY_TABLE = "muxlab_overlay"
@@ -105,7 +105,7 @@ def tables(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] | Non
            management: tuple[str, ...] = ()) -> tuple[nfttable.Table, nfttable.Table]:
     """The host's data path as data: the overlay table (netdev, on the VXLAN device) and the
     host table (ip). An agent loads each whole once, then only its differences
-    (muxlab.model.nfttable.update): every per-VIP, per-rule and per-VM fact is an element of a
+    (muxlab.datapath.nfttable.update): every per-VIP, per-rule and per-VM fact is an element of a
     set or map, so a backend, a NAT port, a SNAT range or a hairpin VIP coming or going is an
     element change, not a rewrite of a chain. What a VM newly given outbound SNAT needs
     besides elements is declared, not rewritten: its counter, its connection-count set and

@@ -1,5 +1,5 @@
 """The host's Instance Metadata Service: HTTP on 169.254.169.254:80, on the host's bridge, for
-its own VMs only, as Azure's hosts serve it (documents: muxlab.model.metadata).
+its own VMs only, as Azure's hosts serve it (documents: muxlab.lb.metadata).
 
 As Azure's:
 - a request without the header `Metadata: true` gets 400, and so does one carrying
@@ -24,10 +24,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from muxlab.model import metadata
-from muxlab.model.compiled import Services
-from muxlab.model.conventions import IMDS_ADDRESS, IMDS_PORT
-from muxlab.model.fabric import Lab
+from muxlab.lb import metadata
+from muxlab.lb.facts import Services
+from muxlab.datapath.conventions import IMDS_ADDRESS, IMDS_PORT
+from muxlab.fabric.lab import Lab
 
 IP_FREEBIND = 15   # linux/in.h: bind before the address is on the bridge (the agent may start first)
 NEWEST = list(reversed(metadata.API_VERSIONS[-3:]))

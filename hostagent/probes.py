@@ -13,9 +13,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from muxlab.model.compiled import Probe, Services
-from muxlab.model.conventions import PLATFORM_ADDRESS
-from muxlab.model.fabric import Lab
+from muxlab.lb.facts import Probe, Services
+from muxlab.datapath.conventions import PLATFORM_ADDRESS
+from muxlab.fabric.lab import Lab
 
 
 @dataclass

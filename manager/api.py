@@ -20,7 +20,7 @@
 Every write is validated whole and is one OVSDB transaction; a rejected request answers 4xx
 with Azure's error shape, each detail naming the field path and value, and changes nothing.
 Served by every manager over HTTPS (uvicorn, port 8080 on its management address; its
-certificate names the manager and is signed by the lab's CA: muxlab.model.conventions PKI_*).
+certificate names the manager and is signed by the lab's CA: muxlab.datapath.conventions PKI_*).
 
 Input rules, checked before any body is parsed or any state is read:
 - Authentication: every path but the OpenAPI document (/openapi.json, /docs, /redoc) needs
@@ -37,7 +37,7 @@ Input rules, checked before any body is parsed or any state is read:
   a letter, digit or '_'. Another name is 400 (InvalidResourceName for the URL's) naming the
   parameter or field and the value.
 
-A Load_Balancer row written around the API that the API would refuse (muxlab.model.rows) is
+A Load_Balancer row written around the API that the API would refuse (muxlab.lb.rows) is
 skipped by every reader and listed in GET /status `invalid` [{name, reason}]; GET of it
 answers 409 StoredLoadBalancerInvalid with the reason, DELETE removes it, PUT replaces it.
 """
@@ -59,9 +59,9 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 
-from muxlab.model.conventions import API_PORT, API_TOKEN, NODE_CERT, NODE_KEY, PKI_DIR
-from muxlab.model.fabric import ModelError, load_lab
-from muxlab.model.service import (AZURE_NAME, NAME_RULE, BackendAddressPool, InboundNatRule, LoadBalancer, Name,
+from muxlab.datapath.conventions import API_PORT, API_TOKEN, NODE_CERT, NODE_KEY, PKI_DIR
+from muxlab.fabric.lab import ModelError, load_lab
+from muxlab.lb.azure import (AZURE_NAME, NAME_RULE, BackendAddressPool, InboundNatRule, LoadBalancer, Name,
                                   canonical, error_message, is_azure_name, json_duplicates,
                                   json_loads_pairs, load_document, loc_path)
 from muxlab.node.ovsdb import DB_NAME, PKI_DIR_ENV, manager_addresses, managers_remote

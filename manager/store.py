@@ -3,12 +3,12 @@ write. One thread owns the IDL (it is not thread-safe); API handlers hand it wor
 `Store.call` and wait for the answer.
 
 Every write checks the complete resulting set of load balancers against the fabric
-(muxlab.model.lbcheck) before anything is sent; the transaction then verifies that
+(muxlab.lb.check) before anything is sent; the transaction then verifies that
 Global.nb_cfg did not move since the check and bumps it, so two managers writing at once
 cannot both pass a check that only one of them should: the loser retries on fresh data.
 
 The same transaction carries the southbound rows compiled from the result (OVN's northd, run
-inline: muxlab.model.southbound, docs/southbound.md) and Global.southbound_digest, the digest
+inline: muxlab.lb.southbound, docs/southbound.md) and Global.southbound_digest, the digest
 of the Load_Balancer rows they were compiled from. Rows written around the API (ovsdb-client
 by hand) leave the digest behind; whichever manager sees that first compiles again.
 """
@@ -26,14 +26,14 @@ from typing import Any, Callable
 
 import ovs.poller
 
-from muxlab.model import southbound
-from muxlab.model.allocation import allocate
-from muxlab.model.compiled import Services
-from muxlab.model.compiler import compile_each
-from muxlab.model.fabric import Lab, ModelError
-from muxlab.model.lbcheck import allocate_public_ips, check, frontend_addresses
-from muxlab.model.rows import RowReader, Rows
-from muxlab.model.service import LoadBalancer, canonical
+from muxlab.lb import southbound
+from muxlab.lb.allocation import allocate
+from muxlab.lb.facts import Services
+from muxlab.lb.compiler import compile_each
+from muxlab.fabric.lab import Lab, ModelError
+from muxlab.lb.check import allocate_public_ips, check, frontend_addresses
+from muxlab.lb.rows import RowReader, Rows
+from muxlab.lb.azure import LoadBalancer, canonical
 
 from muxlab.node.ovsdb import Db
 
@@ -61,7 +61,7 @@ class Unavailable(RuntimeError):
 class Store:
     def __init__(self, fabric: Lab, remote: str | None = None):
         self.fabric = fabric
-        self.rows = RowReader(fabric)   # the row rule (muxlab.model.rows)
+        self.rows = RowReader(fabric)   # the row rule (muxlab.lb.rows)
         self.uncompiled: dict[str, str] = {}   # valid rows that do not compile: name -> reason
         self._read_back: tuple[int, Services] | None = None   # (nb_cfg, the southbound rows read back)
         # This manager's own ovsdb-server, on its unix socket: no RBAC role there (full

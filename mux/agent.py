@@ -15,9 +15,9 @@ from pathlib import PurePath
 
 from pyroute2 import IPRoute
 
-from muxlab.model.compiled import Services
-from muxlab.model.conventions import MAGLEV_TABLES_FILE, RULE_PRIORITY, maglev_report, vxlan_ifname
-from muxlab.model.fabric import Lab, load_lab
+from muxlab.lb.facts import Services
+from muxlab.datapath.conventions import MAGLEV_TABLES_FILE, RULE_PRIORITY, maglev_report, vxlan_ifname
+from muxlab.fabric.lab import Lab, load_lab
 from muxlab.node.desired import FACT_COLUMNS, FactsReader, mtu_remedies, nb_cfg, watch
 from muxlab.node.kernel import PolicyRoute, ensure_vxlan, nft_converge, reconcile_blackholes, reconcile_policy_routes
 from muxlab.node.liveness import Listener
@@ -28,7 +28,7 @@ from . import datapath
 
 ANNOUNCE_FILE = RUN_DIR / "announce.json"
 TABLES_FILE = RUN_DIR / PurePath(MAGLEV_TABLES_FILE).name   # where the operator's tools read it
-UPLINK = "eth1"  # the MUX's link to the edge (muxlab.model.render.links)
+UPLINK = "eth1"  # the MUX's link to the edge (muxlab.fabric.render.links)
 
 TABLES = {**FACT_COLUMNS, "Backend_Health": ["host", "vm", "probe", "up"],
           "Mux": ["name", "drained", "nb_cfg", "synced_at", "tables_digest", "announced", "dead_hosts"]}

@@ -24,10 +24,10 @@ import functools
 import hashlib
 from dataclasses import dataclass, field
 
-from muxlab.model import maglev, nfttable
-from muxlab.model.compiled import Backend, Rule, Services
-from muxlab.model.conventions import ct_timeout_object, dip_mac, dip_mark, vxlan_ifname
-from muxlab.model.fabric import Lab
+from muxlab.datapath import maglev, nfttable
+from muxlab.lb.facts import Backend, Rule, Services
+from muxlab.datapath.conventions import ct_timeout_object, dip_mac, dip_mark, vxlan_ifname
+from muxlab.fabric.lab import Lab
 
 TABLE = "muxlab_mux"
 
@@ -124,7 +124,7 @@ def idle_classes(svcs: list[Service]) -> dict[tuple[str, int], list[str]]:
 
 def ruleset(fabric: Lab, svc: Services, svcs: list[Service], remedies: frozenset[str] | None = None) -> nfttable.Table:
     """The MUX's whole nft table as data: the agent loads it whole once, then only its
-    differences (muxlab.model.nfttable.update)."""
+    differences (muxlab.datapath.nfttable.update)."""
     remedies = fabric.mtu_remedies if remedies is None else remedies
     classes = idle_classes(svcs)
     objects = {f"counter {c}": f"counter {c} {{}}" for c in (

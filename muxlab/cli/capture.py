@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MuxlabError
-from ..model.conventions import LIVENESS_PORT, OVSDB_PORT, RAFT_PORT
+from ..datapath.conventions import LIVENESS_PORT, OVSDB_PORT, RAFT_PORT
 from . import observe
 from .lab import LabRef, containers, docker_exec, run
 

@@ -17,7 +17,7 @@ import json
 
 from ..errors import MuxlabError
 from .lab import LabRef, containers, docker_exec, run
-from ..model.render import links
+from ..fabric.render import links
 from ..node.runtime import write_atomic
 
 MODES = ("kill", "pause", "link-down", "stop-service", "crash")

@@ -1,7 +1,7 @@
 """`muxlab trace --from client1 --to VIP --port 80 [--udp]`: send one real flow (a request and
 its reply) and show its walk hop by hop, from evidence the kernels of every node give:
 `tcpdump -i any` (interfaces, direction, outer and inner headers) and `nft monitor trace`
-(rules matched, verdicts, marks). The assembly is muxlab/model/pathwalk.py."""
+(rules matched, verdicts, marks). The assembly is muxlab/observe/pathwalk.py."""
 from __future__ import annotations
 
 import ipaddress
@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from ..errors import MuxlabError
-from ..model import pathwalk
-from ..model.conventions import MAGLEV_TABLES_FILE, rule_tables
-from ..model.render import links
+from ..observe import pathwalk
+from ..datapath.conventions import MAGLEV_TABLES_FILE, rule_tables
+from ..fabric.render import links
 from . import lab as labmod
 from . import observe
 from .lab import LabRef
@@ -98,8 +98,8 @@ def _maglev(ref: LabRef, lbs: dict, walk: dict, vip: str, port: int, proto: str,
             served: str | None) -> dict | None:
     """The Maglev bucket the MUX's jhash chose, recomputed from the packet's fields and the
     rule that matched, and the bucket's owner in that MUX's table."""
-    from ..model.compiler import compile_services
-    from ..model.service import LoadBalancer
+    from ..lb.compiler import compile_services
+    from ..lb.azure import LoadBalancer
     hop = next((h for h in walk["request"] if ref.lab.role_of(h["node"]) == "mux"), None)
     if hop is None:
         return None
@@ -151,7 +151,7 @@ def format_trace(t: dict) -> str:
 
 
 def write_picture(ref: LabRef, t: dict, path: Path) -> None:
-    from ..model.drawing import topology_svg
+    from ..fabric.drawing import topology_svg
     paths = {"request": [h["node"] for h in t["request"]], "reply": [h["node"] for h in t["reply"]]}
     title = f"{t['protocol'].upper()} {t['from']} → {t['to']}:{t['port']} (sport {t['sport']})"
     path.write_text(topology_svg(ref.lab, links(ref.lab), paths, title))

@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from ..model.render import links
+from ..fabric.render import links
 from . import lab as labmod
 from .lab import LabRef
 

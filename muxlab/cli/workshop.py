@@ -1,6 +1,6 @@
 """`muxlab workshop list|start|check|hint|solve|reset`: guided exercises (workshops/NN-name/)
 run against a deployed lab, with checks that measure the data plane and say PASS or FAIL in
-words written for the learner. The exercise format is muxlab/model/exercise.py."""
+words written for the learner. The exercise format is muxlab/workshop/exercise.py."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import MuxlabError
-from ..model.exercise import Check, Exercise, ExerciseError, Step, find, judge, load_exercises
+from ..workshop.exercise import Check, Exercise, ExerciseError, Step, find, judge, load_exercises
 from . import lab as labmod
 from . import observe, tenant
 from .lab import REPO, LabRef

@@ -1,5 +1,5 @@
 """The desired state as agents read it from the managers' OVSDB: the southbound facts
-(muxlab.model.southbound: compiled by the managers, never by an agent) and the platform's
+(muxlab.lb.southbound: compiled by the managers, never by an agent) and the platform's
 settings. Shared by the MUX and host agents, so they read the tables the same way."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import time
 import traceback
 from typing import Callable
 
-from muxlab.model import southbound
-from muxlab.model.compiled import Services
-from muxlab.model.fabric import Lab
+from muxlab.lb import southbound
+from muxlab.lb.facts import Services
+from muxlab.fabric.lab import Lab
 
 from .ovsdb import Db
 
@@ -27,7 +27,7 @@ def own_rows(me: str) -> dict[str, list]:
 class FactsReader:
     """The compiled facts from the southbound rows, read again only when they may have
     changed (every southbound write moves Global.nb_cfg). A row that does not convert is
-    skipped and logged once (muxlab.model.southbound.services_of); the others are served."""
+    skipped and logged once (muxlab.lb.southbound.services_of); the others are served."""
 
     def __init__(self, log: Callable[[str], None] | None = None):
         self.key: tuple | None = None

@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from muxlab.model.fabric import load_lab
-from muxlab.model.render import NodePlan, node_plan, render_mux_bfdd
+from muxlab.fabric.lab import load_lab
+from muxlab.fabric.render import NodePlan, node_plan, render_mux_bfdd
 
 from .offloads import Offloads
 from .runtime import FABRIC_PATH, RUN_DIR

@@ -256,7 +256,7 @@ def maglev_marks(L, mux) -> set[int]:
 def test_a_host_killed_while_every_manager_is_stopped_leaves_every_mux(L):
     """Liveness travels on the underlay (beacons), not through the managers: with all three
     stopped, host3 frozen still leaves every MUX's kernel tables, and comes back."""
-    from muxlab.model.conventions import LIVENESS_DEAD_AFTER_S, dip_mark
+    from muxlab.datapath.conventions import LIVENESS_DEAD_AFTER_S, dip_mark
     host3 = {dip_mark(vm.ip) for vm in L.ref.lab.vms_on("host3")}
     muxes = [m.name for m in L.ref.lab.muxes]
     assert all(host3 <= maglev_marks(L, m) for m in muxes)

@@ -15,9 +15,9 @@ import pytest
 
 from hostagent import datapath as host_dp
 from mux import datapath as mux_dp
-from muxlab.model.conventions import IMDS_ADDRESS, PLATFORM_ADDRESS
-from muxlab.model.render import render_edge_nft
-from muxlab.model.service import load_document
+from muxlab.datapath.conventions import IMDS_ADDRESS, PLATFORM_ADDRESS
+from muxlab.fabric.render import render_edge_nft
+from muxlab.lb.azure import load_document
 from tests.unit.conftest import REPO, default_lbs, fabric, services
 
 
@@ -284,7 +284,7 @@ c.close()
 PROBE = """
 import sys
 from hostagent.probes import check
-from muxlab.model.compiled import Probe
+from muxlab.lb.facts import Probe
 proto, port = sys.argv[1], int(sys.argv[2])
 print(check(Probe("t/p", proto, port, "/health", 1.0, 2.0, 2, 2), "10.1.1.11"))
 """
@@ -306,7 +306,7 @@ def test_check_without_the_platform_address_fails_and_says_why(lab):
     ns = L.ns("bare")
     L.background(ns, ACCEPT_ONE, "8080")
     time.sleep(0.3)
-    code = ("from hostagent.probes import check; from muxlab.model.compiled import Probe; "
+    code = ("from hostagent.probes import check; from muxlab.lb.facts import Probe; "
             "p = Probe('t/p', 'tcp', 8080, '/', 1.0, 1.0, 2, 2); "
             "print(check(p, '127.0.0.1')[0], check(p, '127.0.0.1', source=None)[0])")
     assert L.python(ns, code).split() == ["False", "True"]
@@ -326,7 +326,7 @@ time.sleep(60)
 IMDS_CLIENT = """
 import http.client, json, sys
 from muxlab.node.vmservice import fetch_loadbalancer
-from muxlab.model.metadata import guest_config
+from muxlab.lb.metadata import guest_config
 out = {}
 for name, headers in (("bare", {}), ("proxied", {"Metadata": "true", "X-Forwarded-For": "10.9.9.9"}),
                       ("ok", {"Metadata": "true"})):
@@ -341,7 +341,7 @@ print(json.dumps(out))
 
 
 def test_imds_answers_a_vm_on_its_hosts_bridge(lab):
-    from muxlab.model.compiled import guest_config
+    from muxlab.lb.facts import guest_config
     L = lab
     host, vm, _ = host_with_vm(L)
     L.sh(vm, "ip addr add 10.1.1.21/32 dev eth1")   # vm1's second address (its second NIC's, in the lab)

@@ -130,7 +130,7 @@ def test_distribution_rulesets_load_in_the_kernel(mode):
 @pytest.mark.parametrize("which", ["mux", "host", "edge"])
 def test_rulesets_load_in_the_kernel(which):
     """nft parses and the kernel accepts the rendered rulesets (in a throwaway network namespace)."""
-    from muxlab.model.render import render_edge_nft
+    from muxlab.fabric.render import render_edge_nft
     text = {"mux": lambda: ruleset(), "host": lambda: host_dp.render_nft(fabric(), services(), "host1"),
             "edge": lambda: render_edge_nft(fabric())}[which]()
     proc = subprocess.run(["unshare", "--net", "sh", "-c", "ip link add vxlan4242 type vxlan id 4242 dstport 4789 && nft -f /dev/stdin"],

@@ -7,7 +7,7 @@ import pytest
 from hostagent.probes import ProbeState, probe_targets
 from mux import datapath
 from muxlab.cli.failover import analyse
-from muxlab.model.compiled import Probe
+from muxlab.lb.facts import Probe
 from muxlab.node.liveness import Beacon, Listener
 from tests.unit.conftest import fabric, services
 
@@ -15,7 +15,7 @@ from tests.unit.conftest import fabric, services
 # ---------------------------------------------------------------- BFD
 
 def test_each_mux_runs_bfdd_towards_the_edge_on_the_lab_timers():
-    from muxlab.model.render import render_mux_bfdd
+    from muxlab.fabric.render import render_mux_bfdd
     lab = fabric()
     text = render_mux_bfdd(lab, "mux2")
     assert " peer 10.0.1.2 local-address 10.0.1.3" in text

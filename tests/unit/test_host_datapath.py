@@ -16,8 +16,8 @@ import types
 import pytest
 
 from hostagent import datapath as host_dp
-from muxlab.model import nfttable
-from muxlab.model.compiled import Backend, NatPort
+from muxlab.datapath import nfttable
+from muxlab.lb.facts import Backend, NatPort
 from tests.unit.conftest import fabric, services
 from tests.unit.test_boundary import GOT, Lab, _netns_ok, send, settle
 from tests.unit.test_datapath import needs_nft

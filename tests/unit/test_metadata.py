@@ -5,9 +5,9 @@ import time
 import pytest
 
 from hostagent.imds import Metadata
-from muxlab.model import compiled, metadata
-from muxlab.model.compiler import compile_services
-from muxlab.model.service import load_document
+from muxlab.lb import facts, metadata
+from muxlab.lb.compiler import compile_services
+from muxlab.lb.azure import load_document
 from tests.unit.conftest import REPO, default_lbs, fabric, services
 
 
@@ -20,8 +20,8 @@ def test_a_guest_serves_from_imds_exactly_what_the_services_give_it(svc):
     s = svc()
     for vm in fabric().vms:
         doc = metadata.loadbalancer_document(fabric(), s, vm.name)
-        assert metadata.guest_config(doc) == compiled.guest_config(s, vm.name), vm.name
-        assert metadata.guest_config(json.loads(json.dumps(doc))) == compiled.guest_config(s, vm.name)
+        assert metadata.guest_config(doc) == facts.guest_config(s, vm.name), vm.name
+        assert metadata.guest_config(json.loads(json.dumps(doc))) == facts.guest_config(s, vm.name)
 
 
 def test_loadbalancer_document_has_azures_shape_and_muxlabs_extensions():
@@ -55,7 +55,7 @@ def test_outbound_rules_name_the_vms_snat_frontend_and_ports():
 
 
 def test_a_vm_outside_every_pool_gets_empty_lists():
-    s = compiled.Services()
+    s = facts.Services()
     assert metadata.loadbalancer_document(fabric(), s, "vm6") == {
         "loadbalancer": {"publicIpAddresses": [], "inboundRules": [], "outboundRules": []}}
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from muxlab.model import nfttable
+from muxlab.datapath import nfttable
 from mux import datapath as mux_dp
 from tests.unit.conftest import default_lbs, fabric, services
 from tests.unit.test_datapath import needs_nft, sick

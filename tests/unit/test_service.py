@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from muxlab.model.allocation import allocate
-from muxlab.model.compiled import guest_config
-from muxlab.model.compiler import compile_services
-from muxlab.model.diff import diff
-from muxlab.model.fabric import ModelError
-from muxlab.model.lbcheck import allocate_public_ips, check, default_outbound_ports
-from muxlab.model.service import json_schema, load_document, parse_document, ref_parts
+from muxlab.lb.allocation import allocate
+from muxlab.lb.facts import guest_config
+from muxlab.lb.compiler import compile_services
+from muxlab.lb.diff import diff
+from muxlab.fabric.lab import ModelError
+from muxlab.lb.check import allocate_public_ips, check, default_outbound_ports
+from muxlab.lb.azure import json_schema, load_document, parse_document, ref_parts
 from tests.unit.conftest import REPO, default_lbs, fabric
 
 W = "loadBalancers.web.properties"       # paths of the file's shape (pydantic)
@@ -291,13 +291,13 @@ def test_file_errors(tmp_path):
 
 def test_committed_json_schema_is_current():
     committed = json.loads((REPO / "docs" / "loadbalancer.schema.json").read_text())
-    assert committed == json_schema(), "run `python -m muxlab.model.schemas` to refresh docs/"
+    assert committed == json_schema(), "run `python -m muxlab.lb.schemas` to refresh docs/"
 
 
 def test_committed_openapi_document_is_current():
     from manager.api import app
     committed = json.loads((REPO / "docs" / "openapi.json").read_text())
-    assert committed == json.loads(json.dumps(app.openapi())), "run `python -m muxlab.model.schemas` to refresh docs/"
+    assert committed == json.loads(json.dumps(app.openapi())), "run `python -m muxlab.lb.schemas` to refresh docs/"
     paths = set(committed["paths"])
     assert {"/loadBalancers", "/loadBalancers/{name}", "/loadBalancers/{name}/backendAddressPools/{pool}",
             "/loadBalancers/{name}/inboundNatRules/{rule}", "/loadBalancers/{name}/loadBalancingRules/{rule}/health",

@@ -5,9 +5,9 @@ import json
 import re
 from types import SimpleNamespace
 
-from muxlab.model import southbound
-from muxlab.model.compiler import compile_services
-from muxlab.model.service import parse_document
+from muxlab.lb import southbound
+from muxlab.lb.compiler import compile_services
+from muxlab.lb.azure import parse_document
 from tests.unit.conftest import REPO, fabric, services
 from tests.unit.test_service import add_nat, add_outbound, members, rule
 
@@ -83,8 +83,8 @@ def imported(module: str, seen=None) -> set[str]:
 
 
 def test_agents_import_nothing_of_the_azure_model_or_pydantic():
-    forbidden = ("pydantic", "muxlab.model.service", "muxlab.model.compiler", "muxlab.model.lbcheck",
-                 "muxlab.model.allocation", "muxlab.model.rows")
+    forbidden = ("pydantic", "muxlab.lb.azure", "muxlab.lb.compiler", "muxlab.lb.check",
+                 "muxlab.lb.allocation", "muxlab.lb.rows")
     for agent in ("mux.agent", "hostagent.agent", "muxlab.node.vmservice"):
         bad = sorted(m for m in imported(agent) if m.startswith(forbidden))
         assert bad == [], (agent, bad)

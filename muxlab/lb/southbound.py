@@ -1,11 +1,11 @@
-"""The southbound contract: the compiled facts (muxlab.model.compiled) as rows of the
+"""The southbound contract: the compiled facts (muxlab.lb.facts) as rows of the
 managers' OVSDB, and back. Pure, and free of the Azure model: the managers write these rows
 in the same transaction as the load balancers they come from; agents read only these.
 
 Every table here is in muxlab/muxlab.ovsschema and described column by column in
 docs/southbound.md (a unit test keeps the three in step). Addresses are text, IPv4 or IPv6
 (`ipaddress.ip_address`): nothing in the contract assumes a 32-bit address or a packet mark;
-how a DIP travels in a node's kernel is the agents' business (muxlab.model.conventions).
+how a DIP travels in a node's kernel is the agents' business (muxlab.datapath.conventions).
 Pools and probes are referred to by name ("LB/pool", "LB/probe"), not by row uuid, so a host
 can monitor its own Backend rows (`host == me`) without the rows they point at.
 """
@@ -15,7 +15,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from .compiled import Backend, NatPort, Probe, Rule, Services, Snat
+from .facts import Backend, NatPort, Probe, Rule, Services, Snat
 
 # table -> (its key columns, every column); the key is the table's index in the schema
 TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {

@@ -8,7 +8,7 @@ A host answers for its own VMs only and knows them by the source address of the 
 - `/metadata/instance`: `compute` (name, vmId, resourceId, ...) and `network.interface[]`
   (one per NIC: `ipv4.ipAddress[].privateIpAddress`, `ipv4.subnet[]`, `macAddress`), as
   Azure's. muxlab has no instance-level public IPs: `publicIpAddress` is ""; a NIC's
-  `macAddress` is its address's overlay MAC (muxlab.model.conventions.dip_mac).
+  `macAddress` is its address's overlay MAC (muxlab.datapath.conventions.dip_mac).
 - `/metadata/loadbalancer` (api-version 2020-10-01 or later): `loadbalancer.publicIpAddresses`
   (frontend, private IP), `inboundRules` (every load-balancing rule and inbound NAT port that
   sends traffic to this VM: frontendIpAddress, protocol, frontendPort, backendPort,
@@ -21,16 +21,16 @@ A host answers for its own VMs only and knows them by the source address of the 
   and `frontendPortRange` (the VM's SNAT ports).
 
 `guest_config` turns a loadbalancer document into what the VM application serves, exactly
-what muxlab.model.compiled.guest_config computes from the Services themselves.
+what muxlab.lb.facts.guest_config computes from the Services themselves.
 """
 from __future__ import annotations
 
 import ipaddress
 import uuid
 
-from .compiled import Services
-from .conventions import dip_mac
-from .fabric import VM, Lab
+from .facts import Services
+from ..datapath.conventions import dip_mac
+from ..fabric.lab import VM, Lab
 
 LOADBALANCER_MIN_VERSION = "2020-10-01"
 INSTANCE_MIN_VERSION = "2017-03-01"

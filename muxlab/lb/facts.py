@@ -1,8 +1,8 @@
 """The flat facts agents act on: per (VIP, protocol, port) a rule with its backends (VM
 names, in pool order), distribution mode, probe and floating-IP flag; inbound NAT ports;
 outbound SNAT ranges. Pure dataclasses, with nothing of the Azure model: the managers compile
-the load balancers into these once (muxlab.model.compiler), store them as southbound rows
-(muxlab.model.southbound, docs/southbound.md) and agents read them back from those rows.
+the load balancers into these once (muxlab.lb.compiler), store them as southbound rows
+(muxlab.lb.southbound, docs/southbound.md) and agents read them back from those rows.
 """
 from __future__ import annotations
 

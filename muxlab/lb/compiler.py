@@ -1,5 +1,5 @@
 """The load balancers (Azure's shape, for people) compiled into the flat facts agents act
-on (muxlab.model.compiled). Pure. Runs in the managers only, once per write: agents read the
+on (muxlab.lb.facts). Pure. Runs in the managers only, once per write: agents read the
 result from the southbound tables and never see the Azure model. A rule with protocol All
 becomes a Tcp and a Udp rule.
 """
@@ -8,17 +8,17 @@ from __future__ import annotations
 import ipaddress
 
 from .allocation import allocate, outbound_claims
-from .compiled import Backend, NatPort, Probe, Rule, Services, Snat
-from .fabric import Lab
-from .lbcheck import protocols
-from .service import LoadBalancer
+from .facts import Backend, NatPort, Probe, Rule, Services, Snat
+from ..fabric.lab import Lab
+from .check import protocols
+from .azure import LoadBalancer
 
 IMPLICIT_OUTBOUND_IDLE_MINUTES = 4   # Azure: the idle timeout of outbound flows without an outbound rule
 
 
 def compile_services(lbs: dict[str, LoadBalancer], fabric: Lab, allocations: dict[str, dict] | None = None) -> Services:
-    """Assumes lbs passed lbcheck.check (unknown references are skipped, not raised).
-    `allocations`: what the manager stored (muxlab.model.allocation); None computes them
+    """Assumes lbs passed check.check (unknown references are skipped, not raised).
+    `allocations`: what the manager stored (muxlab.lb.allocation); None computes them
     afresh (the same result for a set of load balancers written at once)."""
     if allocations is None:
         allocations, _ = allocate(lbs, fabric)
