@@ -8,9 +8,9 @@ import argparse
 import subprocess
 import time
 
+from mux.datapath import TABLE
 from muxlab.cli import faults
 from muxlab.datapath.conventions import LIVENESS_DEAD_AFTER_S, LIVENESS_INTERVAL_S, dip_mark
-from mux.datapath import TABLE
 
 from .common import deployed, idle_cpu_by_role, save, summary
 

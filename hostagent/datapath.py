@@ -39,9 +39,9 @@ import re
 from dataclasses import dataclass
 
 from muxlab.datapath import nfttable
-from muxlab.lb.facts import Services
 from muxlab.datapath.conventions import LIVENESS_PORT, ct_timeout_object, dip_mac, dip_mark, vxlan_ifname
 from muxlab.fabric.lab import Lab
+from muxlab.lb.facts import Facts
 
 TABLE = "muxlab_host"
 OVERLAY_TABLE = "muxlab_overlay"
@@ -81,27 +81,27 @@ class Binding:
                 else f"{self.dip} . {self.protocol} . {self.backend_port}")
 
 
-def local_bindings(fabric: Lab, svc: Services, host: str) -> list[Binding]:
+def local_bindings(fabric: Lab, facts: Facts, host: str) -> list[Binding]:
     """Every binding served here. Every pool member counts, in rotation or not: a backend
     out of rotation still serves the flows the MUXes have pinned to it."""
     local = {vm.name for vm in fabric.vms_on(host)}
     out = {Binding(str(r.vip), r.protocol, r.port, b.ip, r.backend_port, r.floating_ip, r.idle_s, r.tcp_reset)
-           for r in svc.rules for b in r.backends if b.vm in local}
+           for r in facts.rules for b in r.backends if b.vm in local}
     out |= {Binding(str(n.vip), n.protocol, n.port, n.ip, n.backend_port, n.floating_ip, n.idle_s, n.tcp_reset)
-            for n in svc.nat_ports if n.vm in local}
+            for n in facts.nat_ports if n.vm in local}
     return sorted(out, key=lambda x: (x.vip, x.protocol, x.port, x.dip))
 
 
-def local_rules(fabric: Lab, svc: Services, host: str) -> list[tuple[int, str, str, int, str, int, bool]]:
+def local_rules(fabric: Lab, facts: Facts, host: str) -> list[tuple[int, str, str, int, str, int, bool]]:
     """(mark, vip, proto, port, dip, backend_port, floating) for every binding served here."""
-    return rules_of(local_bindings(fabric, svc, host))
+    return rules_of(local_bindings(fabric, facts, host))
 
 
 def rules_of(bindings: list[Binding]) -> list[tuple[int, str, str, int, str, int, bool]]:
     return sorted({(dip_mark(b.dip), b.vip, b.protocol, b.port, b.dip, b.backend_port, b.floating_ip) for b in bindings})
 
 
-def tables(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] | None = None,
+def tables(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | None = None,
            management: tuple[str, ...] = ()) -> tuple[nfttable.Table, nfttable.Table]:
     """The host's data path as data: the overlay table (netdev, on the VXLAN device) and the
     host table (ip). An agent loads each whole once, then only its differences
@@ -113,13 +113,13 @@ def tables(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] | Non
     MTU remedies the forward chain's).
 
     `management`: the host's management addresses or networks (eth0's), which no VM may reach."""
-    return overlay_table(fabric, host), host_table(fabric, svc, host, remedies, management)
+    return overlay_table(fabric, host), host_table(fabric, facts, host, remedies, management)
 
 
-def render_nft(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] | None = None,
+def render_nft(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | None = None,
                management: tuple[str, ...] = ()) -> str:
     """Both tables whole, as one nft script (one transaction)."""
-    return "".join(t.render() for t in tables(fabric, svc, host, remedies, management))
+    return "".join(t.render() for t in tables(fabric, facts, host, remedies, management))
 
 
 def overlay_table(fabric: Lab, host: str) -> nfttable.Table:
@@ -144,17 +144,17 @@ def snat_chain(vm: str) -> str:
     return "snat_limit_" + _ident(vm)
 
 
-def host_table(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] | None = None,
+def host_table(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | None = None,
                management: tuple[str, ...] = ()) -> nfttable.Table:
     remedies = fabric.mtu_remedies if remedies is None else remedies
     management = tuple(str(n) for n in ipaddress.collapse_addresses(
         ipaddress.IPv4Network(m, strict=False) for m in management))   # an interval set takes no overlaps
     dev = vxlan_ifname(fabric.vni)
     vms = fabric.vms_on(host)
-    bindings = local_bindings(fabric, svc, host)
+    bindings = local_bindings(fabric, facts, host)
     rules = rules_of(bindings)
     local_names = {vm.name for vm in vms}
-    snats = [x for x in svc.snat if x.vm in local_names]
+    snats = [x for x in facts.snat if x.vm in local_names]
     # (protocol, idle seconds) -> the VIP . proto . port keys of bindings with that timeout
     timeouts: dict[tuple[str, int], set[str]] = {}
     for b in bindings:
@@ -183,11 +183,11 @@ def host_table(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] |
         "floating_rules": nfttable.Set("set", "type mark . ipv4_addr . inet_proto . inet_service;",
                                        members(f"{m:#010x} . {vip} . {p} . {port}"
                                                for m, vip, p, port, dip, bport, fip in rules if fip)),
-        "vips": nfttable.Set("set", "type ipv4_addr;", members(str(v) for v in svc.vips)),
+        "vips": nfttable.Set("set", "type ipv4_addr;", members(str(v) for v in facts.vips)),
         "lab_space": nfttable.Set("set", "type ipv4_addr; flags interval;", members([str(fabric.vnet), str(fabric.public_vips)])),
         "backend_ends": nfttable.Set("set", addr_tuple, members(sorted(every_end))),
         "reset_ends": nfttable.Set("set", addr_tuple, members(sorted(reset_end))),
-        "hairpin_vips": nfttable.Set("set", "type ipv4_addr;", members(str(v) for v in svc.hairpin_snat_vips)),
+        "hairpin_vips": nfttable.Set("set", "type ipv4_addr;", members(str(v) for v in facts.hairpin_snat_vips)),
         "self_pairs": nfttable.Set("set", "type ipv4_addr . ipv4_addr;", members(f"{vm.ip} . {vm.ip}" for vm in vms)),
         "management": nfttable.Set("set", "type ipv4_addr; flags interval;", members(management)),
         # (VIP, protocol, port) of a binding -> the chain giving its flows their idle timeout

@@ -515,10 +515,10 @@ def outbound_snat(name: LbName):
     connections refused because the range was full."""
     snap = snapshot_holding(name)
     fabric = store().fabric
-    svc = snap["facts"]
+    facts = snap["facts"]
     usage = {vm: u for h in snap["hosts"] for vm, u in h["snat_usage"].items()}
     out = []
-    for x in sorted((x for x in svc.snat if x.lb == name), key=lambda x: (str(x.vip), x.lo)):
+    for x in sorted((x for x in facts.snat if x.lb == name), key=lambda x: (str(x.vip), x.lo)):
         u = usage.get(x.vm, {})
         out.append({"name": x.vm, "ipAddress": x.ip, "host": fabric.vm(x.vm).host, "rule": x.rule,
                     "frontendIPAddress": str(x.vip), "protocols": list(x.protocols), "ranges": [[x.lo, x.hi]],

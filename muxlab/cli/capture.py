@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import MuxlabError
 from ..datapath.conventions import LIVENESS_PORT, OVSDB_PORT, RAFT_PORT
+from ..errors import MuxlabError
 from . import observe
 from .lab import LabRef, containers, docker_exec, run
 

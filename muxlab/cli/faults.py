@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 
 from ..errors import MuxlabError
-from .lab import LabRef, containers, docker_exec, run
 from ..fabric.render import links
 from ..node.runtime import write_atomic
+from .lab import LabRef, containers, docker_exec, run
 
 MODES = ("kill", "pause", "link-down", "stop-service", "crash")
 SERVICE = {"vm": "vm-service", "mux": "exabgp", "host": "host-agent", "manager": "ovsdb-server"}

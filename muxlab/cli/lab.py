@@ -13,8 +13,8 @@ from pathlib import Path
 import yaml
 
 from .. import versions
-from ..errors import MuxlabError
 from ..datapath.conventions import API_PORT, API_TOKEN, CA_CERT, MAGLEV_TABLES_FILE, PKI_FOLDER
+from ..errors import MuxlabError
 from ..fabric.lab import Lab, check_name, load_lab
 from ..fabric.render import GENERATED, MGMT_DEFAULTS, render_lab_files
 from ..lb.azure import LoadBalancer

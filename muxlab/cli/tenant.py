@@ -6,9 +6,9 @@ import json
 import sys
 
 from ..errors import MuxlabError
-from ..lb.diff import diff
-from ..lb.check import allocate_public_ips
 from ..lb.azure import LoadBalancer, canonical, load_document
+from ..lb.check import allocate_public_ips
+from ..lb.diff import diff
 from .lab import LabRef, frontends
 
 def held(ref: LabRef) -> dict[str, LoadBalancer]:

@@ -12,10 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..errors import MuxlabError
-from ..observe import pathwalk
 from ..datapath.conventions import MAGLEV_TABLES_FILE, rule_tables
+from ..errors import MuxlabError
 from ..fabric.render import links
+from ..observe import pathwalk
 from . import lab as labmod
 from . import observe
 from .lab import LabRef
@@ -98,14 +98,14 @@ def _maglev(ref: LabRef, lbs: dict, walk: dict, vip: str, port: int, proto: str,
             served: str | None) -> dict | None:
     """The Maglev bucket the MUX's jhash chose, recomputed from the packet's fields and the
     rule that matched, and the bucket's owner in that MUX's table."""
-    from ..lb.compiler import compile_services
     from ..lb.azure import LoadBalancer
+    from ..lb.compiler import compile_facts
     hop = next((h for h in walk["request"] if ref.lab.role_of(h["node"]) == "mux"), None)
     if hop is None:
         return None
     rule_text = next((r["rule"] for r in hop["rules"] if "jhash" in r["rule"]), None)
-    svc = compile_services({n: LoadBalancer.model_validate(b) for n, b in lbs.items()}, ref.lab)
-    rule = next((r for r in svc.rules if str(r.vip) == vip and r.port == port and r.protocol == proto), None)
+    facts = compile_facts({n: LoadBalancer.model_validate(b) for n, b in lbs.items()}, ref.lab)
+    rule = next((r for r in facts.rules if str(r.vip) == vip and r.port == port and r.protocol == proto), None)
     out = {"mux": hop["node"], "rule": f"{rule.lb}/{rule.name}" if rule else None, "nft_rule": rule_text}
     if not rule_text or not rule or client is None:
         return out

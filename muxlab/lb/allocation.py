@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..fabric.lab import Lab
-from .check import default_outbound_ports, protocols
 from .azure import LoadBalancer
+from .check import default_outbound_ports, protocols
 
 Problem = tuple[str, Any, str]
 

@@ -1,4 +1,4 @@
-"""The service model: load balancers in Azure Load Balancer's own shape. Pure.
+"""The load balancer model: load balancers in Azure Load Balancer's own shape. Pure.
 
 One pydantic definition validates YAML and JSON files, the API's request bodies, and exports
 the JSON Schema in docs/ (editors use it for completion). An Azure REST request body or an

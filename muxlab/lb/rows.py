@@ -22,8 +22,8 @@ from typing import Any, Iterable
 from pydantic import ValidationError
 
 from ..fabric.lab import Lab, ModelError
-from .check import check
 from .azure import NAME_RULE, LoadBalancer, errors_of, is_azure_name, loads_unique
+from .check import check
 
 MAX_REASON = 400   # characters of a reason (the first problems, then "...")
 

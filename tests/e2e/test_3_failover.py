@@ -51,7 +51,7 @@ def test_drain_is_graceful(L):
 
 
 def test_stopped_vm_service_leaves_rotation_and_returns(L):
-    probe = L.services().probes()["web/http-health"]
+    probe = L.facts().probes()["web/http-health"]
     hold = L.hold(conns=24, duration=10)
     time.sleep(1)
     fault(L, "vm3", "stop-service")

@@ -287,7 +287,7 @@ def _answers(L):
 
 
 def test_apply_an_arm_template_as_it_is_then_list_show_delete(L, tmp_path):
-    from tests.unit.test_service import ARM
+    from tests.unit.test_azure import ARM
     path = tmp_path / "arm.json"
     path.write_text(json.dumps(ARM))
     p = cli("apply", str(path), "--yes", "--name", E2E_LAB)

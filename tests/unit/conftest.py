@@ -31,6 +31,6 @@ def default_lbs():
     return load_document(DEFAULT_LBS)
 
 
-def services(lbs=None):
-    from muxlab.lb.compiler import compile_services
-    return compile_services(lbs if lbs is not None else default_lbs(), fabric())
+def default_facts(lbs=None):
+    from muxlab.lb.compiler import compile_facts
+    return compile_facts(lbs if lbs is not None else default_lbs(), fabric())

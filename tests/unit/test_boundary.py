@@ -18,7 +18,7 @@ from mux import datapath as mux_dp
 from muxlab.datapath.conventions import IMDS_ADDRESS, PLATFORM_ADDRESS
 from muxlab.fabric.render import render_edge_nft
 from muxlab.lb.azure import load_document
-from tests.unit.conftest import REPO, default_lbs, fabric, services
+from tests.unit.conftest import REPO, default_facts, default_lbs, fabric
 
 
 def _netns_ok() -> bool:
@@ -188,9 +188,9 @@ def test_edge_ruleset_checks_and_keeps_the_anti_spoofing_filter():
 # ---------------------------------------------------------------- the MUX
 
 
-def ilb_services():
+def ilb_facts():
     lbs = {**default_lbs(), **load_document(REPO / "containerlab" / "examples" / "ilb-hairpin.yml")}
-    return services(lbs)
+    return default_facts(lbs)
 
 
 def test_mux_refuses_an_internal_frontend_to_sources_outside_the_vnet(lab):
@@ -202,9 +202,9 @@ def test_mux_refuses_an_internal_frontend_to_sources_outside_the_vnet(lab):
     # reaches the MUX from the edge with its DIP as source)
     L.sh(edge, "ip addr add 10.0.1.0/31 dev e0 && ip addr add 192.0.2.10/32 dev lo && ip addr add 10.1.2.13/32 dev lo"
                " && ip route add 10.1.0.100/32 via 10.0.1.1 && ip route add 203.0.113.10/32 via 10.0.1.1")
-    svc = ilb_services()
-    assert any(str(r.vip) == "10.1.0.100" for r in svc.rules)
-    L.nft(mux, mux_dp.ruleset(fabric(), svc, mux_dp.services(fabric(), svc, mux_dp.Health())).render())
+    facts = ilb_facts()
+    assert any(str(r.vip) == "10.1.0.100" for r in facts.rules)
+    L.nft(mux, mux_dp.ruleset(fabric(), facts, mux_dp.rule_tables(fabric(), facts, mux_dp.Health())).render())
 
     def refused():
         return L.counter(mux, mux_dp.TABLE, "ilb_not_vnet")
@@ -238,7 +238,7 @@ def host_with_vm(L: Lab):
                " && ip addr add 172.30.9.5/24 dev eth0 && ip link add vxlan4242 type vxlan id 4242 dstport 4789")
     L.sh(vm, "ip addr add 10.1.1.11/32 dev eth1 && ip route add default via 10.1.1.1 dev eth1 onlink")
     L.sh(mgmt, "ip addr add 172.30.9.1/24 dev m0 && ip addr add 172.30.9.201/32 dev lo")
-    L.nft(host, host_dp.render_nft(fabric(), services(), "host1", management=("172.30.9.5/24",)))
+    L.nft(host, host_dp.render_nft(fabric(), default_facts(), "host1", management=("172.30.9.5/24",)))
     return host, vm, mgmt
 
 
@@ -315,9 +315,9 @@ def test_check_without_the_platform_address_fails_and_says_why(lab):
 IMDS_SERVER = """
 import time
 from hostagent import imds
-from tests.unit.conftest import fabric, services
+from tests.unit.conftest import default_facts, fabric
 meta = imds.Metadata(fabric(), "host1")
-meta.update(services())
+meta.update(default_facts())
 imds.serve(meta)
 print("ready", flush=True)
 time.sleep(60)
@@ -325,8 +325,8 @@ time.sleep(60)
 
 IMDS_CLIENT = """
 import http.client, json, sys
-from muxlab.node.vmservice import fetch_loadbalancer
 from muxlab.lb.metadata import guest_config
+from muxlab.node.vmservice import fetch_loadbalancer
 out = {}
 for name, headers in (("bare", {}), ("proxied", {"Metadata": "true", "X-Forwarded-For": "10.9.9.9"}),
                       ("ok", {"Metadata": "true"})):
@@ -354,5 +354,5 @@ def test_imds_answers_a_vm_on_its_hosts_bridge(lab):
         assert status == 200 and doc["compute"]["name"] == "vm1"
         addrs = [a["privateIpAddress"] for i in doc["network"]["interface"] for a in i["ipv4"]["ipAddress"]]
         assert addrs == ["10.1.1.11", "10.1.1.21"]
-        tcp, udp, fips = guest_config(services(), "vm1")
+        tcp, udp, fips = guest_config(default_facts(), "vm1")
         assert out["guest"] == [sorted(tcp), sorted(udp), fips]

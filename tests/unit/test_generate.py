@@ -6,10 +6,10 @@ import subprocess
 import pytest
 
 from muxlab.cli.lab import render_folder
-from muxlab.lb.check import check
-from muxlab.fabric.lab import load_lab
 from muxlab.fabric.generate import GenerateError, generate
+from muxlab.fabric.lab import load_lab
 from muxlab.lb.azure import load_document
+from muxlab.lb.check import check
 
 
 def write(tmp_path, **kw):

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 
 from muxlab.lb import southbound
-from muxlab.lb.rows import RowReader, parse_row, read_rows
 from muxlab.lb.azure import NAME_RULE, canonical
+from muxlab.lb.rows import RowReader, parse_row, read_rows
 from tests.unit.conftest import default_lbs, fabric
 
 
@@ -104,15 +104,15 @@ class FakeDb:
 
 def test_a_load_balancer_that_does_not_compile_is_left_out_and_named(monkeypatch):
     from muxlab.lb import compiler
-    real = compiler.compile_services
+    real = compiler.compile_facts
 
     def fragile(lbs, fabric, allocations=None):
         if "direct" in lbs:
             raise KeyError("vm9")
         return real(lbs, fabric, allocations)
-    monkeypatch.setattr(compiler, "compile_services", fragile)
-    svc, skipped = compiler.compile_each(default_lbs(), fabric(), {})
-    assert {r.lb for r in svc.rules} == {"web", "bench"}
+    monkeypatch.setattr(compiler, "compile_facts", fragile)
+    facts, skipped = compiler.compile_each(default_lbs(), fabric(), {})
+    assert {r.lb for r in facts.rules} == {"web", "bench"}
     assert skipped == {"direct": "does not compile: KeyError: 'vm9'"}
 
 
