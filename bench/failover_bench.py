@@ -12,6 +12,7 @@ import time
 from muxlab.cli import faults
 from muxlab.cli.failover import analyse
 from muxlab.cli.lab import vip_nexthops
+from muxlab.datapath.conventions import MAGLEV_TABLES_FILE
 from muxlab.lb.azure import LoadBalancer
 from muxlab.lb.compiler import compile_facts
 
@@ -64,8 +65,8 @@ def one(ref, mode: str, mux: str) -> dict:
     return r
 
 
-REMOVAL = """while grep -q '"vm3"' /run/muxlab/tables.json; do sleep 0.02; done; date +%s%N"""
-RETURN = """until grep -q '"vm3"' /run/muxlab/tables.json; do sleep 0.02; done; date +%s%N"""
+REMOVAL = f"""while grep -q '"vm3"' {MAGLEV_TABLES_FILE}; do sleep 0.02; done; date +%s%N"""
+RETURN = f"""until grep -q '"vm3"' {MAGLEV_TABLES_FILE}; do sleep 0.02; done; date +%s%N"""
 
 
 def vm_removal(ref) -> tuple[float, float]:

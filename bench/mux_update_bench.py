@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mux import datapath
 from muxlab.datapath import nfttable
+from muxlab.datapath.conventions import MUX_TABLE, VXLAN_PORT
 from muxlab.fabric.generate import load_balancers
 from muxlab.fabric.lab import load_lab
 from muxlab.lb.azure import LoadBalancer
@@ -36,12 +37,12 @@ def slab_kib() -> int:
 
 # in the namespace: load the healthy table; time the flapped one loaded whole; back to the
 # healthy table; time the update; each `date` brackets one nft transaction
-KERNEL = """ip link add vxlan4242 type vxlan id 4242 dstport 4789
+KERNEL = f"""ip link add vxlan4242 type vxlan id 4242 dstport {VXLAN_PORT}
 nft -f healthy && grep ^Slab: /proc/meminfo
 date +%s%N; nft -f flapped_whole; date +%s%N
 nft -f healthy
 date +%s%N; nft -f flapped_update; date +%s%N
-nft list table ip muxlab_mux | md5sum; nft -f flapped_whole; nft list table ip muxlab_mux | md5sum
+nft list table ip {MUX_TABLE} | md5sum; nft -f flapped_whole; nft list table ip {MUX_TABLE} | md5sum
 """
 
 

@@ -17,7 +17,7 @@ import time
 
 from pyroute2 import IPRoute
 
-from muxlab.datapath.conventions import RULE_PRIORITY, dip_mark, vxlan_ifname
+from muxlab.datapath.conventions import HOST_BRIDGE, HOST_TABLE, MGMT_IF, RULE_PRIORITY, dip_mark, vxlan_ifname
 from muxlab.fabric.lab import Lab, load_lab
 from muxlab.fabric.render import node_plan
 from muxlab.lb.facts import Facts
@@ -42,7 +42,7 @@ QUIET = ([("Backend_Health", c) for c in ("host", "vm", "probe", "up", "reason",
 def desired(fabric: Lab, facts: Facts, me: str, remedies: frozenset[str], management: tuple[str, ...] = ()) -> tuple:
     host = fabric.host(me)
     dev = vxlan_ifname(fabric.vni)
-    routes = tuple(PolicyRoute(dip_mark(vm.ip), str(vm.ip), datapath.BRIDGE, dev) for vm in fabric.vms_on(me))
+    routes = tuple(PolicyRoute(dip_mark(vm.ip), str(vm.ip), HOST_BRIDGE, dev) for vm in fabric.vms_on(me))
     return ((dev, fabric.vni, str(host.address), fabric.overlay_mtu), routes,
             datapath.tables(fabric, facts, me, remedies, management))
 
@@ -50,7 +50,7 @@ def desired(fabric: Lab, facts: Facts, me: str, remedies: frozenset[str], manage
 def management_networks() -> tuple[str, ...]:
     """The management interface's networks (eth0, Docker's): no VM may reach them."""
     with IPRoute() as ipr:
-        return interface_networks(ipr, datapath.MANAGEMENT)
+        return interface_networks(ipr, MGMT_IF)
 
 
 def apply(state: tuple, before: tuple | None) -> str:
@@ -121,9 +121,9 @@ class HostAgent:
     def replug(self) -> None:
         if any(os.path.exists(f"/sys/class/net/{p}") and not os.path.exists(f"/sys/class/net/{p}/master") for p in self.ports):
             with IPRoute() as ipr:
-                fixed = ensure_bridge_ports(ipr, datapath.BRIDGE, self.ports)
+                fixed = ensure_bridge_ports(ipr, HOST_BRIDGE, self.ports)
             if fixed:
-                print(f"[host-agent {self.me}] re-attached {fixed} to {datapath.BRIDGE}", flush=True)
+                print(f"[host-agent {self.me}] re-attached {fixed} to {HOST_BRIDGE}", flush=True)
 
     def usage(self) -> str:
         """Outbound SNAT of this host's VMs, as JSON: per VM its VIP, range, the ports its
@@ -133,7 +133,7 @@ class HostAgent:
         snats = [x for x in (self.facts.snat if self.facts else ()) if x.vm in {vm.name for vm in self.fabric.vms_on(self.me)}]
         if not snats:
             return ""
-        counters = nft_counters(datapath.TABLE)
+        counters = nft_counters(HOST_TABLE)
         new = counters.get(datapath.SNAT_NEW)
         if new is None or new != self.snat_seen[0] or self.snat_seen[1]:
             self.snat_seen = (new, snat_ports_in_use())

@@ -39,15 +39,10 @@ import re
 from dataclasses import dataclass
 
 from muxlab.datapath import nfttable
-from muxlab.datapath.conventions import LIVENESS_PORT, ct_timeout_object, dip_mac, dip_mark, vxlan_ifname
+from muxlab.datapath.conventions import (HOST_BRIDGE, HOST_TABLE, LIVENESS_PORT, MGMT_IF, OVERLAY_TABLE, UPLINK_IF, VXLAN_PORT,
+                                         ct_timeout_object, dip_mac, dip_mark, vxlan_ifname)
 from muxlab.fabric.lab import Lab
 from muxlab.lb.facts import Facts
-
-TABLE = "muxlab_host"
-OVERLAY_TABLE = "muxlab_overlay"
-BRIDGE = "br0"
-UPLINK = "eth1"
-MANAGEMENT = "eth0"   # Docker's interface on the management network
 
 
 def _ident(vm: str) -> str:
@@ -205,7 +200,7 @@ def host_table(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | 
     sets |= {f"{counter_name(x.vm)}_use": nfttable.Set("set", f"{addr_tuple[:-1]}; flags dynamic; size 65535;") for x in snats}
 
     mss = fabric.overlay_mss
-    clamp = ((f'iifname "{BRIDGE}" tcp flags & (syn | ack) == syn | ack tcp option maxseg size > {mss} '
+    clamp = ((f'iifname "{HOST_BRIDGE}" tcp flags & (syn | ack) == syn | ack tcp option maxseg size > {mss} '
               f"tcp option maxseg size set {mss}",) if "mss-clamp" in remedies else ())
     expired = "ct state new tcp flags & (syn | rst) == 0"
     gateway = fabric.host(host).vm_gateway.ip
@@ -214,44 +209,44 @@ def host_table(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | 
         # a MUX to a VM here. Tracked on the way out, the return (same tuple) would match that
         # entry and skip the NAT; so it is tracked, and NATed, only on the way back.
         "raw": nfttable.Chain("type filter hook prerouting priority raw; policy accept;", (
-            f'iifname "{BRIDGE}" ip daddr @vips notrack return',
+            f'iifname "{HOST_BRIDGE}" ip daddr @vips notrack return',
             # The replies to such a call come straight from the serving host (DSR), source VIP.
             # Tracked, each would leave an entry VIP:80 -> VM:port behind, whose reply direction
             # is the VM's next call from that port: that call's SYN would then skip its NAT.
-            f'iifname "{UPLINK}" ip saddr @vips notrack return')),
+            f'iifname "{UPLINK_IF}" ip saddr @vips notrack return')),
         # idle timeouts attach to a new entry before it is confirmed: after conntrack made it
         # (priority -200), which is why they are not in the raw chain above
         "timeouts": nfttable.Chain("type filter hook prerouting priority mangle; policy accept;", (
             f'iifname "{dev}" ip daddr . meta l4proto . th dport vmap @idle_rules',
-            f'iifname "{BRIDGE}" ip daddr != @lab_space ip saddr . meta l4proto vmap @snat_idle')),
+            f'iifname "{HOST_BRIDGE}" ip daddr != @lab_space ip saddr . meta l4proto vmap @snat_idle')),
         "input": nfttable.Chain("type filter hook input priority filter; policy accept;", (
-            "udp dport 4789 ip saddr != @muxes counter name spoofed_vxlan drop",
-            f'iifname "{BRIDGE}" ip daddr @management counter name to_management drop')),
+            f"udp dport {VXLAN_PORT} ip saddr != @muxes counter name spoofed_vxlan drop",
+            f'iifname "{HOST_BRIDGE}" ip daddr @management counter name to_management drop')),
         "prerouting": nfttable.Chain("type nat hook prerouting priority dstnat; policy accept;", (
             f'iifname "{dev}" dnat ip to meta mark . ip daddr . meta l4proto . th dport map @nat_rules',)),
         "forward": nfttable.Chain("type filter hook forward priority filter; policy accept;", (
             # a VM never reaches the management network, whatever route the host has to it
-            f'iifname "{BRIDGE}" oifname "{MANAGEMENT}" counter name to_management drop',
-            f'iifname "{BRIDGE}" ip daddr @management counter name to_management drop',
+            f'iifname "{HOST_BRIDGE}" oifname "{MGMT_IF}" counter name to_management drop',
+            f'iifname "{HOST_BRIDGE}" ip daddr @management counter name to_management drop',
             # host liveness is the hosts' own word to the MUXes (muxlab.node.liveness): no VM may forge it
-            f'iifname "{BRIDGE}" udp dport {LIVENESS_PORT} counter name forged_beacon drop',
+            f'iifname "{HOST_BRIDGE}" udp dport {LIVENESS_PORT} counter name forged_beacon drop',
             # a packet of a flow whose state expired (idle timeout): a reset, or nothing
             f'iifname "{dev}" {expired} ip daddr . meta l4proto . th dport @reset_ends counter name idle_reset reject with tcp reset',
             f'iifname "{dev}" {expired} counter name idle_drop drop',
-            f'iifname "{BRIDGE}" {expired} ip saddr . meta l4proto . th sport @reset_ends counter name idle_reset reject with tcp reset',
-            f'iifname "{BRIDGE}" {expired} ip saddr . meta l4proto . th sport @backend_ends counter name idle_drop drop',
+            f'iifname "{HOST_BRIDGE}" {expired} ip saddr . meta l4proto . th sport @reset_ends counter name idle_reset reject with tcp reset',
+            f'iifname "{HOST_BRIDGE}" {expired} ip saddr . meta l4proto . th sport @backend_ends counter name idle_drop drop',
             *clamp,
             f'iifname "{dev}" ct status dnat accept',
             f'iifname "{dev}" ct direction reply ct status snat accept',
             f'iifname "{dev}" meta mark . ip daddr . meta l4proto . th dport @floating_rules accept',
             f'iifname "{dev}" counter name no_rule drop',
             # the last rule: a VM's new outbound connection, checked in its own chain
-            f'iifname "{BRIDGE}" oifname "{UPLINK}" ip daddr != @lab_space ct state new ip saddr vmap @snat_limits')),
+            f'iifname "{HOST_BRIDGE}" oifname "{UPLINK_IF}" ip daddr != @lab_space ct state new ip saddr vmap @snat_limits')),
         "postrouting": nfttable.Chain("type nat hook postrouting priority srcnat; policy accept;", (
             # hairpin fix 2 (hairpinSnat): a flow mapped back to the VM that sent it leaves this
             # host with the host's address as source, so the VM answers through the host
-            f'oifname "{BRIDGE}" ct original ip daddr @hairpin_vips ip saddr . ip daddr @self_pairs snat ip to {gateway}',
-            f'oifname "{UPLINK}" ip daddr != @lab_space meta l4proto {{ tcp, udp }} counter name {SNAT_NEW} snat ip to ip saddr . meta l4proto map @snat_ranges')),
+            f'oifname "{HOST_BRIDGE}" ct original ip daddr @hairpin_vips ip saddr . ip daddr @self_pairs snat ip to {gateway}',
+            f'oifname "{UPLINK_IF}" ip daddr != @lab_space meta l4proto {{ tcp, udp }} counter name {SNAT_NEW} snat ip to ip saddr . meta l4proto map @snat_ranges')),
     }
     chains |= {timeout_chain(p, idle): nfttable.Chain("", (f'ct timeout set "idle_{p}_{idle}"',)) for p, idle in classes}
     for x in snats:
@@ -263,4 +258,4 @@ def host_table(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | 
         chains[snat_chain(x.vm)] = nfttable.Chain("", tuple(
             f"meta l4proto {p} add @{c}_use {{ ip daddr . meta l4proto . th dport ct count over {x.ports} }} "
             f"counter name {c} {'reject with tcp reset' if p == 'tcp' else 'reject'}" for p in x.protocols))
-    return nfttable.Table("ip", TABLE, objects, sets, chains)
+    return nfttable.Table("ip", HOST_TABLE, objects, sets, chains)

@@ -59,7 +59,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 
-from muxlab.datapath.conventions import API_PORT, API_TOKEN, NODE_CERT, NODE_KEY, PKI_DIR
+from muxlab.datapath.conventions import API_PORT, API_TOKEN, NODE_CERT, NODE_KEY, PKI_DIR, SEED_FILE
 from muxlab.fabric.lab import ModelError, load_lab
 from muxlab.lb.azure import (AZURE_NAME, NAME_RULE, BackendAddressPool, InboundNatRule, LoadBalancer, Name,
                                   canonical, error_message, is_azure_name, json_duplicates,
@@ -70,7 +70,7 @@ from muxlab.node.runtime import FABRIC_PATH
 from .cluster import CTL
 from .store import Store, Unavailable
 
-SEED_FILE = os.environ.get("MUXLAB_SEED", "/etc/muxlab/loadbalancers.yml")
+SEED_PATH = os.environ.get("MUXLAB_SEED", SEED_FILE)
 PKI = os.environ.get(PKI_DIR_ENV, PKI_DIR)   # overrides for tests
 TOKEN_FILE = os.environ.get("MUXLAB_API_TOKEN_FILE", os.path.join(PKI, API_TOKEN))
 MAX_BODY = 1 << 20            # bytes of a request body
@@ -602,9 +602,9 @@ def seed_in_background() -> None:
     """manager1 stores the lab's initial load balancers the first time the cluster runs."""
     def run():
         try:
-            lbs = load_document(SEED_FILE)
+            lbs = load_document(SEED_PATH)
             if store().seed(lbs):
-                print(f"[manager] stored the initial load balancers from {SEED_FILE}: {', '.join(sorted(lbs))}", flush=True)
+                print(f"[manager] stored the initial load balancers from {SEED_PATH}: {', '.join(sorted(lbs))}", flush=True)
         except Exception as exc:  # the API still serves; `muxlab apply` can store them
             print(f"[manager] could not store the initial load balancers: {exc}", flush=True)
     threading.Thread(target=run, daemon=True).start()
@@ -622,7 +622,7 @@ def main() -> None:
     store()
     from . import rbac   # the agents' Connection row, RBAC role, and their Chassis/Mux rows (agents may not insert them)
     rbac.ensure_in_background(lambda fn: store().call(fn), fabric, create_global=me == fabric.managers[0])
-    if me == fabric.managers[0] and os.path.exists(SEED_FILE):
+    if me == fabric.managers[0] and os.path.exists(SEED_PATH):
         seed_in_background()
     # HTTPS with the manager's own certificate (CN and SAN DNS: its name, signed by the lab's CA)
     uvicorn.run(app, host=addr, port=API_PORT, log_level="warning",

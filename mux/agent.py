@@ -11,24 +11,23 @@ from __future__ import annotations
 import json
 import socket
 import time
-from pathlib import PurePath
 
 from pyroute2 import IPRoute
 
-from muxlab.datapath.conventions import MAGLEV_TABLES_FILE, RULE_PRIORITY, maglev_report, vxlan_ifname
+from muxlab.datapath.conventions import (ANNOUNCE_FILE, MAGLEV_TABLES_FILE, RULE_PRIORITY, UPLINK_IF, maglev_report,
+                                         vxlan_ifname)
 from muxlab.fabric.lab import Lab, load_lab
 from muxlab.lb.facts import Facts
 from muxlab.node.desired import FACT_COLUMNS, FactsReader, mtu_remedies, nb_cfg, watch
 from muxlab.node.kernel import PolicyRoute, ensure_vxlan, nft_converge, reconcile_blackholes, reconcile_policy_routes
 from muxlab.node.liveness import Listener
 from muxlab.node.ovsdb import Db, managers_remote, ok
-from muxlab.node.runtime import FABRIC_PATH, RUN_DIR, write_atomic
+from muxlab.node.runtime import FABRIC_PATH, run_path, write_atomic
 
 from . import datapath
 
-ANNOUNCE_FILE = RUN_DIR / "announce.json"
-TABLES_FILE = RUN_DIR / PurePath(MAGLEV_TABLES_FILE).name   # where the operator's tools read it
-UPLINK = "eth1"  # the MUX's link to the edge (muxlab.fabric.render.links)
+ANNOUNCE_PATH = run_path(ANNOUNCE_FILE)
+TABLES_PATH = run_path(MAGLEV_TABLES_FILE)   # where the operator's tools read it
 
 TABLES = {**FACT_COLUMNS, "Backend_Health": ["host", "vm", "probe", "up"],
           "Mux": ["name", "drained", "nb_cfg", "synced_at", "tables_digest", "announced", "dead_hosts"]}
@@ -39,7 +38,7 @@ QUIET = [("Mux", c) for c in ("nb_cfg", "synced_at", "tables_digest", "announced
 def desired(fabric: Lab, me: str, facts: Facts, tables: list[datapath.RuleTable], remedies: frozenset[str]) -> tuple:
     mux = next(m for m in fabric.muxes if m.name == me)
     dev = vxlan_ifname(fabric.vni)
-    routes = tuple(PolicyRoute(r.mark, r.dip, dev, UPLINK, r.mac, r.host_vtep) for r in datapath.dip_routes(fabric))
+    routes = tuple(PolicyRoute(r.mark, r.dip, dev, UPLINK_IF, r.mac, r.host_vtep) for r in datapath.dip_routes(fabric))
     blackholes = tuple(f"{v}/32" for v in facts.vips)
     return ((dev, fabric.vni, str(mux.address), fabric.overlay_mtu), routes, blackholes,
             datapath.ruleset(fabric, facts, tables, remedies))
@@ -105,11 +104,11 @@ class MuxAgent:
                 self.applied = want
                 report = self.last_report = tables_report(tables, self.last_report)
                 self.digest = report["digest"]
-                write_atomic(TABLES_FILE, json.dumps(report, sort_keys=True))
+                write_atomic(TABLES_PATH, json.dumps(report, sort_keys=True))
                 print(f"[mux-agent {self.me}] data path programmed ({how}; tables {self.digest})", flush=True)
             vips = datapath.announceable_vips(tables, health, facts)
             if vips != self.announced:
-                write_atomic(ANNOUNCE_FILE, json.dumps({"vips": vips, "at": time.time()}))
+                write_atomic(ANNOUNCE_PATH, json.dumps({"vips": vips, "at": time.time()}))
                 self.announced = vips
                 print(f"[mux-agent {self.me}] announcing {vips}", flush=True)
             self.inputs = inputs

@@ -25,11 +25,9 @@ import hashlib
 from dataclasses import dataclass, field
 
 from muxlab.datapath import maglev, nfttable
-from muxlab.datapath.conventions import ct_timeout_object, dip_mac, dip_mark, vxlan_ifname
+from muxlab.datapath.conventions import MUX_TABLE, ct_timeout_object, dip_mac, dip_mark, vxlan_ifname
 from muxlab.fabric.lab import Lab
 from muxlab.lb.facts import Backend, Facts, Rule
-
-TABLE = "muxlab_mux"
 
 HASH_FIELDS = {
     "Default": "ip saddr . th sport . ip daddr . th dport",
@@ -184,7 +182,7 @@ def ruleset(fabric: Lab, facts: Facts, tables: list[RuleTable], remedies: frozen
     black_hole = () if "icmp" in remedies else (
         "icmp type destination-unreachable icmp code frag-needed counter name icmp_frag_needed_suppressed drop",)
     chains["output"] = nfttable.Chain("type filter hook output priority filter; policy accept;", black_hole)
-    return nfttable.Table("ip", TABLE, objects, sets, chains)
+    return nfttable.Table("ip", MUX_TABLE, objects, sets, chains)
 
 
 @dataclass(frozen=True)

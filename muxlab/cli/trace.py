@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..datapath.conventions import MAGLEV_TABLES_FILE, rule_tables
+from ..datapath.conventions import MAGLEV_TABLES_FILE, VXLAN_PORT, rule_tables
 from ..errors import MuxlabError
 from ..fabric.render import links
 from ..observe import pathwalk
@@ -30,7 +30,7 @@ def _nodes(ref: LabRef) -> list[str]:
 
 
 def start(ref: LabRef, nodes: list[str], sport: int, tag: str) -> None:
-    filt = (f"(tcp or udp) and (port {sport} or (udp port 4789 and (udp[{pathwalk.INNER_L4_OFFSET}:2] = {sport} "
+    filt = (f"(tcp or udp) and (port {sport} or (udp port {VXLAN_PORT} and (udp[{pathwalk.INNER_L4_OFFSET}:2] = {sport} "
             f"or udp[{pathwalk.INNER_L4_OFFSET + 2}:2] = {sport})))")
     rules = pathwalk.trace_ruleset(sport, TRACE_TABLE)
     for n in nodes:

@@ -11,7 +11,8 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from .. import versions
-from ..datapath.conventions import IMDS_ADDRESS, PKI_DIR, PKI_FOLDER, PLATFORM_ADDRESS
+from ..datapath.conventions import (EDGE_NFT_FILE, EDGE_TABLE, FABRIC_FILE, HOST_BRIDGE, IMDS_ADDRESS, PKI_DIR, PKI_FOLDER,
+                                    PLATFORM_ADDRESS, SEED_FILE, UPLINK_IF)
 from .lab import Lab
 
 GENERATED = "# Generated from lab.yml by `muxlab render`; edit lab.yml and re-render, not this file.\n"
@@ -20,6 +21,7 @@ GENERATED = "# Generated from lab.yml by `muxlab render`; edit lab.yml and re-re
 # MTU problem) so an encapsulated 1500-byte packet never fragments; links to clients and VMs
 # are ordinary 1500-byte Ethernet (docs/datapath.md).
 ACCESS_MTU = 1500
+SECOND_NIC_IF = "eth2"   # a VM's second NIC (its first is UPLINK_IF)
 
 
 @dataclass(frozen=True)
@@ -36,20 +38,20 @@ def links(lab: Lab) -> list[Link]:
     out = []
     port = 1
     for m in lab.muxes:
-        out.append(Link("edge", f"eth{port}", m.name, "eth1", lab.underlay_mtu))
+        out.append(Link("edge", f"eth{port}", m.name, UPLINK_IF, lab.underlay_mtu))
         port += 1
     for h in lab.hosts:
-        out.append(Link("edge", f"eth{port}", h.name, "eth1", lab.underlay_mtu))
+        out.append(Link("edge", f"eth{port}", h.name, UPLINK_IF, lab.underlay_mtu))
         port += 1
     for c in lab.clients:
-        out.append(Link("edge", f"eth{port}", c.name, "eth1", ACCESS_MTU))
+        out.append(Link("edge", f"eth{port}", c.name, UPLINK_IF, ACCESS_MTU))
         port += 1
     for h in lab.hosts:
         vms = lab.vms_on(h.name)
         for i, vm in enumerate(vms, start=2):
-            out.append(Link(h.name, f"eth{i}", vm.name, "eth1", ACCESS_MTU))
+            out.append(Link(h.name, f"eth{i}", vm.name, UPLINK_IF, ACCESS_MTU))
         for i, vm in enumerate([v for v in vms if v.nic2], start=2 + len(vms)):
-            out.append(Link(h.name, f"eth{i}", vm.name, "eth2", ACCESS_MTU))
+            out.append(Link(h.name, f"eth{i}", vm.name, SECOND_NIC_IF, ACCESS_MTU))
     return out
 
 
@@ -96,28 +98,28 @@ def node_plan(lab: Lab, name: str) -> NodePlan:
     plan.interfaces = ports
     if role == "mux":
         m = next(m for m in lab.muxes if m.name == name)
-        plan.addresses.append(("eth1", str(m.underlay)))
+        plan.addresses.append((UPLINK_IF, str(m.underlay)))
         plan.default_via = str(m.edge_address)
     elif role == "host":
         h = lab.host(name)
-        plan.addresses.append(("eth1", str(h.underlay)))
+        plan.addresses.append((UPLINK_IF, str(h.underlay)))
         plan.default_via = str(h.edge_address)
-        plan.bridge = ("br0", [p for p in ports if p != "eth1"], str(h.vm_gateway))
-        plan.platform = [("br0", f"{IMDS_ADDRESS}/32"), ("br0", f"{PLATFORM_ADDRESS}/32")]
+        plan.bridge = (HOST_BRIDGE, [p for p in ports if p != UPLINK_IF], str(h.vm_gateway))
+        plan.platform = [(HOST_BRIDGE, f"{IMDS_ADDRESS}/32"), (HOST_BRIDGE, f"{PLATFORM_ADDRESS}/32")]
     elif role == "vm":
         # A /32 and an on-link gateway, as a cloud vSwitch does it: every packet of a VM,
         # even to its neighbour on the same host, is routed by the host (and so passes its
         # NAT); VMs are never bridged to each other.
         vm = lab.vm(name)
         h = lab.host(vm.host)
-        plan.addresses.append(("eth1", f"{vm.ip}/32"))
+        plan.addresses.append((UPLINK_IF, f"{vm.ip}/32"))
         plan.default_onlink = True
         plan.default_via = str(h.vm_gateway.ip)
         if vm.nic2:
-            plan.second_nic = ("eth2", str(vm.nic2), str(h.vm_gateway.ip), str(vm.ip))
+            plan.second_nic = (SECOND_NIC_IF, str(vm.nic2), str(h.vm_gateway.ip), str(vm.ip))
     elif role == "client":
         c = next(c for c in lab.clients if c.name == name)
-        plan.addresses.append(("eth1", str(c.address)))
+        plan.addresses.append((UPLINK_IF, str(c.address)))
         plan.default_via = str(c.gateway.ip)
     return plan
 
@@ -275,7 +277,7 @@ def render_topology(lab: Lab) -> str:
            "topology:", "  defaults:", "    kind: linux", f"    image: {versions.NODE_IMAGE}",
            "    # Unprivileged, with each role's capabilities listed in its group (docs/security.md).",
            "    privileged: false",
-           "    binds:", "      - lab.yml:/etc/muxlab/lab.yml:ro",
+           "    binds:", f"      - lab.yml:{FABRIC_FILE}:ro",
            "    env:", f"      MUXLAB_MGMT_SUBNET: {env('MUXLAB_MGMT_SUBNET')}", "", "  groups:"]
     for group, sysctls in GROUP_SYSCTLS.items():
         out.append(f"    {group}:")
@@ -289,12 +291,12 @@ def render_topology(lab: Lab) -> str:
             out += [f"        {k}: {v}" for k, v in sysctls.items()]
     out += ["", "  nodes:", "    edge:", "      group: edge", f"      image: {versions.ROUTER_IMAGE}",
             "      binds:", "        - configs/edge/frr.conf:/etc/frr/frr.conf:ro",
-            "        - configs/edge/edge.nft:/etc/muxlab/edge.nft:ro"]
+            f"        - configs/edge/edge.nft:{EDGE_NFT_FILE}:ro"]
     for i, name in enumerate(lab.managers, start=1):
         out += [f"    {name}:", "      group: manager", f"      mgmt-ipv4: {env('MUXLAB_MGMT_PREFIX')}.{200 + i}",
-                "      binds:", "        - lab.yml:/etc/muxlab/lab.yml:ro",
+                "      binds:", f"        - lab.yml:{FABRIC_FILE}:ro",
                 "        # the load balancers a new cluster starts with (manager1 stores them once)",
-                "        - loadbalancers.yml:/etc/muxlab/loadbalancers.yml:ro", pki_bind(name)]
+                f"        - loadbalancers.yml:{SEED_FILE}:ro", pki_bind(name)]
     for m in lab.muxes:
         out += [f"    {m.name}:", "      group: mux", "      binds:",
                 f"        - configs/{m.name}/exabgp.conf:/etc/exabgp/exabgp.conf:ro", pki_bind(m.name)]
@@ -328,7 +330,7 @@ def render_edge_nft(lab: Lab) -> str:
     internal = [m.underlay.network for m in lab.muxes] + [h.underlay.network for h in lab.hosts] + [h.vm_subnet for h in lab.hosts]
     internal_txt = ", ".join(str(n) for n in ipaddress.collapse_addresses(internal))
     return GENERATED + "\n".join([
-        "table ip muxlab_edge", "delete table ip muxlab_edge", "table ip muxlab_edge {",
+        f"table ip {EDGE_TABLE}", f"delete table ip {EDGE_TABLE}", f"table ip {EDGE_TABLE} {{",
         "  counter spoofed_from_internet {}",
         "  counter internet_to_private {}",
         f"  set internet_ports {{ type ifname; elements = {{ {internet} }}; }}",

@@ -14,6 +14,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
 
 from muxlab.datapath import nfttable
+from muxlab.datapath.conventions import VXLAN_PORT
 
 RTNH_F_ONLINK = 4
 NTF_SELF = 2  # an FDB entry of the VXLAN device itself, not of a bridge above it
@@ -58,7 +59,7 @@ def ensure_vxlan(ipr: IPRoute, name: str, vni: int, local: str, mtu: int = 1500)
     idx = ifindex(ipr, name)
     if idx is None:
         ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=local,
-                 vxlan_port=4789, vxlan_learning=0)
+                 vxlan_port=VXLAN_PORT, vxlan_learning=0)
         idx = ifindex(ipr, name)
     ipr.link("set", index=idx, mtu=mtu, state="up")
     return idx

@@ -246,8 +246,8 @@ def test_every_manager_stopped_traffic_flows_then_converges(L):
 
 def maglev_marks(L, mux) -> set[int]:
     """The DIP marks in a MUX's Maglev maps, as its kernel holds them."""
-    from mux.datapath import TABLE
-    doc = json.loads(L.sh(mux, f"nft -j list table ip {TABLE}").stdout)
+    from muxlab.datapath.conventions import MUX_TABLE
+    doc = json.loads(L.sh(mux, f"nft -j list table ip {MUX_TABLE}").stdout)
     return {int(e[1], 0) if isinstance(e[1], str) else e[1]
             for item in doc["nftables"] if "map" in item and item["map"]["name"].startswith("maglev_")
             for e in item["map"].get("elem", [])}

@@ -15,7 +15,7 @@ import pytest
 
 from hostagent import datapath as host_dp
 from mux import datapath as mux_dp
-from muxlab.datapath.conventions import IMDS_ADDRESS, PLATFORM_ADDRESS
+from muxlab.datapath.conventions import EDGE_TABLE, HOST_TABLE, IMDS_ADDRESS, MUX_TABLE, PLATFORM_ADDRESS
 from muxlab.fabric.render import render_edge_nft
 from muxlab.lb.azure import load_document
 from tests.unit.conftest import REPO, default_facts, default_lbs, fabric
@@ -149,7 +149,7 @@ def test_edge_drops_the_internet_to_private_addresses_and_lets_the_bench_allowan
     L.nft(inside, GOT)
 
     def dropped():
-        return L.counter(edge, "muxlab_edge", "internet_to_private")
+        return L.counter(edge, EDGE_TABLE, "internet_to_private")
 
     def arrived():
         return L.counter(inside, "got", "got")
@@ -169,7 +169,7 @@ def test_edge_drops_the_internet_to_private_addresses_and_lets_the_bench_allowan
     L.sh(edge, "nft delete element ip muxlab_edge bench_direct { 10.1.1.11 }")
     send(L, client, "10.1.1.11")
     assert settle(dropped, 6) == 6 and arrived() == 2
-    assert L.counter(edge, "muxlab_edge", "spoofed_from_internet") == 0
+    assert L.counter(edge, EDGE_TABLE, "spoofed_from_internet") == 0
 
 
 def test_edge_ruleset_checks_and_keeps_the_anti_spoofing_filter():
@@ -207,10 +207,10 @@ def test_mux_refuses_an_internal_frontend_to_sources_outside_the_vnet(lab):
     L.nft(mux, mux_dp.ruleset(fabric(), facts, mux_dp.rule_tables(fabric(), facts, mux_dp.Health())).render())
 
     def refused():
-        return L.counter(mux, mux_dp.TABLE, "ilb_not_vnet")
+        return L.counter(mux, MUX_TABLE, "ilb_not_vnet")
 
     def vip_packets():
-        return L.counter(mux, mux_dp.TABLE, "vip_packets")
+        return L.counter(mux, MUX_TABLE, "vip_packets")
 
     send(L, edge, "10.1.0.100", src="192.0.2.10", port=80)     # the internet to the ILB: refused
     assert settle(refused, 1) == 1 and vip_packets() == 1
@@ -219,7 +219,7 @@ def test_mux_refuses_an_internal_frontend_to_sources_outside_the_vnet(lab):
     send(L, edge, "203.0.113.10", src="192.0.2.10", port=80)   # the internet to a public VIP: served
     assert settle(vip_packets, 3) == 3 and refused() == 1
     # refused before any lookup: no_service/no_backend did not count the refused datagram
-    text = L.sh(mux, f"nft list chain ip {mux_dp.TABLE} prerouting")
+    text = L.sh(mux, f"nft list chain ip {MUX_TABLE} prerouting")
     assert text.index("ilb_not_vnet") < text.index("vmap @services") and text.index("ilb_not_vnet") < text.index("ct mark")
 
 
@@ -249,7 +249,7 @@ def test_host_keeps_vms_off_the_management_network(lab):
     L.nft(mgmt, GOT)
 
     def dropped():
-        return L.counter(host, host_dp.TABLE, "to_management")
+        return L.counter(host, HOST_TABLE, "to_management")
 
     send(L, vm, "172.30.9.5")       # the host's management address
     assert settle(dropped, 1) == 1

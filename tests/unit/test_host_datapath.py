@@ -17,6 +17,7 @@ import pytest
 
 from hostagent import datapath as host_dp
 from muxlab.datapath import nfttable
+from muxlab.datapath.conventions import HOST_TABLE, OVERLAY_TABLE
 from muxlab.lb.facts import Backend, NatPort
 from tests.unit.conftest import default_facts, fabric
 from tests.unit.test_boundary import GOT, Lab, _netns_ok, send, settle
@@ -96,7 +97,7 @@ def updates(before, after) -> list[str]:
 
 def test_the_tables_hold_every_fact_in_sets_and_maps():
     overlay, host = tables()
-    assert (overlay.ref, host.ref) == (f"netdev {host_dp.OVERLAY_TABLE}", f"ip {host_dp.TABLE}")
+    assert (overlay.ref, host.ref) == (f"netdev {OVERLAY_TABLE}", f"ip {HOST_TABLE}")
     assert overlay.sets["dip_by_mac"].elements == {"02:00:0a:01:01:0b": "0x0a01010b", "02:00:0a:01:01:0c": "0x0a01010c"}
     assert host.sets["nat_rules"].elements["0x0a01010b . 203.0.113.10 . tcp . 80"] == "10.1.1.11 . 8080"
     assert host.sets["idle_rules"].elements["203.0.113.10 . tcp . 80"] == "jump timeout_tcp_240"
@@ -162,7 +163,7 @@ def test_a_new_idle_timeout_is_declared_not_rewritten():
 def test_a_resized_snat_range_rewrites_only_that_vms_check():
     _, script = updates(tables(), tables(with_snat(default_facts(), "vm1", ports=512)))
     assert [line for line in script.splitlines() if "chain" in line and not line.startswith("add element")] == [
-        f"flush chain ip {host_dp.TABLE} snat_limit_vm1", "  chain snat_limit_vm1 {"]
+        f"flush chain ip {HOST_TABLE} snat_limit_vm1", "  chain snat_limit_vm1 {"]
     assert "ct count over 512" in script
 
 
@@ -263,7 +264,7 @@ def test_packets_meet_the_maps_as_they_met_the_rules(lab):
     assert settle(lambda: L.counter(net, "got", "got"), x.ports) == x.ports
     time.sleep(0.2)
     assert L.counter(net, "got", "got") == x.ports
-    assert L.counter(host, host_dp.TABLE, host_dp.counter_name("vm1")) == 1
+    assert L.counter(host, HOST_TABLE, host_dp.counter_name("vm1")) == 1
     outbound = re.findall(r"udp\s+17 (\d+) src=10\.1\.1\.11 dst=192\.0\.2\.10 sport=\d+ dport=9999 .*?"
                           r"src=192\.0\.2\.10 dst=(\S+) sport=9999 dport=(\d+)", conntrack(L, host))
     assert len(outbound) == x.ports
@@ -280,7 +281,7 @@ def test_packets_meet_the_maps_as_they_met_the_rules(lab):
                               "  except OSError as e: out.append(type(e).__name__)\n"
                               "print(' '.join(out), flush=True)\ntime.sleep(30)", str(x.ports + 1))
     assert client.stdout.readline().split() == ["ok"] * x.ports + ["ConnectionRefusedError"]
-    assert L.counter(host, host_dp.TABLE, host_dp.counter_name("vm1")) == 2
+    assert L.counter(host, HOST_TABLE, host_dp.counter_name("vm1")) == 2
     tcp = re.findall(r"tcp\s+6 (\d+) ESTABLISHED src=10\.1\.1\.11 dst=192\.0\.2\.10 sport=\d+ dport=9998 .*?"
                      r"src=192\.0\.2\.10 dst=\S+ sport=9998 dport=(\d+)", conntrack(L, host))
     assert len(tcp) == x.ports and all(200 < int(t) <= 240 and x.lo <= int(p) <= x.hi for t, p in tcp), tcp
