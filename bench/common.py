@@ -118,7 +118,7 @@ SKIP_VIPS = 30
 def write_bulk_load_balancers(count: int, lab, path: Path) -> Path:
     """`count` load balancers bulk0.. (one VIP each after the default lab's, the lab's VMs as
     pool, no probe: probes would cost every host one check per load balancer), as a file."""
-    from muxlab.model.generate import load_balancers
+    from muxlab.fabric.generate import load_balancers
     import yaml
     doc = load_balancers(count + SKIP_VIPS, {vm.name: str(vm.ip) for vm in lab.vms})
     lbs = {f"bulk{i}": lb for i, lb in enumerate(list(doc["loadBalancers"].values())[SKIP_VIPS:])}

@@ -18,6 +18,7 @@ import os
 import subprocess
 import time
 
+from muxlab.datapath.conventions import EDGE_TABLE, UPLINK_IF
 from muxlab.versions import NODE_IMAGE
 
 from .common import CPU_KINDS, cpu_jiffies, deployed, save, sh, summary
@@ -79,11 +80,11 @@ def direct_path(ref, dip: str = DIP):
     """Let the internet reach `dip` directly for the block: the reference path. The edge
     drops any packet from an internet port to a private address (counter internet_to_private)
     unless the address is in its set bench_direct, empty by default."""
-    sh(ref, "edge", f"nft add element ip muxlab_edge bench_direct {{ {dip} }}")
+    sh(ref, "edge", f"nft add element ip {EDGE_TABLE} bench_direct {{ {dip} }}")
     try:
         yield
     finally:
-        sh_quiet(ref, "edge", f"nft delete element ip muxlab_edge bench_direct {{ {dip} }}")
+        sh_quiet(ref, "edge", f"nft delete element ip {EDGE_TABLE} bench_direct {{ {dip} }}")
 
 
 def sh_quiet(ref, node: str, cmd: str) -> None:
@@ -129,8 +130,8 @@ def profiled_run(ref, target: str, seconds: int) -> dict:
         return {n: {d: int(x) for d, x in (line.split() for line in sh(ref, n, count).splitlines())} for n in nodes}
 
     def vm1_rx() -> tuple[int, int]:
-        return tuple(map(int, sh(ref, "vm1", "cat /sys/class/net/eth1/statistics/rx_packets "
-                                              "/sys/class/net/eth1/statistics/rx_bytes").split()))
+        return tuple(map(int, sh(ref, "vm1", f"cat /sys/class/net/{UPLINK_IF}/statistics/rx_packets "
+                                              f"/sys/class/net/{UPLINK_IF}/statistics/rx_bytes").split()))
 
     before_d, before_c, before_rx = drops(), cpu_jiffies(), vm1_rx()
     perf = subprocess.Popen(["perf", "record", "-a", "-o", "/tmp/muxlab-bench.perf", "--", "sleep", str(seconds)],
@@ -176,7 +177,8 @@ def profile(ref, seconds: int) -> dict:
 def offload_state(ref) -> dict:
     out = {}
     for node in ("edge", "mux1", "host1", "client1", "vm1"):
-        text = sh(ref, node, "ethtool -k eth1; echo threaded-napi: $(cat /sys/class/net/eth1/threaded)")
+        # each node's UPLINK_IF (the edge's port of the same name is its link to mux1)
+        text = sh(ref, node, f"ethtool -k {UPLINK_IF}; echo threaded-napi: $(cat /sys/class/net/{UPLINK_IF}/threaded)")
         out[node] = {k: v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())
                      if k in ("tx-checksumming", "tcp-segmentation-offload", "generic-receive-offload",
                               "rx-udp-gro-forwarding", "threaded-napi")}

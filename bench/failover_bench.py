@@ -12,8 +12,9 @@ import time
 from muxlab.cli import faults
 from muxlab.cli.failover import analyse
 from muxlab.cli.lab import vip_nexthops
-from muxlab.model.compiler import compile_services
-from muxlab.model.service import LoadBalancer
+from muxlab.datapath.conventions import MAGLEV_TABLES_FILE
+from muxlab.lb.azure import LoadBalancer
+from muxlab.lb.compiler import compile_facts
 
 from .common import deployed, save, summary
 from .lab_bench import POLL
@@ -64,8 +65,8 @@ def one(ref, mode: str, mux: str) -> dict:
     return r
 
 
-REMOVAL = """while grep -q '"vm3"' /run/muxlab/tables.json; do sleep 0.02; done; date +%s%N"""
-RETURN = """until grep -q '"vm3"' /run/muxlab/tables.json; do sleep 0.02; done; date +%s%N"""
+REMOVAL = f"""while grep -q '"vm3"' {MAGLEV_TABLES_FILE}; do sleep 0.02; done; date +%s%N"""
+RETURN = f"""until grep -q '"vm3"' {MAGLEV_TABLES_FILE}; do sleep 0.02; done; date +%s%N"""
 
 
 def vm_removal(ref) -> tuple[float, float]:
@@ -98,7 +99,7 @@ def main() -> None:
                             "nexthop_removed_s": summary([r["nexthop_removed_s"] for r in runs if r["nexthop_removed_s"] is not None])}
             print(mode, json.dumps(result[mode]["recovery_s"]), "broken", result[mode]["broken_share"]["max"], flush=True)
         lbs = {n: LoadBalancer.model_validate(lb) for n, lb in ref.api().load_balancers().items()}
-        probe = compile_services(lbs, ref.lab).probes()["web/http-health"]   # as the agents compile it
+        probe = compile_facts(lbs, ref.lab).probes()["web/http-health"]   # as the agents compile it
         pairs = [vm_removal(ref) for _ in range(a.reps)]
         result["vm_service_stop_to_removal_s"] = summary([p[0] for p in pairs])
         result["vm_service_start_to_return_s"] = summary([p[1] for p in pairs])

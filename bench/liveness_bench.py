@@ -9,8 +9,7 @@ import subprocess
 import time
 
 from muxlab.cli import faults
-from muxlab.model.conventions import LIVENESS_DEAD_AFTER_S, LIVENESS_INTERVAL_S, dip_mark
-from mux.datapath import TABLE
+from muxlab.datapath.conventions import LIVENESS_DEAD_AFTER_S, LIVENESS_INTERVAL_S, MUX_TABLE, dip_mark
 
 from .common import deployed, idle_cpu_by_role, save, summary
 
@@ -37,7 +36,7 @@ def dips_out(ref, host: str) -> float:
     """Pause `host`; seconds until its DIPs left the last MUX's maps (each MUX polls itself)."""
     marks = ",".join(str(dip_mark(vm.ip)) for vm in ref.lab.vms_on(host))
     pollers = [subprocess.Popen(["docker", "exec", ref.container(m.name), "/opt/muxlab/bin/python", "-c",
-                                 POLL.format(table=TABLE), marks], stdout=subprocess.PIPE, text=True)
+                                 POLL.format(table=MUX_TABLE), marks], stdout=subprocess.PIPE, text=True)
                for m in ref.lab.muxes]
     for p in pollers:
         assert p.stdout.readline().strip() == "READY"
@@ -64,7 +63,7 @@ def back_in(ref, host: str, timeout: float = 30) -> None:
 
 def held_marks(ref, mux: str) -> set[int]:
     import json
-    doc = json.loads(subprocess.run(["docker", "exec", ref.container(mux), "nft", "-j", "list", "table", "ip", TABLE],
+    doc = json.loads(subprocess.run(["docker", "exec", ref.container(mux), "nft", "-j", "list", "table", "ip", MUX_TABLE],
                                     capture_output=True, text=True, timeout=60).stdout)
     return {int(e[1], 0) if isinstance(e[1], str) else e[1] for i in doc["nftables"]
             if "map" in i and i["map"]["name"].startswith("maglev_") for e in i["map"].get("elem", [])}

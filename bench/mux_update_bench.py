@@ -14,12 +14,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from muxlab.model.compiler import compile_services
-from muxlab.model.fabric import load_lab
-from muxlab.model import nfttable
-from muxlab.model.generate import load_balancers
-from muxlab.model.service import LoadBalancer
 from mux import datapath
+from muxlab.datapath import nfttable
+from muxlab.datapath.conventions import MUX_TABLE, VXLAN_PORT
+from muxlab.fabric.generate import load_balancers
+from muxlab.fabric.lab import load_lab
+from muxlab.lb.azure import LoadBalancer
+from muxlab.lb.compiler import compile_facts
 
 from .common import save
 
@@ -36,12 +37,12 @@ def slab_kib() -> int:
 
 # in the namespace: load the healthy table; time the flapped one loaded whole; back to the
 # healthy table; time the update; each `date` brackets one nft transaction
-KERNEL = """ip link add vxlan4242 type vxlan id 4242 dstport 4789
+KERNEL = f"""ip link add vxlan4242 type vxlan id 4242 dstport {VXLAN_PORT}
 nft -f healthy && grep ^Slab: /proc/meminfo
 date +%s%N; nft -f flapped_whole; date +%s%N
 nft -f healthy
 date +%s%N; nft -f flapped_update; date +%s%N
-nft list table ip muxlab_mux | md5sum; nft -f flapped_whole; nft list table ip muxlab_mux | md5sum
+nft list table ip {MUX_TABLE} | md5sum; nft -f flapped_whole; nft list table ip {MUX_TABLE} | md5sum
 """
 
 
@@ -65,16 +66,16 @@ def one(fabric, vips: int) -> dict:
     for lb in lbs.values():   # no probe: the health below decides
         lb.properties.probes = []
         lb.properties.loadBalancingRules[0].properties.probe = None
-    svc = compile_services(lbs, fabric)
+    facts = compile_facts(lbs, fabric)
     # as a MUX agent: it knows the healthy tables, never the flapped ones (an earlier row
     # of this run computed them: forget it)
     datapath.maglev_table.cache_clear()
     datapath.bucket_elements.cache_clear()
-    healthy = datapath.ruleset(fabric, svc, datapath.services(fabric, svc, datapath.Health()))
+    healthy = datapath.ruleset(fabric, facts, datapath.rule_tables(fabric, facts, datapath.Health()))
     flapped_health = datapath.Health(dead_hosts=frozenset({"host2"}))   # vm3 and vm4 leave every table
     t0 = time.monotonic()
-    svcs = datapath.services(fabric, svc, flapped_health)
-    flapped = datapath.ruleset(fabric, svc, svcs)
+    flapped_tables = datapath.rule_tables(fabric, facts, flapped_health)
+    flapped = datapath.ruleset(fabric, facts, flapped_tables)
     tables = time.monotonic() - t0            # the tables and the wanted nft table as data: both ways need them
     t1 = time.monotonic()
     whole = flapped.render()
@@ -83,7 +84,7 @@ def one(fabric, vips: int) -> dict:
     update = nfttable.update(healthy, flapped)
     diff = time.monotonic() - t1
     k = in_kernel({"healthy": healthy.render(), "flapped_whole": whole, "flapped_update": update})
-    return {"vips": vips, "table_size": svcs[0].size, "maps": len({s.table_name for s in svcs}),
+    return {"vips": vips, "table_size": flapped_tables[0].size, "maps": len({s.table_name for s in flapped_tables}),
             "compute_tables_s": round(tables, 3),
             "whole": {"render_s": round(render, 3), "nft_s": round(k["whole_s"], 3),
                       "total_s": round(tables + render + k["whole_s"], 3), "script_bytes": len(whole)},

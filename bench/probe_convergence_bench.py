@@ -16,7 +16,7 @@ from pathlib import Path
 
 from muxlab.cli import faults
 from muxlab.cli import lab as labmod
-from muxlab.model.conventions import MAGLEV_TABLES_FILE, rule_tables
+from muxlab.datapath.conventions import MAGLEV_TABLES_FILE, MUX_TABLE, rule_tables
 
 from .common import BENCH_LAB, cli, deployed, save, sh, write_bulk_load_balancers
 
@@ -62,7 +62,7 @@ def mux_memory(ref) -> dict:
     out = {}
     for m in ref.lab.muxes:
         rss = sh(ref, m.name, "ps -eo rss,args | grep '[m]ux.agent' | awk '{s+=$1} END {print s}'").strip()
-        rules = sh(ref, m.name, "nft list table ip muxlab_mux | wc -c").strip()
+        rules = sh(ref, m.name, f"nft list table ip {MUX_TABLE} | wc -c").strip()
         out[m.name] = {"agent_rss_mib": round(int(rss or 0) / 1024, 1), "ruleset_text_kib": round(int(rules) / 1024, 1)}
     return out
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from muxlab.cli import lab as labmod
-from muxlab.model.generate import generate
+from muxlab.fabric.generate import generate
 
 from muxlab.cli.observe import Hold, hold_summary
 

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from muxlab.cli.traffic import run_flows
-from muxlab.model.conventions import MAGLEV_TABLES_FILE, rule_tables
-from muxlab.model.service import canonical, load_document
+from muxlab.datapath.conventions import MAGLEV_TABLES_FILE, MUX_TABLE, rule_tables
+from muxlab.lb.azure import canonical, load_document
 
 from .common import deployed, save, sh
 
@@ -56,7 +56,7 @@ def hairpin(ref, repeat: int, flows: int) -> dict:
 def outbound(ref, flows_per_vm: int) -> dict:
     api = ref.api()
     snat = {b["name"]: b for b in api.get("/loadBalancers/web/outboundSnat")["value"]}
-    counters = lambda: {m: json.loads(sh(ref, m, "nft -j list counter ip muxlab_mux snat_return_packets"))["nftables"][1]
+    counters = lambda: {m: json.loads(sh(ref, m, f"nft -j list counter ip {MUX_TABLE} snat_return_packets"))["nftables"][1]
                         ["counter"]["packets"] for m in ("mux1", "mux2", "mux3")}
     before = counters()
     per_vm = {}

@@ -4,7 +4,7 @@ probes its VMs and writes the results there (Backend_Health). It tells the MUXes
 on the underlay (muxlab.node.liveness), not through the database: at rest it writes nothing.
 
 Restart-safe: every step is idempotent; the nft tables are loaded whole once, atomically,
-then changed by their differences (muxlab.model.nfttable), so
+then changed by their differences (muxlab.datapath.nfttable), so
 conntrack's NAT bindings (established flows) survive a restart of the agent. With every
 manager unreachable it keeps its data path and goes on probing; it reports when one answers."""
 from __future__ import annotations
@@ -17,10 +17,10 @@ import time
 
 from pyroute2 import IPRoute
 
-from muxlab.model.compiled import Services
-from muxlab.model.conventions import RULE_PRIORITY, dip_mark, vxlan_ifname
-from muxlab.model.fabric import Lab, load_lab
-from muxlab.model.render import node_plan
+from muxlab.datapath.conventions import HOST_BRIDGE, HOST_TABLE, MGMT_IF, RULE_PRIORITY, dip_mark, vxlan_ifname
+from muxlab.fabric.lab import Lab, load_lab
+from muxlab.fabric.render import node_plan
+from muxlab.lb.facts import Facts
 from muxlab.node.desired import FACT_COLUMNS, FactsReader, mtu_remedies, nb_cfg, own_rows, watch
 from muxlab.node.liveness import Beacon
 from muxlab.node.kernel import (PolicyRoute, ensure_bridge_ports, ensure_vxlan, interface_networks, nft_converge,
@@ -39,18 +39,18 @@ QUIET = ([("Backend_Health", c) for c in ("host", "vm", "probe", "up", "reason",
          + [("Chassis", c) for c in ("nb_cfg", "synced_at", "snat_usage")])
 
 
-def desired(fabric: Lab, svc: Services, me: str, remedies: frozenset[str], management: tuple[str, ...] = ()) -> tuple:
+def desired(fabric: Lab, facts: Facts, me: str, remedies: frozenset[str], management: tuple[str, ...] = ()) -> tuple:
     host = fabric.host(me)
     dev = vxlan_ifname(fabric.vni)
-    routes = tuple(PolicyRoute(dip_mark(vm.ip), str(vm.ip), datapath.BRIDGE, dev) for vm in fabric.vms_on(me))
+    routes = tuple(PolicyRoute(dip_mark(vm.ip), str(vm.ip), HOST_BRIDGE, dev) for vm in fabric.vms_on(me))
     return ((dev, fabric.vni, str(host.address), fabric.overlay_mtu), routes,
-            datapath.tables(fabric, svc, me, remedies, management))
+            datapath.tables(fabric, facts, me, remedies, management))
 
 
 def management_networks() -> tuple[str, ...]:
     """The management interface's networks (eth0, Docker's): no VM may reach them."""
     with IPRoute() as ipr:
-        return interface_networks(ipr, datapath.MANAGEMENT)
+        return interface_networks(ipr, MGMT_IF)
 
 
 def apply(state: tuple, before: tuple | None) -> str:
@@ -83,11 +83,11 @@ def reason(st) -> str:
 class HostAgent:
     def __init__(self, me: str, fabric: Lab, db: Db):
         self.me, self.fabric, self.db = me, fabric, db
-        self.facts = FactsReader()
+        self.reader = FactsReader()
         self.prober = Prober()
         self.targets: dict = {}
         self.applied = None
-        self.svc: Services | None = None
+        self.facts: Facts | None = None
         self.ports = node_plan(fabric, me).bridge[1]  # the VM-facing ports of this host's vswitch
         self.management = management_networks()
         self.metadata = imds.Metadata(fabric, me)   # what this host's IMDS answers its VMs
@@ -98,42 +98,42 @@ class HostAgent:
         self.snat_seen: tuple[int | None, set] = (None, set())   # (snat_new counter, ports in use) at the last look
 
     def converge(self) -> None:
-        svc = self.facts.read(self.db)
+        facts = self.reader.read(self.db)
         remedies = mtu_remedies(self.db, self.fabric)
-        if svc is self.svc and remedies == self.remedies:
+        if facts is self.facts and remedies == self.remedies:
             return
         self.remedies = remedies
-        self.metadata.update(svc)
-        want = desired(self.fabric, svc, self.me, remedies, self.management)
+        self.metadata.update(facts)
+        want = desired(self.fabric, facts, self.me, remedies, self.management)
         if want != self.applied:
             how = apply(want, self.applied)
             self.applied = want
-            newly = set(map(str, svc.hairpin_snat_vips)) - set(map(str, self.svc.hairpin_snat_vips if self.svc else ()))
+            newly = set(map(str, facts.hairpin_snat_vips)) - set(map(str, self.facts.hairpin_snat_vips if self.facts else ()))
             if newly:
                 forget_self_mapped(newly, [str(vm.ip) for vm in self.fabric.vms_on(self.me)])
                 print(f"[host-agent {self.me}] hairpin SNAT on for {sorted(newly)}: self-mapped flows forgotten", flush=True)
-            print(f"[host-agent {self.me}] data path programmed ({len(datapath.local_rules(self.fabric, svc, self.me))} "
+            print(f"[host-agent {self.me}] data path programmed ({len(datapath.local_rules(self.fabric, facts, self.me))} "
                   f"local rule bindings; {how})", flush=True)
-        self.targets = probe_targets(self.fabric, svc, self.me)
+        self.targets = probe_targets(self.fabric, facts, self.me)
         self.prober.sync(self.targets)
-        self.svc = svc
+        self.facts = facts
 
     def replug(self) -> None:
         if any(os.path.exists(f"/sys/class/net/{p}") and not os.path.exists(f"/sys/class/net/{p}/master") for p in self.ports):
             with IPRoute() as ipr:
-                fixed = ensure_bridge_ports(ipr, datapath.BRIDGE, self.ports)
+                fixed = ensure_bridge_ports(ipr, HOST_BRIDGE, self.ports)
             if fixed:
-                print(f"[host-agent {self.me}] re-attached {fixed} to {datapath.BRIDGE}", flush=True)
+                print(f"[host-agent {self.me}] re-attached {fixed} to {HOST_BRIDGE}", flush=True)
 
     def usage(self) -> str:
         """Outbound SNAT of this host's VMs, as JSON: per VM its VIP, range, the ports its
         connections hold now (conntrack) and the connections refused for want of one.
         conntrack is listed only when it can have changed: while no connection was NATed
         since the last look and none was held then, nothing can be held now."""
-        snats = [x for x in (self.svc.snat if self.svc else ()) if x.vm in {vm.name for vm in self.fabric.vms_on(self.me)}]
+        snats = [x for x in (self.facts.snat if self.facts else ()) if x.vm in {vm.name for vm in self.fabric.vms_on(self.me)}]
         if not snats:
             return ""
-        counters = nft_counters(datapath.TABLE)
+        counters = nft_counters(HOST_TABLE)
         new = counters.get(datapath.SNAT_NEW)
         if new is None or new != self.snat_seen[0] or self.snat_seen[1]:
             self.snat_seen = (new, snat_ports_in_use())

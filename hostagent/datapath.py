@@ -11,7 +11,7 @@ Replies from the VM are un-NATed by conntrack (source becomes the VIP) and route
 edge by the host's default route: Direct Server Return, never through a MUX.
 
 Outbound (a VM's own connections to the internet): source-NAT to its VIP and port range
-(muxlab.model.allocation); a connection beyond the range's room towards one destination is
+(muxlab.lb.allocation); a connection beyond the range's room towards one destination is
 refused and counted per VM (snat_exhausted_<vm>). Replies come back through any MUX.
 The management interface (eth0, Docker's) is the platform's, never the tenants': nothing
 from a VM is forwarded out of it or delivered to the host's management addresses (counted:
@@ -22,7 +22,7 @@ whose state expired is answered with a TCP reset (enableTcpReset) or dropped, on
 
 As data (`tables`): the rules name sets and maps only, and every per-VIP, per-rule and
 per-VM fact is an element, so the agent changes a loaded table with a few element lines
-(muxlab.model.nfttable.update). Besides the sets of addresses:
+(muxlab.datapath.nfttable.update). Besides the sets of addresses:
   nat_rules      mark . VIP . proto . port -> DIP . backend port (DNAT)
   floating_rules mark . VIP . proto . port (delivered untouched)
   idle_rules     VIP . proto . port -> jump timeout_<proto>_<s>, the chain setting its ct timeout
@@ -38,16 +38,11 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from muxlab.model import nfttable
-from muxlab.model.compiled import Services
-from muxlab.model.conventions import LIVENESS_PORT, ct_timeout_object, dip_mac, dip_mark, vxlan_ifname
-from muxlab.model.fabric import Lab
-
-TABLE = "muxlab_host"
-OVERLAY_TABLE = "muxlab_overlay"
-BRIDGE = "br0"
-UPLINK = "eth1"
-MANAGEMENT = "eth0"   # Docker's interface on the management network
+from muxlab.datapath import nfttable
+from muxlab.datapath.conventions import (HOST_BRIDGE, HOST_TABLE, LIVENESS_PORT, MGMT_IF, OVERLAY_TABLE, UPLINK_IF, VXLAN_PORT,
+                                         ct_timeout_object, dip_mac, dip_mark, vxlan_ifname)
+from muxlab.fabric.lab import Lab
+from muxlab.lb.facts import Facts
 
 
 def _ident(vm: str) -> str:
@@ -81,31 +76,31 @@ class Binding:
                 else f"{self.dip} . {self.protocol} . {self.backend_port}")
 
 
-def local_bindings(fabric: Lab, svc: Services, host: str) -> list[Binding]:
+def local_bindings(fabric: Lab, facts: Facts, host: str) -> list[Binding]:
     """Every binding served here. Every pool member counts, in rotation or not: a backend
     out of rotation still serves the flows the MUXes have pinned to it."""
     local = {vm.name for vm in fabric.vms_on(host)}
     out = {Binding(str(r.vip), r.protocol, r.port, b.ip, r.backend_port, r.floating_ip, r.idle_s, r.tcp_reset)
-           for r in svc.rules for b in r.backends if b.vm in local}
+           for r in facts.rules for b in r.backends if b.vm in local}
     out |= {Binding(str(n.vip), n.protocol, n.port, n.ip, n.backend_port, n.floating_ip, n.idle_s, n.tcp_reset)
-            for n in svc.nat_ports if n.vm in local}
+            for n in facts.nat_ports if n.vm in local}
     return sorted(out, key=lambda x: (x.vip, x.protocol, x.port, x.dip))
 
 
-def local_rules(fabric: Lab, svc: Services, host: str) -> list[tuple[int, str, str, int, str, int, bool]]:
+def local_rules(fabric: Lab, facts: Facts, host: str) -> list[tuple[int, str, str, int, str, int, bool]]:
     """(mark, vip, proto, port, dip, backend_port, floating) for every binding served here."""
-    return rules_of(local_bindings(fabric, svc, host))
+    return rules_of(local_bindings(fabric, facts, host))
 
 
 def rules_of(bindings: list[Binding]) -> list[tuple[int, str, str, int, str, int, bool]]:
     return sorted({(dip_mark(b.dip), b.vip, b.protocol, b.port, b.dip, b.backend_port, b.floating_ip) for b in bindings})
 
 
-def tables(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] | None = None,
+def tables(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | None = None,
            management: tuple[str, ...] = ()) -> tuple[nfttable.Table, nfttable.Table]:
     """The host's data path as data: the overlay table (netdev, on the VXLAN device) and the
     host table (ip). An agent loads each whole once, then only its differences
-    (muxlab.model.nfttable.update): every per-VIP, per-rule and per-VM fact is an element of a
+    (muxlab.datapath.nfttable.update): every per-VIP, per-rule and per-VM fact is an element of a
     set or map, so a backend, a NAT port, a SNAT range or a hairpin VIP coming or going is an
     element change, not a rewrite of a chain. What a VM newly given outbound SNAT needs
     besides elements is declared, not rewritten: its counter, its connection-count set and
@@ -113,13 +108,13 @@ def tables(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] | Non
     MTU remedies the forward chain's).
 
     `management`: the host's management addresses or networks (eth0's), which no VM may reach."""
-    return overlay_table(fabric, host), host_table(fabric, svc, host, remedies, management)
+    return overlay_table(fabric, host), host_table(fabric, facts, host, remedies, management)
 
 
-def render_nft(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] | None = None,
+def render_nft(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | None = None,
                management: tuple[str, ...] = ()) -> str:
     """Both tables whole, as one nft script (one transaction)."""
-    return "".join(t.render() for t in tables(fabric, svc, host, remedies, management))
+    return "".join(t.render() for t in tables(fabric, facts, host, remedies, management))
 
 
 def overlay_table(fabric: Lab, host: str) -> nfttable.Table:
@@ -144,17 +139,17 @@ def snat_chain(vm: str) -> str:
     return "snat_limit_" + _ident(vm)
 
 
-def host_table(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] | None = None,
+def host_table(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | None = None,
                management: tuple[str, ...] = ()) -> nfttable.Table:
     remedies = fabric.mtu_remedies if remedies is None else remedies
     management = tuple(str(n) for n in ipaddress.collapse_addresses(
         ipaddress.IPv4Network(m, strict=False) for m in management))   # an interval set takes no overlaps
     dev = vxlan_ifname(fabric.vni)
     vms = fabric.vms_on(host)
-    bindings = local_bindings(fabric, svc, host)
+    bindings = local_bindings(fabric, facts, host)
     rules = rules_of(bindings)
     local_names = {vm.name for vm in vms}
-    snats = [x for x in svc.snat if x.vm in local_names]
+    snats = [x for x in facts.snat if x.vm in local_names]
     # (protocol, idle seconds) -> the VIP . proto . port keys of bindings with that timeout
     timeouts: dict[tuple[str, int], set[str]] = {}
     for b in bindings:
@@ -183,11 +178,11 @@ def host_table(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] |
         "floating_rules": nfttable.Set("set", "type mark . ipv4_addr . inet_proto . inet_service;",
                                        members(f"{m:#010x} . {vip} . {p} . {port}"
                                                for m, vip, p, port, dip, bport, fip in rules if fip)),
-        "vips": nfttable.Set("set", "type ipv4_addr;", members(str(v) for v in svc.vips)),
+        "vips": nfttable.Set("set", "type ipv4_addr;", members(str(v) for v in facts.vips)),
         "lab_space": nfttable.Set("set", "type ipv4_addr; flags interval;", members([str(fabric.vnet), str(fabric.public_vips)])),
         "backend_ends": nfttable.Set("set", addr_tuple, members(sorted(every_end))),
         "reset_ends": nfttable.Set("set", addr_tuple, members(sorted(reset_end))),
-        "hairpin_vips": nfttable.Set("set", "type ipv4_addr;", members(str(v) for v in svc.hairpin_snat_vips)),
+        "hairpin_vips": nfttable.Set("set", "type ipv4_addr;", members(str(v) for v in facts.hairpin_snat_vips)),
         "self_pairs": nfttable.Set("set", "type ipv4_addr . ipv4_addr;", members(f"{vm.ip} . {vm.ip}" for vm in vms)),
         "management": nfttable.Set("set", "type ipv4_addr; flags interval;", members(management)),
         # (VIP, protocol, port) of a binding -> the chain giving its flows their idle timeout
@@ -205,7 +200,7 @@ def host_table(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] |
     sets |= {f"{counter_name(x.vm)}_use": nfttable.Set("set", f"{addr_tuple[:-1]}; flags dynamic; size 65535;") for x in snats}
 
     mss = fabric.overlay_mss
-    clamp = ((f'iifname "{BRIDGE}" tcp flags & (syn | ack) == syn | ack tcp option maxseg size > {mss} '
+    clamp = ((f'iifname "{HOST_BRIDGE}" tcp flags & (syn | ack) == syn | ack tcp option maxseg size > {mss} '
               f"tcp option maxseg size set {mss}",) if "mss-clamp" in remedies else ())
     expired = "ct state new tcp flags & (syn | rst) == 0"
     gateway = fabric.host(host).vm_gateway.ip
@@ -214,44 +209,44 @@ def host_table(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] |
         # a MUX to a VM here. Tracked on the way out, the return (same tuple) would match that
         # entry and skip the NAT; so it is tracked, and NATed, only on the way back.
         "raw": nfttable.Chain("type filter hook prerouting priority raw; policy accept;", (
-            f'iifname "{BRIDGE}" ip daddr @vips notrack return',
+            f'iifname "{HOST_BRIDGE}" ip daddr @vips notrack return',
             # The replies to such a call come straight from the serving host (DSR), source VIP.
             # Tracked, each would leave an entry VIP:80 -> VM:port behind, whose reply direction
             # is the VM's next call from that port: that call's SYN would then skip its NAT.
-            f'iifname "{UPLINK}" ip saddr @vips notrack return')),
+            f'iifname "{UPLINK_IF}" ip saddr @vips notrack return')),
         # idle timeouts attach to a new entry before it is confirmed: after conntrack made it
         # (priority -200), which is why they are not in the raw chain above
         "timeouts": nfttable.Chain("type filter hook prerouting priority mangle; policy accept;", (
             f'iifname "{dev}" ip daddr . meta l4proto . th dport vmap @idle_rules',
-            f'iifname "{BRIDGE}" ip daddr != @lab_space ip saddr . meta l4proto vmap @snat_idle')),
+            f'iifname "{HOST_BRIDGE}" ip daddr != @lab_space ip saddr . meta l4proto vmap @snat_idle')),
         "input": nfttable.Chain("type filter hook input priority filter; policy accept;", (
-            "udp dport 4789 ip saddr != @muxes counter name spoofed_vxlan drop",
-            f'iifname "{BRIDGE}" ip daddr @management counter name to_management drop')),
+            f"udp dport {VXLAN_PORT} ip saddr != @muxes counter name spoofed_vxlan drop",
+            f'iifname "{HOST_BRIDGE}" ip daddr @management counter name to_management drop')),
         "prerouting": nfttable.Chain("type nat hook prerouting priority dstnat; policy accept;", (
             f'iifname "{dev}" dnat ip to meta mark . ip daddr . meta l4proto . th dport map @nat_rules',)),
         "forward": nfttable.Chain("type filter hook forward priority filter; policy accept;", (
             # a VM never reaches the management network, whatever route the host has to it
-            f'iifname "{BRIDGE}" oifname "{MANAGEMENT}" counter name to_management drop',
-            f'iifname "{BRIDGE}" ip daddr @management counter name to_management drop',
+            f'iifname "{HOST_BRIDGE}" oifname "{MGMT_IF}" counter name to_management drop',
+            f'iifname "{HOST_BRIDGE}" ip daddr @management counter name to_management drop',
             # host liveness is the hosts' own word to the MUXes (muxlab.node.liveness): no VM may forge it
-            f'iifname "{BRIDGE}" udp dport {LIVENESS_PORT} counter name forged_beacon drop',
+            f'iifname "{HOST_BRIDGE}" udp dport {LIVENESS_PORT} counter name forged_beacon drop',
             # a packet of a flow whose state expired (idle timeout): a reset, or nothing
             f'iifname "{dev}" {expired} ip daddr . meta l4proto . th dport @reset_ends counter name idle_reset reject with tcp reset',
             f'iifname "{dev}" {expired} counter name idle_drop drop',
-            f'iifname "{BRIDGE}" {expired} ip saddr . meta l4proto . th sport @reset_ends counter name idle_reset reject with tcp reset',
-            f'iifname "{BRIDGE}" {expired} ip saddr . meta l4proto . th sport @backend_ends counter name idle_drop drop',
+            f'iifname "{HOST_BRIDGE}" {expired} ip saddr . meta l4proto . th sport @reset_ends counter name idle_reset reject with tcp reset',
+            f'iifname "{HOST_BRIDGE}" {expired} ip saddr . meta l4proto . th sport @backend_ends counter name idle_drop drop',
             *clamp,
             f'iifname "{dev}" ct status dnat accept',
             f'iifname "{dev}" ct direction reply ct status snat accept',
             f'iifname "{dev}" meta mark . ip daddr . meta l4proto . th dport @floating_rules accept',
             f'iifname "{dev}" counter name no_rule drop',
             # the last rule: a VM's new outbound connection, checked in its own chain
-            f'iifname "{BRIDGE}" oifname "{UPLINK}" ip daddr != @lab_space ct state new ip saddr vmap @snat_limits')),
+            f'iifname "{HOST_BRIDGE}" oifname "{UPLINK_IF}" ip daddr != @lab_space ct state new ip saddr vmap @snat_limits')),
         "postrouting": nfttable.Chain("type nat hook postrouting priority srcnat; policy accept;", (
             # hairpin fix 2 (hairpinSnat): a flow mapped back to the VM that sent it leaves this
             # host with the host's address as source, so the VM answers through the host
-            f'oifname "{BRIDGE}" ct original ip daddr @hairpin_vips ip saddr . ip daddr @self_pairs snat ip to {gateway}',
-            f'oifname "{UPLINK}" ip daddr != @lab_space meta l4proto {{ tcp, udp }} counter name {SNAT_NEW} snat ip to ip saddr . meta l4proto map @snat_ranges')),
+            f'oifname "{HOST_BRIDGE}" ct original ip daddr @hairpin_vips ip saddr . ip daddr @self_pairs snat ip to {gateway}',
+            f'oifname "{UPLINK_IF}" ip daddr != @lab_space meta l4proto {{ tcp, udp }} counter name {SNAT_NEW} snat ip to ip saddr . meta l4proto map @snat_ranges')),
     }
     chains |= {timeout_chain(p, idle): nfttable.Chain("", (f'ct timeout set "idle_{p}_{idle}"',)) for p, idle in classes}
     for x in snats:
@@ -263,4 +258,4 @@ def host_table(fabric: Lab, svc: Services, host: str, remedies: frozenset[str] |
         chains[snat_chain(x.vm)] = nfttable.Chain("", tuple(
             f"meta l4proto {p} add @{c}_use {{ ip daddr . meta l4proto . th dport ct count over {x.ports} }} "
             f"counter name {c} {'reject with tcp reset' if p == 'tcp' else 'reject'}" for p in x.protocols))
-    return nfttable.Table("ip", TABLE, objects, sets, chains)
+    return nfttable.Table("ip", HOST_TABLE, objects, sets, chains)

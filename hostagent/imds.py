@@ -1,5 +1,5 @@
 """The host's Instance Metadata Service: HTTP on 169.254.169.254:80, on the host's bridge, for
-its own VMs only, as Azure's hosts serve it (documents: muxlab.model.metadata).
+its own VMs only, as Azure's hosts serve it (documents: muxlab.lb.metadata).
 
 As Azure's:
 - a request without the header `Metadata: true` gets 400, and so does one carrying
@@ -24,10 +24,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from muxlab.model import metadata
-from muxlab.model.compiled import Services
-from muxlab.model.conventions import IMDS_ADDRESS, IMDS_PORT
-from muxlab.model.fabric import Lab
+from muxlab.datapath.conventions import IMDS_ADDRESS, IMDS_PORT
+from muxlab.fabric.lab import Lab
+from muxlab.lb import metadata
+from muxlab.lb.facts import Facts
 
 IP_FREEBIND = 15   # linux/in.h: bind before the address is on the bridge (the agent may start first)
 NEWEST = list(reversed(metadata.API_VERSIONS[-3:]))
@@ -41,7 +41,7 @@ def etag(body: str) -> str:
 
 
 class Metadata:
-    """What the service answers, from the fabric and the latest compiled Services.
+    """What the service answers, from the fabric and the latest facts.
 
     A muxlab extension Azure's IMDS does not have, so that an idle guest costs nothing: every
     document carries an ETag, and a request with `If-None-Match: <that tag>` and the query
@@ -51,15 +51,15 @@ class Metadata:
 
     def __init__(self, fabric: Lab, host: str):
         self.fabric, self.host = fabric, host
-        self.svc: Services | None = None
-        # per VM: (the Services its last load-balancer document came from, when it asked)
-        self.fetched: dict[str, tuple[Services, float]] = {}
+        self.facts: Facts | None = None
+        # per VM: (the facts its last load-balancer document came from, when it asked)
+        self.fetched: dict[str, tuple[Facts, float]] = {}
         self.waiting: dict[str, int] = {}   # VMs with a request held, and how many
         self.changed = threading.Condition()
 
-    def update(self, svc: Services) -> None:
+    def update(self, facts: Facts) -> None:
         with self.changed:
-            self.svc = svc   # immutable: a request in flight keeps the one it read
+            self.facts = facts   # immutable: a request in flight keeps the one it read
             self.changed.notify_all()
 
     def behind(self, now: float, alive_s: float = 3.0) -> list[str]:
@@ -67,8 +67,8 @@ class Metadata:
         read the current document yet: until they have, this host has not applied the
         configuration (as a guest agent's goal state in Azure). A VM whose application
         stopped asking holds nothing up."""
-        return sorted(vm for vm, (svc, at) in self.fetched.items()
-                      if svc is not self.svc and (now - at <= alive_s or self.waiting.get(vm)))
+        return sorted(vm for vm, (facts, at) in self.fetched.items()
+                      if facts is not self.facts and (now - at <= alive_s or self.waiting.get(vm)))
 
     def answer(self, method: str, target: str, headers: dict[str, str], source: str) -> tuple[int, str, str]:
         """(status, content type, body) for one request; headers with lower-case names."""
@@ -92,9 +92,9 @@ class Metadata:
                 self.waiting[vm.name] = self.waiting.get(vm.name, 0) + 1
                 try:
                     while True:
-                        svc = self.svc
+                        facts = self.facts
                         self.changed.wait(max(0.0, deadline - time.monotonic()))
-                        if self.svc is not svc:
+                        if self.facts is not facts:
                             break
                         if time.monotonic() >= deadline:
                             return 304, ctype, "", {"ETag": tag}
@@ -134,14 +134,14 @@ class Metadata:
         vm = metadata.caller(self.fabric, self.host, source)
         if vm is None:
             return error(403, f"Forbidden. {source} is not a VM on {self.host}")
-        svc = self.svc
-        if parts[1] == "loadbalancer" and svc is None:
+        facts = self.facts
+        if parts[1] == "loadbalancer" and facts is None:
             return error(503, "Service unavailable. Load balancer metadata is not known yet")
-        svc = svc or Services()
+        facts = facts or Facts()
         doc = (metadata.instance_document if parts[1] == "instance" else metadata.loadbalancer_document)(
-            self.fabric, svc, vm.name)
+            self.fabric, facts, vm.name)
         if parts[1] == "loadbalancer":
-            self.fetched[vm.name] = (svc, time.monotonic())
+            self.fetched[vm.name] = (facts, time.monotonic())
         try:
             node = metadata.select(doc, parts[2:])
         except KeyError:

@@ -13,9 +13,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from muxlab.model.compiled import Probe, Services
-from muxlab.model.conventions import PLATFORM_ADDRESS
-from muxlab.model.fabric import Lab
+from muxlab.datapath.conventions import PLATFORM_ADDRESS
+from muxlab.fabric.lab import Lab
+from muxlab.lb.facts import Facts, Probe
 
 
 @dataclass
@@ -99,11 +99,11 @@ class Prober:
         return out
 
 
-def probe_targets(fabric: Lab, svc: Services, host: str) -> dict[tuple[str, str], tuple[Probe, str]]:
+def probe_targets(fabric: Lab, facts: Facts, host: str) -> dict[tuple[str, str], tuple[Probe, str]]:
     """(VM, probe key) -> (probe, DIP) for every probe a rule attaches to a VM on this host."""
     local = {vm.name for vm in fabric.vms_on(host)}
     out = {}
-    for rule in svc.rules:
+    for rule in facts.rules:
         if rule.probe:
             for b in rule.backends:
                 if b.vm in local:

@@ -20,7 +20,7 @@
 Every write is validated whole and is one OVSDB transaction; a rejected request answers 4xx
 with Azure's error shape, each detail naming the field path and value, and changes nothing.
 Served by every manager over HTTPS (uvicorn, port 8080 on its management address; its
-certificate names the manager and is signed by the lab's CA: muxlab.model.conventions PKI_*).
+certificate names the manager and is signed by the lab's CA: muxlab.datapath.conventions PKI_*).
 
 Input rules, checked before any body is parsed or any state is read:
 - Authentication: every path but the OpenAPI document (/openapi.json, /docs, /redoc) needs
@@ -37,7 +37,7 @@ Input rules, checked before any body is parsed or any state is read:
   a letter, digit or '_'. Another name is 400 (InvalidResourceName for the URL's) naming the
   parameter or field and the value.
 
-A Load_Balancer row written around the API that the API would refuse (muxlab.model.rows) is
+A Load_Balancer row written around the API that the API would refuse (muxlab.lb.rows) is
 skipped by every reader and listed in GET /status `invalid` [{name, reason}]; GET of it
 answers 409 StoredLoadBalancerInvalid with the reason, DELETE removes it, PUT replaces it.
 """
@@ -59,9 +59,9 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 
-from muxlab.model.conventions import API_PORT, API_TOKEN, NODE_CERT, NODE_KEY, PKI_DIR
-from muxlab.model.fabric import ModelError, load_lab
-from muxlab.model.service import (AZURE_NAME, NAME_RULE, BackendAddressPool, InboundNatRule, LoadBalancer, Name,
+from muxlab.datapath.conventions import API_PORT, API_TOKEN, NODE_CERT, NODE_KEY, PKI_DIR, SEED_FILE
+from muxlab.fabric.lab import ModelError, load_lab
+from muxlab.lb.azure import (AZURE_NAME, NAME_RULE, BackendAddressPool, InboundNatRule, LoadBalancer, Name,
                                   canonical, error_message, is_azure_name, json_duplicates,
                                   json_loads_pairs, load_document, loc_path)
 from muxlab.node.ovsdb import DB_NAME, PKI_DIR_ENV, manager_addresses, managers_remote
@@ -70,7 +70,7 @@ from muxlab.node.runtime import FABRIC_PATH
 from .cluster import CTL
 from .store import Store, Unavailable
 
-SEED_FILE = os.environ.get("MUXLAB_SEED", "/etc/muxlab/loadbalancers.yml")
+SEED_PATH = os.environ.get("MUXLAB_SEED", SEED_FILE)
 PKI = os.environ.get(PKI_DIR_ENV, PKI_DIR)   # overrides for tests
 TOKEN_FILE = os.environ.get("MUXLAB_API_TOKEN_FILE", os.path.join(PKI, API_TOKEN))
 MAX_BODY = 1 << 20            # bytes of a request body
@@ -515,10 +515,10 @@ def outbound_snat(name: LbName):
     connections refused because the range was full."""
     snap = snapshot_holding(name)
     fabric = store().fabric
-    svc = snap["facts"]
+    facts = snap["facts"]
     usage = {vm: u for h in snap["hosts"] for vm, u in h["snat_usage"].items()}
     out = []
-    for x in sorted((x for x in svc.snat if x.lb == name), key=lambda x: (str(x.vip), x.lo)):
+    for x in sorted((x for x in facts.snat if x.lb == name), key=lambda x: (str(x.vip), x.lo)):
         u = usage.get(x.vm, {})
         out.append({"name": x.vm, "ipAddress": x.ip, "host": fabric.vm(x.vm).host, "rule": x.rule,
                     "frontendIPAddress": str(x.vip), "protocols": list(x.protocols), "ranges": [[x.lo, x.hi]],
@@ -602,9 +602,9 @@ def seed_in_background() -> None:
     """manager1 stores the lab's initial load balancers the first time the cluster runs."""
     def run():
         try:
-            lbs = load_document(SEED_FILE)
+            lbs = load_document(SEED_PATH)
             if store().seed(lbs):
-                print(f"[manager] stored the initial load balancers from {SEED_FILE}: {', '.join(sorted(lbs))}", flush=True)
+                print(f"[manager] stored the initial load balancers from {SEED_PATH}: {', '.join(sorted(lbs))}", flush=True)
         except Exception as exc:  # the API still serves; `muxlab apply` can store them
             print(f"[manager] could not store the initial load balancers: {exc}", flush=True)
     threading.Thread(target=run, daemon=True).start()
@@ -622,7 +622,7 @@ def main() -> None:
     store()
     from . import rbac   # the agents' Connection row, RBAC role, and their Chassis/Mux rows (agents may not insert them)
     rbac.ensure_in_background(lambda fn: store().call(fn), fabric, create_global=me == fabric.managers[0])
-    if me == fabric.managers[0] and os.path.exists(SEED_FILE):
+    if me == fabric.managers[0] and os.path.exists(SEED_PATH):
         seed_in_background()
     # HTTPS with the manager's own certificate (CN and SAN DNS: its name, signed by the lab's CA)
     uvicorn.run(app, host=addr, port=API_PORT, log_level="warning",

@@ -17,8 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from muxlab.model.conventions import CA_CERT, NODE_CERT, NODE_KEY, PKI_DIR, RAFT_PORT
-from muxlab.model.fabric import load_lab
+from muxlab.datapath.conventions import CA_CERT, NODE_CERT, NODE_KEY, PKI_DIR, RAFT_PORT
+from muxlab.fabric.lab import load_lab
 from muxlab.node.ovsdb import DB_NAME, SCHEMA, manager_addresses
 from muxlab.node.runtime import FABRIC_PATH, RUN_DIR
 

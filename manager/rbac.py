@@ -28,8 +28,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from muxlab.model.conventions import OVSDB_PORT
-from muxlab.model.fabric import Lab
+from muxlab.datapath.conventions import OVSDB_PORT
+from muxlab.fabric.lab import Lab
 from muxlab.node.ovsdb import Db, ok
 
 AGENT_ROLE = "muxlab-agent"

@@ -3,12 +3,12 @@ write. One thread owns the IDL (it is not thread-safe); API handlers hand it wor
 `Store.call` and wait for the answer.
 
 Every write checks the complete resulting set of load balancers against the fabric
-(muxlab.model.lbcheck) before anything is sent; the transaction then verifies that
+(muxlab.lb.check) before anything is sent; the transaction then verifies that
 Global.nb_cfg did not move since the check and bumps it, so two managers writing at once
 cannot both pass a check that only one of them should: the loser retries on fresh data.
 
 The same transaction carries the southbound rows compiled from the result (OVN's northd, run
-inline: muxlab.model.southbound, docs/southbound.md) and Global.southbound_digest, the digest
+inline: muxlab.lb.southbound, docs/southbound.md) and Global.southbound_digest, the digest
 of the Load_Balancer rows they were compiled from. Rows written around the API (ovsdb-client
 by hand) leave the digest behind; whichever manager sees that first compiles again.
 """
@@ -26,14 +26,14 @@ from typing import Any, Callable
 
 import ovs.poller
 
-from muxlab.model import southbound
-from muxlab.model.allocation import allocate
-from muxlab.model.compiled import Services
-from muxlab.model.compiler import compile_each
-from muxlab.model.fabric import Lab, ModelError
-from muxlab.model.lbcheck import allocate_public_ips, check, frontend_addresses
-from muxlab.model.rows import RowReader, Rows
-from muxlab.model.service import LoadBalancer, canonical
+from muxlab.fabric.lab import Lab, ModelError
+from muxlab.lb import southbound
+from muxlab.lb.allocation import allocate
+from muxlab.lb.azure import LoadBalancer, canonical
+from muxlab.lb.check import allocate_public_ips, check, frontend_addresses
+from muxlab.lb.compiler import compile_each
+from muxlab.lb.facts import Facts
+from muxlab.lb.rows import RowReader, Rows
 
 from muxlab.node.ovsdb import Db
 
@@ -61,9 +61,9 @@ class Unavailable(RuntimeError):
 class Store:
     def __init__(self, fabric: Lab, remote: str | None = None):
         self.fabric = fabric
-        self.rows = RowReader(fabric)   # the row rule (muxlab.model.rows)
+        self.rows = RowReader(fabric)   # the row rule (muxlab.lb.rows)
         self.uncompiled: dict[str, str] = {}   # valid rows that do not compile: name -> reason
-        self._read_back: tuple[int, Services] | None = None   # (nb_cfg, the southbound rows read back)
+        self._read_back: tuple[int, Facts] | None = None   # (nb_cfg, the southbound rows read back)
         # This manager's own ovsdb-server, on its unix socket: no RBAC role there (full
         # access), while the agents' ssl: remotes only let a node write its own rows. A
         # follower forwards writes to the leader (the nb_cfg verify in _change_once keeps
@@ -133,19 +133,19 @@ class Store:
         """Why the row `name` was skipped as last read (None: it is not an invalid row); any thread."""
         return self.rows.last.invalid_reason(name) or self.uncompiled.get(name)
 
-    def facts(self, db: Db) -> Services:
+    def facts(self, db: Db) -> Facts:
         """The southbound rows as the agents read them (what the health, SNAT and port-mapping
         answers report), read again only when nb_cfg moved."""
         cfg = db.rows("Global")[0].nb_cfg if db.rows("Global") else 0
         if self._read_back is None or self._read_back[0] != cfg:
-            self._read_back = (cfg, southbound.services_of(southbound.read(db.rows))[0])
+            self._read_back = (cfg, southbound.facts_of(southbound.read(db.rows))[0])
         return self._read_back[1]
 
     # ------------------------------------------------------------ southbound (DB thread)
 
     def _southbound(self, lbs: dict[str, LoadBalancer], allocations: dict[str, dict]) -> southbound.Rows:
-        svc, self.uncompiled = compile_each(lbs, self.fabric, allocations)
-        return southbound.rows_of(svc, lambda vm: self.fabric.vm(vm).host)
+        facts, self.uncompiled = compile_each(lbs, self.fabric, allocations)
+        return southbound.rows_of(facts, lambda vm: self.fabric.vm(vm).host)
 
     @staticmethod
     def _write_southbound(db: Db, txn, want: southbound.Rows) -> int:

@@ -11,24 +11,23 @@ from __future__ import annotations
 import json
 import socket
 import time
-from pathlib import PurePath
 
 from pyroute2 import IPRoute
 
-from muxlab.model.compiled import Services
-from muxlab.model.conventions import MAGLEV_TABLES_FILE, RULE_PRIORITY, maglev_report, vxlan_ifname
-from muxlab.model.fabric import Lab, load_lab
+from muxlab.datapath.conventions import (ANNOUNCE_FILE, MAGLEV_TABLES_FILE, RULE_PRIORITY, UPLINK_IF, maglev_report,
+                                         vxlan_ifname)
+from muxlab.fabric.lab import Lab, load_lab
+from muxlab.lb.facts import Facts
 from muxlab.node.desired import FACT_COLUMNS, FactsReader, mtu_remedies, nb_cfg, watch
 from muxlab.node.kernel import PolicyRoute, ensure_vxlan, nft_converge, reconcile_blackholes, reconcile_policy_routes
 from muxlab.node.liveness import Listener
 from muxlab.node.ovsdb import Db, managers_remote, ok
-from muxlab.node.runtime import FABRIC_PATH, RUN_DIR, write_atomic
+from muxlab.node.runtime import FABRIC_PATH, run_path, write_atomic
 
 from . import datapath
 
-ANNOUNCE_FILE = RUN_DIR / "announce.json"
-TABLES_FILE = RUN_DIR / PurePath(MAGLEV_TABLES_FILE).name   # where the operator's tools read it
-UPLINK = "eth1"  # the MUX's link to the edge (muxlab.model.render.links)
+ANNOUNCE_PATH = run_path(ANNOUNCE_FILE)
+TABLES_PATH = run_path(MAGLEV_TABLES_FILE)   # where the operator's tools read it
 
 TABLES = {**FACT_COLUMNS, "Backend_Health": ["host", "vm", "probe", "up"],
           "Mux": ["name", "drained", "nb_cfg", "synced_at", "tables_digest", "announced", "dead_hosts"]}
@@ -36,13 +35,13 @@ TABLES = {**FACT_COLUMNS, "Backend_Health": ["host", "vm", "probe", "up"],
 QUIET = [("Mux", c) for c in ("nb_cfg", "synced_at", "tables_digest", "announced", "dead_hosts")]
 
 
-def desired(fabric: Lab, me: str, svc: Services, svcs: list[datapath.Service], remedies: frozenset[str]) -> tuple:
+def desired(fabric: Lab, me: str, facts: Facts, tables: list[datapath.RuleTable], remedies: frozenset[str]) -> tuple:
     mux = next(m for m in fabric.muxes if m.name == me)
     dev = vxlan_ifname(fabric.vni)
-    routes = tuple(PolicyRoute(r.mark, r.dip, dev, UPLINK, r.mac, r.host_vtep) for r in datapath.dip_routes(fabric))
-    blackholes = tuple(f"{v}/32" for v in svc.vips)
+    routes = tuple(PolicyRoute(r.mark, r.dip, dev, UPLINK_IF, r.mac, r.host_vtep) for r in datapath.dip_routes(fabric))
+    blackholes = tuple(f"{v}/32" for v in facts.vips)
     return ((dev, fabric.vni, str(mux.address), fabric.overlay_mtu), routes, blackholes,
-            datapath.ruleset(fabric, svc, svcs, remedies))
+            datapath.ruleset(fabric, facts, tables, remedies))
 
 
 def apply(state: tuple, before: tuple | None) -> str:
@@ -62,26 +61,26 @@ def apply(state: tuple, before: tuple | None) -> str:
     return nft_converge(table, old[3], lambda line: print(f"[mux-agent] {line}", flush=True))
 
 
-def tables_report(svcs: list[datapath.Service], before: dict | None) -> dict:
+def tables_report(tables: list[datapath.RuleTable], before: dict | None) -> dict:
     """The report of the tables just programmed; a map keeps the change time `before` gave it
     while its buckets stay the same."""
     now = time.time()
-    maps = {s.table_name: list(s.table) for s in svcs}
+    maps = {s.table_name: list(s.table) for s in tables}
     old_maps, old_changed = (before or {}).get("maps", {}), (before or {}).get("changed_at", {})
     changed_at = {n: old_changed[n] if old_maps.get(n) == t and n in old_changed else now for n, t in maps.items()}
-    return maglev_report({s.rule.key: s.table_name for s in svcs}, maps, changed_at, now)
+    return maglev_report({s.rule.key: s.table_name for s in tables}, maps, changed_at, now)
 
 
 class MuxAgent:
     def __init__(self, me: str, fabric: Lab, db: Db, liveness: Listener):
         self.me, self.fabric, self.db = me, fabric, db
-        self.facts = FactsReader()
+        self.reader = FactsReader()
         self.liveness = liveness
         self.inputs = None            # what the last computation was made from
         self.applied = None
         self.announced: list[str] | None = None
         self.digest = ""
-        self.tables: dict | None = None   # the last tables report
+        self.last_report: dict | None = None   # the last tables report
         self.reported: tuple | None = None
 
     def health(self) -> datapath.Health:
@@ -93,23 +92,23 @@ class MuxAgent:
     def step(self) -> None:
         if self.db.connected_since is None:
             return   # never had the facts: program nothing rather than an empty data path
-        svc = self.facts.read(self.db)
+        facts = self.reader.read(self.db)
         health = self.health()
         remedies = mtu_remedies(self.db, self.fabric)
-        inputs = (self.facts.key, tuple(sorted(health.probes.items())), health.dead_hosts, health.drained, remedies)
+        inputs = (self.reader.key, tuple(sorted(health.probes.items())), health.dead_hosts, health.drained, remedies)
         if inputs != self.inputs:
-            svcs = datapath.services(self.fabric, svc, health)
-            want = desired(self.fabric, self.me, svc, svcs, remedies)
+            tables = datapath.rule_tables(self.fabric, facts, health)
+            want = desired(self.fabric, self.me, facts, tables, remedies)
             if want != self.applied:
                 how = apply(want, self.applied)
                 self.applied = want
-                report = self.tables = tables_report(svcs, self.tables)
+                report = self.last_report = tables_report(tables, self.last_report)
                 self.digest = report["digest"]
-                write_atomic(TABLES_FILE, json.dumps(report, sort_keys=True))
+                write_atomic(TABLES_PATH, json.dumps(report, sort_keys=True))
                 print(f"[mux-agent {self.me}] data path programmed ({how}; tables {self.digest})", flush=True)
-            vips = datapath.announceable_vips(svcs, health, svc)
+            vips = datapath.announceable_vips(tables, health, facts)
             if vips != self.announced:
-                write_atomic(ANNOUNCE_FILE, json.dumps({"vips": vips, "at": time.time()}))
+                write_atomic(ANNOUNCE_PATH, json.dumps({"vips": vips, "at": time.time()}))
                 self.announced = vips
                 print(f"[mux-agent {self.me}] announcing {vips}", flush=True)
             self.inputs = inputs

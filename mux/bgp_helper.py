@@ -14,11 +14,10 @@ import subprocess
 import sys
 import time
 
-from muxlab.node.runtime import RUN_DIR
+from muxlab.datapath.conventions import ANNOUNCE_FILE, MUX_TABLE
+from muxlab.node.runtime import run_path
 
-from .datapath import TABLE
-
-ANNOUNCE_FILE = RUN_DIR / "announce.json"
+ANNOUNCE_PATH = run_path(ANNOUNCE_FILE)
 
 
 PRESENCE_EVERY_S = 5.0   # a data path flushed by hand withdraws the VIPs within this (an nft run each time)
@@ -47,7 +46,7 @@ def stamp() -> int | None:
     """The announce file's change time (it is replaced whole, atomically): read it again only
     when this moves."""
     try:
-        st = ANNOUNCE_FILE.stat()
+        st = ANNOUNCE_PATH.stat()
         return st.st_mtime_ns ^ st.st_ino
     except FileNotFoundError:
         return None
@@ -55,7 +54,7 @@ def stamp() -> int | None:
 
 def wanted() -> set[str] | None:
     try:
-        return set(json.loads(ANNOUNCE_FILE.read_text())["vips"])
+        return set(json.loads(ANNOUNCE_PATH.read_text())["vips"])
     except FileNotFoundError:
         return set()
     except (OSError, ValueError, KeyError):
@@ -65,7 +64,7 @@ def wanted() -> set[str] | None:
 def datapath_present() -> bool:
     """The MUX's table is in the kernel (names only: listing its sets costs as much as they hold)."""
     out = subprocess.run(["nft", "list", "tables", "ip"], capture_output=True, text=True).stdout
-    return f"table ip {TABLE}" in out.splitlines()
+    return f"table ip {MUX_TABLE}" in out.splitlines()
 
 
 def main() -> None:

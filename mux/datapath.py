@@ -6,7 +6,7 @@ Per packet (all in the kernel, see docs/datapath.md):
               first non-SYN packet on.
   prerouting: an internal frontend (a VIP inside the VNet) refuses any source outside the
               VNet first (ilb_not_vnet). A packet of a pinned flow takes its DIP from the
-              conntrack mark; otherwise (VIP, proto, port) picks the service, jhash(fields)
+              conntrack mark; otherwise (VIP, proto, port) picks the rule, jhash(fields)
               mod M picks a Maglev bucket, and the bucket's DIP becomes the packet mark (= the
               DIP as a u32).
               The hashed fields are the rule's loadDistribution: Default the 5-tuple,
@@ -24,12 +24,10 @@ import functools
 import hashlib
 from dataclasses import dataclass, field
 
-from muxlab.model import maglev, nfttable
-from muxlab.model.compiled import Backend, Rule, Services
-from muxlab.model.conventions import ct_timeout_object, dip_mac, dip_mark, vxlan_ifname
-from muxlab.model.fabric import Lab
-
-TABLE = "muxlab_mux"
+from muxlab.datapath import maglev, nfttable
+from muxlab.datapath.conventions import MUX_TABLE, ct_timeout_object, dip_mac, dip_mark, vxlan_ifname
+from muxlab.fabric.lab import Lab
+from muxlab.lb.facts import Backend, Facts, Rule
 
 HASH_FIELDS = {
     "Default": "ip saddr . th sport . ip daddr . th dport",
@@ -58,7 +56,8 @@ def in_rotation(fabric: Lab, health: Health, rule: Rule, b: Backend) -> bool:
 
 
 @dataclass(frozen=True)
-class Service:
+class RuleTable:
+    """A rule and the Maglev table this MUX hashes its new flows into, given the health."""
     rule: Rule
     size: int
     table: tuple[str | None, ...]     # Maglev table of VM names (None: no backend in rotation)
@@ -73,9 +72,9 @@ class Service:
         return f"pick_{self.rule.distribution.lower()}_{self.table_name[7:]}"
 
 
-def services(fabric: Lab, svc: Services, health: Health) -> list[Service]:
+def rule_tables(fabric: Lab, facts: Facts, health: Health) -> list[RuleTable]:
     out, computed = [], {}
-    for rule in svc.rules:
+    for rule in facts.rules:
         # Size from the whole pool, not the healthy part: a table that keeps its size only
         # moves the buckets of the backends that left.
         size = fabric.effective_table_size(len(rule.backends))
@@ -85,7 +84,7 @@ def services(fabric: Lab, svc: Services, health: Health) -> list[Service]:
             computed[identity] = (maglev_table(tuple(names), size),
                                   "maglev_" + hashlib.sha1(repr(identity).encode()).hexdigest()[:12])
         table, name = computed[identity]
-        out.append(Service(rule, size, table, name))
+        out.append(RuleTable(rule, size, table, name))
     return out
 
 
@@ -104,46 +103,46 @@ def bucket_elements(table: tuple[str | None, ...], marks: tuple[tuple[str, str],
     return {str(i): mark[vm] for i, vm in enumerate(table) if vm}
 
 
-def announceable_vips(svcs: list[Service], health: Health, svc: Services = Services()) -> list[str]:
+def announceable_vips(tables: list[RuleTable], health: Health, facts: Facts = Facts()) -> list[str]:
     """VIPs this MUX should announce: not drained, and some rule has a backend in rotation,
     or the VIP carries inbound NAT ports or outbound SNAT (their return traffic)."""
     if health.drained:
         return []
-    live = {s.rule.vip for s in svcs if any(s.table)}
-    live |= {n.vip for n in svc.nat_ports} | {s.vip for s in svc.snat}
+    live = {s.rule.vip for s in tables if any(s.table)}
+    live |= {n.vip for n in facts.nat_ports} | {s.vip for s in facts.snat}
     return [f"{v}/32" for v in sorted(live)]
 
 
-def idle_classes(svcs: list[Service]) -> dict[tuple[str, int], list[str]]:
+def idle_classes(tables: list[RuleTable]) -> dict[tuple[str, int], list[str]]:
     """(protocol, idle seconds) -> the (VIP . protocol . port) keys of rules with that idle timeout."""
     out: dict[tuple[str, int], list[str]] = {}
-    for s in svcs:
+    for s in tables:
         out.setdefault((s.rule.protocol, s.rule.idle_s), []).append(f"{s.rule.vip} . {s.rule.protocol} . {s.rule.port}")
     return dict(sorted(out.items()))
 
 
-def ruleset(fabric: Lab, svc: Services, svcs: list[Service], remedies: frozenset[str] | None = None) -> nfttable.Table:
+def ruleset(fabric: Lab, facts: Facts, tables: list[RuleTable], remedies: frozenset[str] | None = None) -> nfttable.Table:
     """The MUX's whole nft table as data: the agent loads it whole once, then only its
-    differences (muxlab.model.nfttable.update)."""
+    differences (muxlab.datapath.nfttable.update)."""
     remedies = fabric.mtu_remedies if remedies is None else remedies
-    classes = idle_classes(svcs)
+    classes = idle_classes(tables)
     objects = {f"counter {c}": f"counter {c} {{}}" for c in (
         "vip_packets", "no_service", "no_backend", "nat_port_packets", "snat_return_packets", "icmp_frag_needed_suppressed",
         "ilb_not_vnet")}
     objects |= {f"ct timeout idle_{proto}_{idle}": ct_timeout_object(proto, idle).strip() for proto, idle in classes}
     sets = {
-        "vips": nfttable.Set("set", "type ipv4_addr;", {str(v): None for v in svc.vips}),
+        "vips": nfttable.Set("set", "type ipv4_addr;", {str(v): None for v in facts.vips}),
         "nat_ports": nfttable.Set("map", "type ipv4_addr . inet_proto . inet_service : mark;",
-                                  {f"{n.vip} . {n.protocol} . {n.port}": f"{dip_mark(n.ip):#010x}" for n in svc.nat_ports}),
+                                  {f"{n.vip} . {n.protocol} . {n.port}": f"{dip_mark(n.ip):#010x}" for n in facts.nat_ports}),
         "snat_returns": nfttable.Set("map", "type ipv4_addr . inet_proto . inet_service : mark; flags interval;",
-                                     {f"{s.vip} . {p} . {s.lo}-{s.hi}": f"{dip_mark(s.ip):#010x}" for s in svc.snat for p in s.protocols}),
+                                     {f"{s.vip} . {p} . {s.lo}-{s.hi}": f"{dip_mark(s.ip):#010x}" for s in facts.snat for p in s.protocols}),
     }
     sets |= {f"idle_{proto}_{idle}_rules": nfttable.Set("set", "type ipv4_addr . inet_proto . inet_service;", dict.fromkeys(keys))
              for (proto, idle), keys in classes.items()}
     sets["services"] = nfttable.Set("map", "type ipv4_addr . inet_proto . inet_service : verdict;",
-                                    {f"{s.rule.vip} . {s.rule.protocol} . {s.rule.port}": f"goto {s.chain}" for s in svcs})
+                                    {f"{s.rule.vip} . {s.rule.protocol} . {s.rule.port}": f"goto {s.chain}" for s in tables})
     marks = tuple((vm.name, f"{dip_mark(vm.ip):#010x}") for vm in fabric.vms)
-    for s in {s.table_name: s for s in svcs}.values():   # a shared table is written once
+    for s in {s.table_name: s for s in tables}.values():   # a shared table is written once
         # a bucket with no backend in rotation has no element: the lookup misses, the packet drops
         sets[s.table_name] = nfttable.Set("map", "typeof numgen inc mod 2 : meta mark;", bucket_elements(s.table, marks))
     chains = {
@@ -169,7 +168,7 @@ def ruleset(fabric: Lab, svc: Services, svcs: list[Service], remedies: frozenset
             "ip daddr . meta l4proto . th dport vmap @services",
             "counter name no_service drop")),
     }
-    for s in svcs:
+    for s in tables:
         chains[s.chain] = nfttable.Chain("", (
             f"meta mark set jhash {HASH_FIELDS[s.rule.distribution]} mod {s.size} seed {fabric.hash_seed:#x} "
             f"map @{s.table_name} ct mark set meta mark accept",
@@ -183,7 +182,7 @@ def ruleset(fabric: Lab, svc: Services, svcs: list[Service], remedies: frozenset
     black_hole = () if "icmp" in remedies else (
         "icmp type destination-unreachable icmp code frag-needed counter name icmp_frag_needed_suppressed drop",)
     chains["output"] = nfttable.Chain("type filter hook output priority filter; policy accept;", black_hole)
-    return nfttable.Table("ip", TABLE, objects, sets, chains)
+    return nfttable.Table("ip", MUX_TABLE, objects, sets, chains)
 
 
 @dataclass(frozen=True)

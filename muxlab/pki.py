@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from muxlab.model.conventions import API_TOKEN, CA_CERT, NODE_CERT, NODE_KEY, OPERATOR, PKI_FOLDER
+from muxlab.datapath.conventions import API_TOKEN, CA_CERT, NODE_CERT, NODE_KEY, OPERATOR, PKI_FOLDER
 
 CA_KEY = "ca.key"
 VALIDITY = datetime.timedelta(days=3650)

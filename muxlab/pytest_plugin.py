@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from muxlab.model.conventions import MAGLEV_TABLES_FILE, rule_tables
+from muxlab.datapath.conventions import MAGLEV_TABLES_FILE, rule_tables
 
 
 def pytest_addoption(parser):
@@ -56,12 +56,12 @@ class MuxlabLab:
         api = api or self.api
         return api.wait_synced(self.agents, timeout=timeout)
 
-    def services(self):
+    def facts(self):
         """The load balancers the managers hold, compiled as the managers compile them into the facts."""
-        from muxlab.model.compiler import compile_services
-        from muxlab.model.service import LoadBalancer
+        from muxlab.lb.azure import LoadBalancer
+        from muxlab.lb.compiler import compile_facts
         lbs = {n: LoadBalancer.model_validate(lb) for n, lb in self.api.load_balancers().items()}
-        return compile_services(lbs, self.ref.lab)
+        return compile_facts(lbs, self.ref.lab)
 
     # --- traffic and observation ------------------------------------------------------------
     def sh(self, node, cmd, timeout=60, check=True):

@@ -15,15 +15,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..datapath.conventions import LIVENESS_PORT, MGMT_IF, OVSDB_PORT, RAFT_PORT
 from ..errors import MuxlabError
-from ..model.conventions import LIVENESS_PORT, OVSDB_PORT, RAFT_PORT
 from . import observe
 from .lab import LabRef, containers, docker_exec, run
 
 # the lab's own chatter (BGP, BFD, host liveness, OVSDB, IPv6 neighbour discovery), which hides the traffic
 CHATTER = f"not port 179 and not port 3784 and not port {LIVENESS_PORT} and not port {OVSDB_PORT} and not port {RAFT_PORT}"
 DEFAULT_FILTER = f"not ip6 and {CHATTER}"
-MGMT_IF = "eth0"  # the management network: never part of a packet's path through the lab
 # Linux cooked v2 packet types: 4 = sent by this host; pcapng's epb_flags direction: 1 in, 2 out
 OUTGOING = 4
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 
+from ..datapath.conventions import STOPPED_DIR, UPLINK_IF
 from ..errors import MuxlabError
-from .lab import LabRef, containers, docker_exec, run
-from ..model.render import links
+from ..fabric.render import links
 from ..node.runtime import write_atomic
+from .lab import LabRef, containers, docker_exec, run
 
 MODES = ("kill", "pause", "link-down", "stop-service", "crash")
 SERVICE = {"vm": "vm-service", "mux": "exabgp", "host": "host-agent", "manager": "ovsdb-server"}
@@ -51,11 +52,11 @@ def fail(ref: LabRef, node: str, mode: str) -> str:
         run(["docker", "pause", c])
         did, undo = f"froze {c} (docker pause): it answers nothing, its links stay up", f"muxlab heal {node}   (docker unpause)"
     elif mode == "link-down":
-        docker_exec(ref, node, ["ip", "link", "set", "eth1", "down"])
-        did, undo = f"set {node}'s eth1 down (its uplink)", f"muxlab heal {node}   (ip link set eth1 up)"
+        docker_exec(ref, node, ["ip", "link", "set", UPLINK_IF, "down"])
+        did, undo = f"set {node}'s {UPLINK_IF} down (its uplink)", f"muxlab heal {node}   (ip link set {UPLINK_IF} up)"
     elif mode == "stop-service":
         svc = SERVICE[role]
-        docker_exec(ref, node, ["touch", f"/run/muxlab/stopped/{svc}"])
+        docker_exec(ref, node, ["touch", f"{STOPPED_DIR}/{svc}"])
         did, undo = f"stopped {svc} on {node} and hold it down", f"muxlab heal {node}   (the supervisor starts it again)"
     else:
         svc = SERVICE[role]
@@ -109,9 +110,9 @@ def heal(ref: LabRef, node: str) -> str:
                 docker_exec(ref, n, ["ip", "link", "set", i, "up"])
                 did.append(f"set {i} up")
     if role in SERVICE:
-        held = docker_exec(ref, node, ["sh", "-c", "ls /run/muxlab/stopped/ 2>/dev/null"], check=False).stdout.split()
+        held = docker_exec(ref, node, ["sh", "-c", f"ls {STOPPED_DIR}/ 2>/dev/null"], check=False).stdout.split()
         if held:
-            docker_exec(ref, node, ["sh", "-c", "rm -f /run/muxlab/stopped/*"])
+            docker_exec(ref, node, ["sh", "-c", f"rm -f {STOPPED_DIR}/*"])
             did.append(f"let {', '.join(held)} run again")
     rec.unlink(missing_ok=True)
     return f"healed {node}: " + "; ".join(did) if did else f"{node} looks healthy: nothing to heal"

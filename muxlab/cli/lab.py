@@ -13,11 +13,11 @@ from pathlib import Path
 import yaml
 
 from .. import versions
+from ..datapath.conventions import API_PORT, API_TOKEN, CA_CERT, MAGLEV_TABLES_FILE, PKI_FOLDER
 from ..errors import MuxlabError
-from ..model.conventions import API_PORT, API_TOKEN, CA_CERT, MAGLEV_TABLES_FILE, PKI_FOLDER
-from ..model.fabric import Lab, check_name, load_lab
-from ..model.render import GENERATED, MGMT_DEFAULTS, render_lab_files
-from ..model.service import LoadBalancer
+from ..fabric.lab import Lab, check_name, load_lab
+from ..fabric.render import GENERATED, MGMT_DEFAULTS, render_lab_files
+from ..lb.azure import LoadBalancer
 from ..pki import ensure_pki
 from .api import Api
 

@@ -6,7 +6,7 @@ import json
 import sys
 
 from ..errors import MuxlabError
-from ..model.fabric import ModelError
+from ..fabric.lab import ModelError
 
 
 def _lab_args(p: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def cmd_images(a) -> None:
 def cmd_generate(a) -> None:
     from pathlib import Path
 
-    from muxlab.model.generate import GenerateError, generate
+    from muxlab.fabric.generate import GenerateError, generate
 
     from .lab import render_folder
     folder = Path(a.output).resolve()
@@ -45,7 +45,7 @@ def cmd_generate(a) -> None:
     if a.split:
         import yaml
 
-        from muxlab.model.generate import split_topology
+        from muxlab.fabric.generate import split_topology
         # each machine's address: given, or an environment variable with a placeholder default
         machines = (a.machines.split(",") if a.machines else
                     [f"${{MUXLAB_MACHINE_{i}:=192.168.100.{i}}}" for i in range(1, a.split + 1)])
@@ -62,7 +62,7 @@ def cmd_generate(a) -> None:
 def cmd_render(a) -> None:
     from pathlib import Path
 
-    from ..model.conventions import PKI_FOLDER
+    from ..datapath.conventions import PKI_FOLDER
     from .lab import DEFAULT_TOPOLOGY, render_folder
     folder = Path(a.topology or DEFAULT_TOPOLOGY).resolve().parent
     changed = render_folder(folder)
@@ -227,8 +227,8 @@ def cmd_trace(a) -> None:
 def cmd_graph(a) -> None:
     from pathlib import Path
 
-    from ..model.drawing import topology_svg
-    from ..model.render import links
+    from ..fabric.drawing import topology_svg
+    from ..fabric.render import links
     from . import lab
     ref = lab.resolve(a.topology, a.name)
     if a.mermaid:  # containerlab's own rendering, from the topology file (it writes a file and names it)

@@ -6,9 +6,9 @@ import json
 import sys
 
 from ..errors import MuxlabError
-from ..model.diff import diff
-from ..model.lbcheck import allocate_public_ips
-from ..model.service import LoadBalancer, canonical, load_document
+from ..lb.azure import LoadBalancer, canonical, load_document
+from ..lb.check import allocate_public_ips
+from ..lb.diff import diff
 from .lab import LabRef, frontends
 
 def held(ref: LabRef) -> dict[str, LoadBalancer]:

@@ -1,7 +1,7 @@
 """`muxlab trace --from client1 --to VIP --port 80 [--udp]`: send one real flow (a request and
 its reply) and show its walk hop by hop, from evidence the kernels of every node give:
 `tcpdump -i any` (interfaces, direction, outer and inner headers) and `nft monitor trace`
-(rules matched, verdicts, marks). The assembly is muxlab/model/pathwalk.py."""
+(rules matched, verdicts, marks). The assembly is muxlab/observe/pathwalk.py."""
 from __future__ import annotations
 
 import ipaddress
@@ -12,10 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..datapath.conventions import MAGLEV_TABLES_FILE, VXLAN_PORT, rule_tables
 from ..errors import MuxlabError
-from ..model import pathwalk
-from ..model.conventions import MAGLEV_TABLES_FILE, rule_tables
-from ..model.render import links
+from ..fabric.render import links
+from ..observe import pathwalk
 from . import lab as labmod
 from . import observe
 from .lab import LabRef
@@ -30,7 +30,7 @@ def _nodes(ref: LabRef) -> list[str]:
 
 
 def start(ref: LabRef, nodes: list[str], sport: int, tag: str) -> None:
-    filt = (f"(tcp or udp) and (port {sport} or (udp port 4789 and (udp[{pathwalk.INNER_L4_OFFSET}:2] = {sport} "
+    filt = (f"(tcp or udp) and (port {sport} or (udp port {VXLAN_PORT} and (udp[{pathwalk.INNER_L4_OFFSET}:2] = {sport} "
             f"or udp[{pathwalk.INNER_L4_OFFSET + 2}:2] = {sport})))")
     rules = pathwalk.trace_ruleset(sport, TRACE_TABLE)
     for n in nodes:
@@ -98,14 +98,14 @@ def _maglev(ref: LabRef, lbs: dict, walk: dict, vip: str, port: int, proto: str,
             served: str | None) -> dict | None:
     """The Maglev bucket the MUX's jhash chose, recomputed from the packet's fields and the
     rule that matched, and the bucket's owner in that MUX's table."""
-    from ..model.compiler import compile_services
-    from ..model.service import LoadBalancer
+    from ..lb.azure import LoadBalancer
+    from ..lb.compiler import compile_facts
     hop = next((h for h in walk["request"] if ref.lab.role_of(h["node"]) == "mux"), None)
     if hop is None:
         return None
     rule_text = next((r["rule"] for r in hop["rules"] if "jhash" in r["rule"]), None)
-    svc = compile_services({n: LoadBalancer.model_validate(b) for n, b in lbs.items()}, ref.lab)
-    rule = next((r for r in svc.rules if str(r.vip) == vip and r.port == port and r.protocol == proto), None)
+    facts = compile_facts({n: LoadBalancer.model_validate(b) for n, b in lbs.items()}, ref.lab)
+    rule = next((r for r in facts.rules if str(r.vip) == vip and r.port == port and r.protocol == proto), None)
     out = {"mux": hop["node"], "rule": f"{rule.lb}/{rule.name}" if rule else None, "nft_rule": rule_text}
     if not rule_text or not rule or client is None:
         return out
@@ -151,7 +151,7 @@ def format_trace(t: dict) -> str:
 
 
 def write_picture(ref: LabRef, t: dict, path: Path) -> None:
-    from ..model.drawing import topology_svg
+    from ..fabric.drawing import topology_svg
     paths = {"request": [h["node"] for h in t["request"]], "reply": [h["node"] for h in t["reply"]]}
     title = f"{t['protocol'].upper()} {t['from']} → {t['to']}:{t['port']} (sport {t['sport']})"
     path.write_text(topology_svg(ref.lab, links(ref.lab), paths, title))

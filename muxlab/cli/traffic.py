@@ -5,8 +5,8 @@ import ipaddress
 import json
 
 from ..errors import MuxlabError
-from ..model.lbcheck import protocols
-from ..model.service import LoadBalancer
+from ..lb.azure import LoadBalancer
+from ..lb.check import protocols
 from .lab import LabRef, docker_exec, vip_address
 
 

@@ -12,7 +12,8 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from ..model.render import links
+from ..datapath.conventions import MUX_TABLE, UPLINK_IF
+from ..fabric.render import links
 from . import lab as labmod
 from .lab import LabRef
 
@@ -23,13 +24,13 @@ def counters(ref: LabRef, running: set[str]) -> dict[str, int]:
     out = {}
     for m in ref.lab.muxes:
         if m.name in running:
-            proc = labmod.docker_exec(ref, m.name, ["nft", "-j", "list", "counter", "ip", "muxlab_mux", "vip_packets"],
+            proc = labmod.docker_exec(ref, m.name, ["nft", "-j", "list", "counter", "ip", MUX_TABLE, "vip_packets"],
                                       check=False)
             try:
                 out[f"mux:{m.name}"] = json.loads(proc.stdout)["nftables"][1]["counter"]["packets"]
             except (ValueError, KeyError, IndexError):
                 pass
-    ports = {(l.a, l.a_if): l.b for l in links(ref.lab) if ref.lab.role_of(l.b) == "vm" and l.b_if == "eth1"}
+    ports = {(l.a, l.a_if): l.b for l in links(ref.lab) if ref.lab.role_of(l.b) == "vm" and l.b_if == UPLINK_IF}
     for h in ref.lab.hosts:
         if h.name not in running:
             continue

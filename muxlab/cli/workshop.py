@@ -1,6 +1,6 @@
 """`muxlab workshop list|start|check|hint|solve|reset`: guided exercises (workshops/NN-name/)
 run against a deployed lab, with checks that measure the data plane and say PASS or FAIL in
-words written for the learner. The exercise format is muxlab/model/exercise.py."""
+words written for the learner. The exercise format is muxlab/workshop/exercise.py."""
 from __future__ import annotations
 
 import json
@@ -14,8 +14,9 @@ from typing import Callable
 from rich.console import Console
 from rich.table import Table
 
+from ..datapath.conventions import VXLAN_PORT
 from ..errors import MuxlabError
-from ..model.exercise import Check, Exercise, ExerciseError, Step, find, judge, load_exercises
+from ..workshop.exercise import Check, Exercise, ExerciseError, Step, find, judge, load_exercises
 from . import lab as labmod
 from . import observe, tenant
 from .lab import REPO, LabRef
@@ -112,7 +113,7 @@ def _dsr(ref: LabRef, a: dict) -> dict:
     _, vip = labmod.vip_address(lbs, str(a["vip"]))
     port = int(a["port"])
     muxes, hosts = [m.name for m in ref.lab.muxes], [h.name for h in ref.lab.hosts]
-    filt = f"(tcp port {port} and host {vip}) or udp port 4789"
+    filt = f"(tcp port {port} and host {vip}) or udp port {VXLAN_PORT}"
     res, caps = observe.capture(ref, muxes + hosts, filt, lambda: run_flows(ref, a.get("from", "client1"), vip, port,
                                                                               int(a.get("flows", 50))))
 

@@ -1,5 +1,5 @@
 """The desired state as agents read it from the managers' OVSDB: the southbound facts
-(muxlab.model.southbound: compiled by the managers, never by an agent) and the platform's
+(muxlab.lb.southbound: compiled by the managers, never by an agent) and the platform's
 settings. Shared by the MUX and host agents, so they read the tables the same way."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import time
 import traceback
 from typing import Callable
 
-from muxlab.model import southbound
-from muxlab.model.compiled import Services
-from muxlab.model.fabric import Lab
+from muxlab.fabric.lab import Lab
+from muxlab.lb import southbound
+from muxlab.lb.facts import Facts
 
 from .ovsdb import Db
 
@@ -27,19 +27,19 @@ def own_rows(me: str) -> dict[str, list]:
 class FactsReader:
     """The compiled facts from the southbound rows, read again only when they may have
     changed (every southbound write moves Global.nb_cfg). A row that does not convert is
-    skipped and logged once (muxlab.model.southbound.services_of); the others are served."""
+    skipped and logged once (muxlab.lb.southbound.facts_of); the others are served."""
 
     def __init__(self, log: Callable[[str], None] | None = None):
         self.key: tuple | None = None
-        self.facts = Services()
+        self.facts = Facts()
         self.log = log or (lambda line: print(line, flush=True))
         self._logged: set[str] = set()
 
-    def read(self, db: Db) -> Services:
+    def read(self, db: Db) -> Facts:
         key = (nb_cfg(db), *(len(db.idl.tables[t].rows) for t in southbound.TABLES))
         if key != self.key:
             self.key = key
-            self.facts, problems = southbound.services_of(southbound.read(db.rows))
+            self.facts, problems = southbound.facts_of(southbound.read(db.rows))
             for p in sorted(set(problems) - self._logged):
                 self.log(f"[desired] skipping a southbound row: {p}")
             self._logged = set(problems)

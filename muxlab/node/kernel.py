@@ -13,7 +13,8 @@ from typing import Callable
 from pyroute2 import IPRoute
 from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
 
-from muxlab.model import nfttable
+from muxlab.datapath import nfttable
+from muxlab.datapath.conventions import VXLAN_PORT
 
 RTNH_F_ONLINK = 4
 NTF_SELF = 2  # an FDB entry of the VXLAN device itself, not of a bridge above it
@@ -32,7 +33,7 @@ def nft_apply(ruleset: str) -> None:
 
 def nft_converge(table: nfttable.Table, before: nfttable.Table | None, log: Callable[[str], None]) -> str:
     """Make the kernel hold `table`, knowing it holds `before` (None: unknown, as after a
-    restart): the difference of the two in one transaction (muxlab.model.nfttable.update),
+    restart): the difference of the two in one transaction (muxlab.datapath.nfttable.update),
     or the whole table when that cannot be done or the kernel refuses it (it does not hold
     `before`: someone changed it by hand). Says which."""
     script = nfttable.update(before, table) if before is not None else None
@@ -58,7 +59,7 @@ def ensure_vxlan(ipr: IPRoute, name: str, vni: int, local: str, mtu: int = 1500)
     idx = ifindex(ipr, name)
     if idx is None:
         ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=local,
-                 vxlan_port=4789, vxlan_learning=0)
+                 vxlan_port=VXLAN_PORT, vxlan_learning=0)
         idx = ifindex(ipr, name)
     ipr.link("set", index=idx, mtu=mtu, state="up")
     return idx

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Callable
 
-from muxlab.model.conventions import LIVENESS_DEAD_AFTER_S, LIVENESS_INTERVAL_S, LIVENESS_PORT
+from muxlab.datapath.conventions import LIVENESS_DEAD_AFTER_S, LIVENESS_INTERVAL_S, LIVENESS_PORT
 
 MAGIC = b"muxlab-alive\0"
 

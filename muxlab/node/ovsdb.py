@@ -24,7 +24,7 @@ import ovs.poller
 import ovs.stream
 import ovs.vlog
 
-from muxlab.model.conventions import CA_CERT, NODE_CERT, NODE_KEY, OVSDB_PORT, PKI_DIR
+from muxlab.datapath.conventions import CA_CERT, NODE_CERT, NODE_KEY, OVSDB_PORT, PKI_DIR
 
 SCHEMA = Path(__file__).resolve().parent.parent / "muxlab.ovsschema"
 DB_NAME = "Muxlab"

@@ -15,11 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-from muxlab.model.fabric import load_lab
-from muxlab.model.render import NodePlan, node_plan, render_mux_bfdd
+from muxlab.datapath.conventions import STOPPED_DIR, UPLINK_IF
+from muxlab.fabric.lab import load_lab
+from muxlab.fabric.render import NodePlan, node_plan, render_mux_bfdd
 
 from .offloads import Offloads
-from .runtime import FABRIC_PATH, RUN_DIR
+from .runtime import FABRIC_PATH, RUN_DIR, run_path
 
 PY = sys.executable
 # The node's network plan is applied again when the kernel reports a link or route change
@@ -160,8 +161,8 @@ def second_nic(ipr, nic) -> None:
     ifname, address, gateway, dip = nic
     idx = ipr.link_lookup(ifname=ifname)[0]
     ipr.addr("replace", index=idx, address=address, prefixlen=32)
-    write_sysctl("net/ipv4/conf/eth1/accept_local", 1)
-    write_sysctl("net/ipv4/conf/eth1/rp_filter", 0)
+    write_sysctl(f"net/ipv4/conf/{UPLINK_IF}/accept_local", 1)
+    write_sysctl(f"net/ipv4/conf/{UPLINK_IF}/rp_filter", 0)
     write_sysctl("net/ipv4/conf/all/rp_filter", 0)
     write_sysctl("net/ipv4/conf/all/arp_ignore", 1)   # each NIC answers ARP for its own address only
     have = {(r.get_attr("FRA_PRIORITY") or 0, r.get_attr("FRA_TABLE") or r["table"]) for r in ipr.get_rules(family=2)}
@@ -172,7 +173,7 @@ def second_nic(ipr, nic) -> None:
         ipr.rule("add", family=2, priority=LOCAL_PREF, table=255)
     if (0, 255) in have:
         ipr.rule("del", family=2, priority=0, table=255)
-    ipr.route("replace", dst=f"{address}/32", gateway=gateway, oif=ipr.link_lookup(ifname="eth1")[0], flags=4,
+    ipr.route("replace", dst=f"{address}/32", gateway=gateway, oif=ipr.link_lookup(ifname=UPLINK_IF)[0], flags=4,
               table=SECOND_NIC_TABLE)
 
 
@@ -236,7 +237,7 @@ class Supervisor:
 
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
         signal.signal(signal.SIGINT, lambda *_: self.stop())
-        stopped_dir = RUN_DIR / "stopped"
+        stopped_dir = run_path(STOPPED_DIR)
         stopped_dir.mkdir(parents=True, exist_ok=True)
         events = IPRoute()
         events.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_ROUTE)

@@ -13,7 +13,7 @@ management interface: like a guest in Azure it learns its load balancers from th
 Metadata Service its host serves (GET http://169.254.169.254/metadata/loadbalancer, header
 Metadata: true; held by the host until the document changes: hostagent/imds.py's `wait`
 extension, WAIT_S at a time), and opens and closes ports and adds or removes
-floating-IP VIPs on lo as the answer changes (muxlab.model.metadata.guest_config). While
+floating-IP VIPs on lo as the answer changes (muxlab.lb.metadata.guest_config). While
 IMDS does not answer, the VM keeps serving what it last learnt.
 
 UDP sockets are bound per address (the DIP and every floating-IP VIP on lo), never to
@@ -31,9 +31,9 @@ import time
 import urllib.error
 import urllib.request
 
-from muxlab.model.conventions import IMDS_ADDRESS, IMDS_PORT
-from muxlab.model.fabric import load_lab
-from muxlab.model.metadata import LOADBALANCER_MIN_VERSION, guest_config
+from muxlab.datapath.conventions import IMDS_ADDRESS, IMDS_PORT
+from muxlab.fabric.lab import load_lab
+from muxlab.lb.metadata import LOADBALANCER_MIN_VERSION, guest_config
 
 from .runtime import FABRIC_PATH, RUN_DIR
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from muxlab.model.conventions import (API_PORT, CA_CERT, IMDS_ADDRESS, NODE_CERT, NODE_KEY, OVSDB_PORT, PKI_DIR,
+from muxlab.datapath.conventions import (API_PORT, CA_CERT, IMDS_ADDRESS, NODE_CERT, NODE_KEY, OVSDB_PORT, PKI_DIR,
                                       PLATFORM_ADDRESS)
 from muxlab.cli.api import tls_context
-from muxlab.model.service import canonical, load_document
+from muxlab.lb.azure import canonical, load_document
 from tests.e2e.conftest import E2E_LAB, MUXLAB, cli
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "containerlab" / "examples"

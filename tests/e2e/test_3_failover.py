@@ -51,7 +51,7 @@ def test_drain_is_graceful(L):
 
 
 def test_stopped_vm_service_leaves_rotation_and_returns(L):
-    probe = L.services().probes()["web/http-health"]
+    probe = L.facts().probes()["web/http-health"]
     hold = L.hold(conns=24, duration=10)
     time.sleep(1)
     fault(L, "vm3", "stop-service")
@@ -78,7 +78,7 @@ def test_stopped_vm_service_leaves_rotation_and_returns(L):
 def test_host_failure_removes_its_dips_from_every_mux(L):
     """host1 vanishes: vm1 and vm2 leave every MUX's tables, and the bench VIP, whose only
     DIP is vm1, is withdrawn by every MUX (the edge then blackholes it)."""
-    from muxlab.model.conventions import LIVENESS_DEAD_AFTER_S
+    from muxlab.datapath.conventions import LIVENESS_DEAD_AFTER_S
     fault(L, "host1", "pause")  # its liveness beacons stop
     try:
         L.wait_for("host1's DIPs to leave every MUX", lambda: all(

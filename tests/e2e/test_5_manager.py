@@ -246,8 +246,8 @@ def test_every_manager_stopped_traffic_flows_then_converges(L):
 
 def maglev_marks(L, mux) -> set[int]:
     """The DIP marks in a MUX's Maglev maps, as its kernel holds them."""
-    from mux.datapath import TABLE
-    doc = json.loads(L.sh(mux, f"nft -j list table ip {TABLE}").stdout)
+    from muxlab.datapath.conventions import MUX_TABLE
+    doc = json.loads(L.sh(mux, f"nft -j list table ip {MUX_TABLE}").stdout)
     return {int(e[1], 0) if isinstance(e[1], str) else e[1]
             for item in doc["nftables"] if "map" in item and item["map"]["name"].startswith("maglev_")
             for e in item["map"].get("elem", [])}
@@ -256,7 +256,7 @@ def maglev_marks(L, mux) -> set[int]:
 def test_a_host_killed_while_every_manager_is_stopped_leaves_every_mux(L):
     """Liveness travels on the underlay (beacons), not through the managers: with all three
     stopped, host3 frozen still leaves every MUX's kernel tables, and comes back."""
-    from muxlab.model.conventions import LIVENESS_DEAD_AFTER_S, dip_mark
+    from muxlab.datapath.conventions import LIVENESS_DEAD_AFTER_S, dip_mark
     host3 = {dip_mark(vm.ip) for vm in L.ref.lab.vms_on("host3")}
     muxes = [m.name for m in L.ref.lab.muxes]
     assert all(host3 <= maglev_marks(L, m) for m in muxes)
@@ -287,7 +287,7 @@ def _answers(L):
 
 
 def test_apply_an_arm_template_as_it_is_then_list_show_delete(L, tmp_path):
-    from tests.unit.test_service import ARM
+    from tests.unit.test_azure import ARM
     path = tmp_path / "arm.json"
     path.write_text(json.dumps(ARM))
     p = cli("apply", str(path), "--yes", "--name", E2E_LAB)

@@ -9,7 +9,7 @@ import pytest
 
 from muxlab.cli import faults
 from muxlab.cli.failover import analyse
-from muxlab.model.service import canonical, load_document
+from muxlab.lb.azure import canonical, load_document
 from tests.e2e.conftest import E2E_LAB, SECONDS_PER_MINUTE, cli
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "containerlab" / "examples"

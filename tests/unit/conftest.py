@@ -22,15 +22,15 @@ def raw_lbs():
 
 
 def fabric():
-    from muxlab.model.fabric import load_lab
+    from muxlab.fabric.lab import load_lab
     return load_lab(DEFAULT_MODEL)
 
 
 def default_lbs():
-    from muxlab.model.service import load_document
+    from muxlab.lb.azure import load_document
     return load_document(DEFAULT_LBS)
 
 
-def services(lbs=None):
-    from muxlab.model.compiler import compile_services
-    return compile_services(lbs if lbs is not None else default_lbs(), fabric())
+def default_facts(lbs=None):
+    from muxlab.lb.compiler import compile_facts
+    return compile_facts(lbs if lbs is not None else default_lbs(), fabric())

@@ -12,8 +12,8 @@ import yaml
 from fastapi.testclient import TestClient
 
 from manager import api
-from muxlab.model.fabric import ModelError
-from muxlab.model.service import NAME_RULE, LoadBalancer, load_document
+from muxlab.fabric.lab import ModelError
+from muxlab.lb.azure import NAME_RULE, LoadBalancer, load_document
 from tests.unit.conftest import DEFAULT_LBS, default_lbs, fabric
 
 TOKEN = "s3cret-token-for-tests"

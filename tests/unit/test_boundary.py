@@ -15,10 +15,10 @@ import pytest
 
 from hostagent import datapath as host_dp
 from mux import datapath as mux_dp
-from muxlab.model.conventions import IMDS_ADDRESS, PLATFORM_ADDRESS
-from muxlab.model.render import render_edge_nft
-from muxlab.model.service import load_document
-from tests.unit.conftest import REPO, default_lbs, fabric, services
+from muxlab.datapath.conventions import EDGE_TABLE, HOST_TABLE, IMDS_ADDRESS, MUX_TABLE, PLATFORM_ADDRESS
+from muxlab.fabric.render import render_edge_nft
+from muxlab.lb.azure import load_document
+from tests.unit.conftest import REPO, default_facts, default_lbs, fabric
 
 
 def _netns_ok() -> bool:
@@ -149,7 +149,7 @@ def test_edge_drops_the_internet_to_private_addresses_and_lets_the_bench_allowan
     L.nft(inside, GOT)
 
     def dropped():
-        return L.counter(edge, "muxlab_edge", "internet_to_private")
+        return L.counter(edge, EDGE_TABLE, "internet_to_private")
 
     def arrived():
         return L.counter(inside, "got", "got")
@@ -169,7 +169,7 @@ def test_edge_drops_the_internet_to_private_addresses_and_lets_the_bench_allowan
     L.sh(edge, "nft delete element ip muxlab_edge bench_direct { 10.1.1.11 }")
     send(L, client, "10.1.1.11")
     assert settle(dropped, 6) == 6 and arrived() == 2
-    assert L.counter(edge, "muxlab_edge", "spoofed_from_internet") == 0
+    assert L.counter(edge, EDGE_TABLE, "spoofed_from_internet") == 0
 
 
 def test_edge_ruleset_checks_and_keeps_the_anti_spoofing_filter():
@@ -188,9 +188,9 @@ def test_edge_ruleset_checks_and_keeps_the_anti_spoofing_filter():
 # ---------------------------------------------------------------- the MUX
 
 
-def ilb_services():
+def ilb_facts():
     lbs = {**default_lbs(), **load_document(REPO / "containerlab" / "examples" / "ilb-hairpin.yml")}
-    return services(lbs)
+    return default_facts(lbs)
 
 
 def test_mux_refuses_an_internal_frontend_to_sources_outside_the_vnet(lab):
@@ -202,15 +202,15 @@ def test_mux_refuses_an_internal_frontend_to_sources_outside_the_vnet(lab):
     # reaches the MUX from the edge with its DIP as source)
     L.sh(edge, "ip addr add 10.0.1.0/31 dev e0 && ip addr add 192.0.2.10/32 dev lo && ip addr add 10.1.2.13/32 dev lo"
                " && ip route add 10.1.0.100/32 via 10.0.1.1 && ip route add 203.0.113.10/32 via 10.0.1.1")
-    svc = ilb_services()
-    assert any(str(r.vip) == "10.1.0.100" for r in svc.rules)
-    L.nft(mux, mux_dp.ruleset(fabric(), svc, mux_dp.services(fabric(), svc, mux_dp.Health())).render())
+    facts = ilb_facts()
+    assert any(str(r.vip) == "10.1.0.100" for r in facts.rules)
+    L.nft(mux, mux_dp.ruleset(fabric(), facts, mux_dp.rule_tables(fabric(), facts, mux_dp.Health())).render())
 
     def refused():
-        return L.counter(mux, mux_dp.TABLE, "ilb_not_vnet")
+        return L.counter(mux, MUX_TABLE, "ilb_not_vnet")
 
     def vip_packets():
-        return L.counter(mux, mux_dp.TABLE, "vip_packets")
+        return L.counter(mux, MUX_TABLE, "vip_packets")
 
     send(L, edge, "10.1.0.100", src="192.0.2.10", port=80)     # the internet to the ILB: refused
     assert settle(refused, 1) == 1 and vip_packets() == 1
@@ -219,7 +219,7 @@ def test_mux_refuses_an_internal_frontend_to_sources_outside_the_vnet(lab):
     send(L, edge, "203.0.113.10", src="192.0.2.10", port=80)   # the internet to a public VIP: served
     assert settle(vip_packets, 3) == 3 and refused() == 1
     # refused before any lookup: no_service/no_backend did not count the refused datagram
-    text = L.sh(mux, f"nft list chain ip {mux_dp.TABLE} prerouting")
+    text = L.sh(mux, f"nft list chain ip {MUX_TABLE} prerouting")
     assert text.index("ilb_not_vnet") < text.index("vmap @services") and text.index("ilb_not_vnet") < text.index("ct mark")
 
 
@@ -238,7 +238,7 @@ def host_with_vm(L: Lab):
                " && ip addr add 172.30.9.5/24 dev eth0 && ip link add vxlan4242 type vxlan id 4242 dstport 4789")
     L.sh(vm, "ip addr add 10.1.1.11/32 dev eth1 && ip route add default via 10.1.1.1 dev eth1 onlink")
     L.sh(mgmt, "ip addr add 172.30.9.1/24 dev m0 && ip addr add 172.30.9.201/32 dev lo")
-    L.nft(host, host_dp.render_nft(fabric(), services(), "host1", management=("172.30.9.5/24",)))
+    L.nft(host, host_dp.render_nft(fabric(), default_facts(), "host1", management=("172.30.9.5/24",)))
     return host, vm, mgmt
 
 
@@ -249,7 +249,7 @@ def test_host_keeps_vms_off_the_management_network(lab):
     L.nft(mgmt, GOT)
 
     def dropped():
-        return L.counter(host, host_dp.TABLE, "to_management")
+        return L.counter(host, HOST_TABLE, "to_management")
 
     send(L, vm, "172.30.9.5")       # the host's management address
     assert settle(dropped, 1) == 1
@@ -284,7 +284,7 @@ c.close()
 PROBE = """
 import sys
 from hostagent.probes import check
-from muxlab.model.compiled import Probe
+from muxlab.lb.facts import Probe
 proto, port = sys.argv[1], int(sys.argv[2])
 print(check(Probe("t/p", proto, port, "/health", 1.0, 2.0, 2, 2), "10.1.1.11"))
 """
@@ -306,7 +306,7 @@ def test_check_without_the_platform_address_fails_and_says_why(lab):
     ns = L.ns("bare")
     L.background(ns, ACCEPT_ONE, "8080")
     time.sleep(0.3)
-    code = ("from hostagent.probes import check; from muxlab.model.compiled import Probe; "
+    code = ("from hostagent.probes import check; from muxlab.lb.facts import Probe; "
             "p = Probe('t/p', 'tcp', 8080, '/', 1.0, 1.0, 2, 2); "
             "print(check(p, '127.0.0.1')[0], check(p, '127.0.0.1', source=None)[0])")
     assert L.python(ns, code).split() == ["False", "True"]
@@ -315,9 +315,9 @@ def test_check_without_the_platform_address_fails_and_says_why(lab):
 IMDS_SERVER = """
 import time
 from hostagent import imds
-from tests.unit.conftest import fabric, services
+from tests.unit.conftest import default_facts, fabric
 meta = imds.Metadata(fabric(), "host1")
-meta.update(services())
+meta.update(default_facts())
 imds.serve(meta)
 print("ready", flush=True)
 time.sleep(60)
@@ -325,8 +325,8 @@ time.sleep(60)
 
 IMDS_CLIENT = """
 import http.client, json, sys
+from muxlab.lb.metadata import guest_config
 from muxlab.node.vmservice import fetch_loadbalancer
-from muxlab.model.metadata import guest_config
 out = {}
 for name, headers in (("bare", {}), ("proxied", {"Metadata": "true", "X-Forwarded-For": "10.9.9.9"}),
                       ("ok", {"Metadata": "true"})):
@@ -341,7 +341,7 @@ print(json.dumps(out))
 
 
 def test_imds_answers_a_vm_on_its_hosts_bridge(lab):
-    from muxlab.model.compiled import guest_config
+    from muxlab.lb.facts import guest_config
     L = lab
     host, vm, _ = host_with_vm(L)
     L.sh(vm, "ip addr add 10.1.1.21/32 dev eth1")   # vm1's second address (its second NIC's, in the lab)
@@ -354,5 +354,5 @@ def test_imds_answers_a_vm_on_its_hosts_bridge(lab):
         assert status == 200 and doc["compute"]["name"] == "vm1"
         addrs = [a["privateIpAddress"] for i in doc["network"]["interface"] for a in i["ipv4"]["ipAddress"]]
         assert addrs == ["10.1.1.11", "10.1.1.21"]
-        tcp, udp, fips = guest_config(services(), "vm1")
+        tcp, udp, fips = guest_config(default_facts(), "vm1")
         assert out["guest"] == [sorted(tcp), sorted(udp), fips]

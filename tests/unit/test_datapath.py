@@ -8,18 +8,18 @@ import pytest
 
 from hostagent import datapath as host_dp
 from mux import datapath as mux_dp
-from tests.unit.conftest import default_lbs, fabric, services
+from tests.unit.conftest import default_facts, default_lbs, fabric
 
 HEALTHY = mux_dp.Health()
 
 
-def svcs(health=HEALTHY, lbs=None):
-    return {s.rule.key: s for s in mux_dp.services(fabric(), services(lbs), health)}
+def tables(health=HEALTHY, lbs=None):
+    return {s.rule.key: s for s in mux_dp.rule_tables(fabric(), default_facts(lbs), health)}
 
 
 def ruleset(health=HEALTHY, lbs=None):
-    svc = services(lbs)
-    return mux_dp.ruleset(fabric(), svc, mux_dp.services(fabric(), svc, health)).render()
+    facts = default_facts(lbs)
+    return mux_dp.ruleset(fabric(), facts, mux_dp.rule_tables(fabric(), facts, health)).render()
 
 
 def sick(*vms, probe="web/http-health"):
@@ -27,14 +27,14 @@ def sick(*vms, probe="web/http-health"):
 
 
 def test_every_mux_computes_the_same_tables():
-    assert [s.table for s in svcs().values()] == [s.table for s in svcs().values()]
+    assert [s.table for s in tables().values()] == [s.table for s in tables().values()]
     assert ruleset() == ruleset()
 
 
 def test_table_size_is_prime_and_fixed_by_pool_not_health():
-    s = svcs()["web/http"]
+    s = tables()["web/http"]
     assert s.size == 601 and None not in s.table and s.chain == f"pick_default_{s.table_name[7:]}"
-    sick_ = svcs(sick("vm3"))["web/http"]
+    sick_ = tables(sick("vm3"))["web/http"]
     assert sick_.size == 601 and "vm3" not in sick_.table
     # only vm3's buckets (and Maglev's small slack) moved
     changed = sum(1 for x, y in zip(s.table, sick_.table) if x != y)
@@ -42,13 +42,13 @@ def test_table_size_is_prime_and_fixed_by_pool_not_health():
 
 
 def test_unhealthy_probe_only_affects_rules_using_it():
-    s = svcs(sick("vm3"))
+    s = tables(sick("vm3"))
     assert "vm3" not in s["web/http"].table and "vm3" in s["web/dns"].table
 
 
 def test_announce_follows_health_and_drain():
     def announce(health):
-        return mux_dp.announceable_vips(mux_dp.services(fabric(), services(), health), health)
+        return mux_dp.announceable_vips(mux_dp.rule_tables(fabric(), default_facts(), health), health)
     assert announce(HEALTHY) == ["203.0.113.10/32", "203.0.113.20/32", "203.0.113.30/32"]
     assert announce(mux_dp.Health(drained=True)) == []
     down = mux_dp.Health(probes={(vm, p): False for vm in ("vm1", "vm2", "vm3", "vm4", "vm5", "vm6")
@@ -66,12 +66,12 @@ def with_backend(state, vm="vm3"):
 
 
 def test_admin_state_down_leaves_the_table_up_overrides_the_probe():
-    assert "vm3" not in svcs(lbs=with_backend("Down"))["web/http"].table
-    assert "vm3" in svcs(sick("vm3"), lbs=with_backend("Up"))["web/http"].table
-    assert "vm3" not in svcs(sick("vm3"), lbs=with_backend("None"))["web/http"].table
+    assert "vm3" not in tables(lbs=with_backend("Down"))["web/http"].table
+    assert "vm3" in tables(sick("vm3"), lbs=with_backend("Up"))["web/http"].table
+    assert "vm3" not in tables(sick("vm3"), lbs=with_backend("None"))["web/http"].table
     # a dead host wins over adminState Up: nobody is there to answer
     dead = mux_dp.Health(dead_hosts=frozenset({"host2"}))
-    assert "vm3" not in svcs(dead, lbs=with_backend("Up"))["web/http"].table
+    assert "vm3" not in tables(dead, lbs=with_backend("Up"))["web/http"].table
 
 
 @pytest.mark.parametrize("mode,fields", [("Default", "ip saddr . th sport . ip daddr . th dport"),
@@ -82,13 +82,13 @@ def test_load_distribution_picks_the_hashed_fields(mode, fields):
     web = lbs["web"].model_copy(deep=True)
     web.properties.loadBalancingRules[0].properties.loadDistribution = mode
     text = ruleset(lbs={**lbs, "web": web})
-    table = svcs(lbs={**lbs, "web": web})["web/http"].table_name
+    table = tables(lbs={**lbs, "web": web})["web/http"].table_name
     assert f"meta mark set jhash {fields} mod 601 seed 0x4d55584c map @{table}" in text
 
 
 def test_mux_ruleset_shape():
     text = ruleset()
-    http = svcs()["web/http"]
+    http = tables()["web/http"]
     assert f"203.0.113.10 . tcp . 80 : goto {http.chain}" in text
     assert f"jhash ip saddr . th sport . ip daddr . th dport mod 601 seed 0x4d55584c map @{http.table_name}" in text
     assert "tcp flags & (syn | ack) == syn notrack" in text
@@ -103,7 +103,7 @@ def test_dip_routes_carry_overlay_mac_and_host():
 
 
 def test_host_ruleset_only_local_rules():
-    text = host_dp.render_nft(fabric(), services(), "host1")
+    text = host_dp.render_nft(fabric(), default_facts(), "host1")
     assert "0x0a01010b . 203.0.113.10 . tcp . 80 : 10.1.1.11 . 8080" in text
     assert "10.1.2.13" not in text
     assert "0x0a01010c . 203.0.113.20 . tcp . 7000" in text  # vm2 floating IP
@@ -130,8 +130,8 @@ def test_distribution_rulesets_load_in_the_kernel(mode):
 @pytest.mark.parametrize("which", ["mux", "host", "edge"])
 def test_rulesets_load_in_the_kernel(which):
     """nft parses and the kernel accepts the rendered rulesets (in a throwaway network namespace)."""
-    from muxlab.model.render import render_edge_nft
-    text = {"mux": lambda: ruleset(), "host": lambda: host_dp.render_nft(fabric(), services(), "host1"),
+    from muxlab.fabric.render import render_edge_nft
+    text = {"mux": lambda: ruleset(), "host": lambda: host_dp.render_nft(fabric(), default_facts(), "host1"),
             "edge": lambda: render_edge_nft(fabric())}[which]()
     proc = subprocess.run(["unshare", "--net", "sh", "-c", "ip link add vxlan4242 type vxlan id 4242 dstport 4789 && nft -f /dev/stdin"],
                           input=text + text, text=True, capture_output=True)  # applied twice: idempotent replace
@@ -167,7 +167,7 @@ def chains_setting_timeouts(text: str) -> set[str]:
 def test_idle_timeouts_attach_after_conntrack_made_the_entry():
     """A timeout policy set before conntrack (the raw chain, -300) finds no entry to attach to
     and silently does nothing: the idle timeout would never expire a flow."""
-    for text in (ruleset(), host_dp.render_nft(fabric(), services(), "host1")):
+    for text in (ruleset(), host_dp.render_nft(fabric(), default_facts(), "host1")):
         assert chains_setting_timeouts(text) == {"mangle"}
 
 
@@ -193,7 +193,7 @@ def test_rules_with_the_same_pool_and_probe_share_one_map_and_chain():
     """One Maglev map and one picking chain serve every rule with the same pool members and
     probe (here: bench's TCP and UDP halves of protocol All); a probe failing changes that
     map's contents, never its name, so the services map need not be touched."""
-    healthy, split = svcs(), svcs(sick("vm3"))
+    healthy, split = tables(), tables(sick("vm3"))
     assert healthy["web/http"].table_name != healthy["web/dns"].table_name   # different probes
     assert split["web/http"].table_name == healthy["web/http"].table_name
     shared = [s for k, s in healthy.items() if k.startswith("bench/")]
@@ -210,7 +210,7 @@ def test_internal_frontends_refuse_sources_outside_the_vnet_before_any_lookup():
 
 
 def test_host_keeps_vms_off_the_management_interface():
-    text = host_dp.render_nft(fabric(), services(), "host1", management=("172.30.1.7/24", "172.30.1.7"))
+    text = host_dp.render_nft(fabric(), default_facts(), "host1", management=("172.30.1.7/24", "172.30.1.7"))
     assert "set management { type ipv4_addr; flags interval; elements = { 172.30.1.0/24 }; }" in text
     fwd = text.split("chain forward {")[1].split("}")[0].splitlines()
     assert fwd[2].strip() == 'iifname "br0" oifname "eth0" counter name to_management drop'

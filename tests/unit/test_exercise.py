@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from muxlab.model.exercise import Exercise, ExerciseError, judge, load_exercises
-from muxlab.model.fabric import load_lab
+from muxlab.fabric.lab import load_lab
+from muxlab.workshop.exercise import Exercise, ExerciseError, judge, load_exercises
 
 REPO = Path(__file__).resolve().parents[2]
 EXERCISES = load_exercises(REPO / "workshops")

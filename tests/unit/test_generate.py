@@ -6,10 +6,10 @@ import subprocess
 import pytest
 
 from muxlab.cli.lab import render_folder
-from muxlab.model import lbcheck
-from muxlab.model.fabric import load_lab
-from muxlab.model.generate import GenerateError, generate
-from muxlab.model.service import load_document
+from muxlab.fabric.generate import GenerateError, generate
+from muxlab.fabric.lab import load_lab
+from muxlab.lb.azure import load_document
+from muxlab.lb.check import check
 
 
 def write(tmp_path, **kw):
@@ -27,7 +27,7 @@ def test_generated_labs_are_valid(tmp_path, size):
     args = dict(muxes=3, hosts=3, vms_per_host=2, clients=1, lbs=1) | size
     assert (len(fabric.muxes), len(fabric.hosts), len(fabric.vms)) == (args["muxes"], args["hosts"],
                                                                        args["hosts"] * args["vms_per_host"])
-    assert len(lbs) == args["lbs"] and lbcheck.check(lbs, fabric) == []
+    assert len(lbs) == args["lbs"] and check(lbs, fabric) == []
     assert (tmp_path / "muxlab.clab.yml").exists()
 
 
@@ -49,7 +49,7 @@ def test_beyond_the_plan_is_refused_naming_the_flag(tmp_path):
 def test_split_places_every_node_once_and_stitches_both_ends(tmp_path):
     import yaml
 
-    from muxlab.model.generate import split_topology
+    from muxlab.fabric.generate import split_topology
     write(tmp_path, muxes=3, hosts=5, vms_per_host=2, clients=2, lbs=3)
     topo = yaml.safe_load((tmp_path / "muxlab.clab.yml").read_text())
     parts = split_topology(topo, ["192.168.100.1", "192.168.100.2", "192.168.100.3"])

@@ -7,15 +7,15 @@ import pytest
 from hostagent.probes import ProbeState, probe_targets
 from mux import datapath
 from muxlab.cli.failover import analyse
-from muxlab.model.compiled import Probe
+from muxlab.lb.facts import Probe
 from muxlab.node.liveness import Beacon, Listener
-from tests.unit.conftest import fabric, services
+from tests.unit.conftest import default_facts, fabric
 
 
 # ---------------------------------------------------------------- BFD
 
 def test_each_mux_runs_bfdd_towards_the_edge_on_the_lab_timers():
-    from muxlab.model.render import render_mux_bfdd
+    from muxlab.fabric.render import render_mux_bfdd
     lab = fabric()
     text = render_mux_bfdd(lab, "mux2")
     assert " peer 10.0.1.2 local-address 10.0.1.3" in text
@@ -39,7 +39,7 @@ def test_probe_thresholds():
 
 
 def test_probe_targets_are_local_vms_with_probes():
-    t = probe_targets(fabric(), services(), "host2")
+    t = probe_targets(fabric(), default_facts(), "host2")
     assert set(t) == {("vm3", "web/http-health"), ("vm3", "web/tcp-dns"), ("vm4", "web/http-health"), ("vm4", "web/tcp-dns")}
     assert t[("vm4", "web/http-health")][1] == "10.1.2.14"
 
@@ -88,11 +88,11 @@ def test_a_beacon_counts_only_from_its_hosts_address_with_its_name():
 
 def test_dead_host_takes_its_dips_out_and_empty_pool_withdraws_its_vip():
     health = datapath.Health(probes={("vm1", "web/http-health"): False}, dead_hosts=frozenset({"host2", "host3"}))
-    s = {x.rule.key: x for x in datapath.services(fabric(), services(), health)}
+    s = {x.rule.key: x for x in datapath.rule_tables(fabric(), default_facts(), health)}
     assert set(s["web/http"].table) == {"vm2"}        # vm1's probe is down; host2's and host3's VMs are gone
     assert set(s["web/dns"].table) == {"vm1", "vm2"}  # the http probe does not gate the dns rule
     health = datapath.Health(dead_hosts=frozenset({"host1"}))
-    vips = datapath.announceable_vips(datapath.services(fabric(), services(), health), health)
+    vips = datapath.announceable_vips(datapath.rule_tables(fabric(), default_facts(), health), health)
     assert "203.0.113.30/32" not in vips and "203.0.113.10/32" in vips  # bench = [vm1] on dead host1
 
 

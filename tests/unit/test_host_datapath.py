@@ -16,9 +16,10 @@ import types
 import pytest
 
 from hostagent import datapath as host_dp
-from muxlab.model import nfttable
-from muxlab.model.compiled import Backend, NatPort
-from tests.unit.conftest import fabric, services
+from muxlab.datapath import nfttable
+from muxlab.datapath.conventions import HOST_TABLE, OVERLAY_TABLE
+from muxlab.lb.facts import Backend, NatPort
+from tests.unit.conftest import default_facts, fabric
 from tests.unit.test_boundary import GOT, Lab, _netns_ok, send, settle
 from tests.unit.test_datapath import needs_nft
 from tests.unit.test_nfttable import canonical
@@ -27,61 +28,61 @@ HOST = "host1"
 VXLAN = "ip link add vxlan4242 type vxlan id 4242 dstport 4789"
 
 
-def tables(svc=None, remedies=None, management=("172.30.1.7/24",)):
-    return host_dp.tables(fabric(), services() if svc is None else svc, HOST, remedies, management)
+def tables(facts=None, remedies=None, management=("172.30.1.7/24",)):
+    return host_dp.tables(fabric(), default_facts() if facts is None else facts, HOST, remedies, management)
 
 
-# ---------------------------------------------------------------- changes in the services
+# ---------------------------------------------------------------- changes in the facts
 
 
-def with_backend(svc, rule_key: str, vm: str):
+def with_backend(facts, rule_key: str, vm: str):
     """`vm` joins the pool of the rule `rule_key` (and of every rule sharing that pool)."""
-    pool = next(r.pool for r in svc.rules if r.key == rule_key)
+    pool = next(r.pool for r in facts.rules if r.key == rule_key)
     ip = str(fabric().vm(vm).ip)
-    return dataclasses.replace(svc, rules=tuple(dataclasses.replace(r, backends=r.backends + (Backend(vm, ip),))
-                                                if r.pool == pool else r for r in svc.rules))
+    return dataclasses.replace(facts, rules=tuple(dataclasses.replace(r, backends=r.backends + (Backend(vm, ip),))
+                                                  if r.pool == pool else r for r in facts.rules))
 
 
-def without_vm(svc, vm: str):
+def without_vm(facts, vm: str):
     """`vm` leaves every pool, and with it its NAT ports and outbound SNAT."""
-    return dataclasses.replace(svc, rules=tuple(dataclasses.replace(r, backends=tuple(b for b in r.backends if b.vm != vm))
-                                                for r in svc.rules),
-                               nat_ports=tuple(n for n in svc.nat_ports if n.vm != vm),
-                               snat=tuple(x for x in svc.snat if x.vm != vm))
+    return dataclasses.replace(facts, rules=tuple(dataclasses.replace(r, backends=tuple(b for b in r.backends if b.vm != vm))
+                                                  for r in facts.rules),
+                               nat_ports=tuple(n for n in facts.nat_ports if n.vm != vm),
+                               snat=tuple(x for x in facts.snat if x.vm != vm))
 
 
-def with_nat_port(svc, port=2201, idle_s=240, tcp_reset=True):
+def with_nat_port(facts, port=2201, idle_s=240, tcp_reset=True):
     ssh = NatPort("web", "ssh", ipaddress.IPv4Address("203.0.113.10"), "tcp", port, "vm1", "10.1.1.11", 22,
                   idle_s=idle_s, tcp_reset=tcp_reset)
-    return dataclasses.replace(svc, nat_ports=svc.nat_ports + (ssh,))
+    return dataclasses.replace(facts, nat_ports=facts.nat_ports + (ssh,))
 
 
-def with_snat(svc, vm: str, shift=0, ports=None):
+def with_snat(facts, vm: str, shift=0, ports=None):
     """`vm`'s outbound SNAT range moved by `shift` ports, or resized to `ports`."""
     def change(x):
         lo = x.lo + shift
         return dataclasses.replace(x, lo=lo, hi=lo + (ports or x.ports) - 1)
-    return dataclasses.replace(svc, snat=tuple(change(x) if x.vm == vm else x for x in svc.snat))
+    return dataclasses.replace(facts, snat=tuple(change(x) if x.vm == vm else x for x in facts.snat))
 
 
-def with_hairpin(svc, vip="203.0.113.10"):
-    return dataclasses.replace(svc, hairpin_snat_vips=svc.hairpin_snat_vips + (ipaddress.IPv4Address(vip),))
+def with_hairpin(facts, vip="203.0.113.10"):
+    return dataclasses.replace(facts, hairpin_snat_vips=facts.hairpin_snat_vips + (ipaddress.IPv4Address(vip),))
 
 
 CHANGES = {
     # name: (before, after)
-    "backend added": lambda: (services(), with_backend(services(), "bench/iperf", "vm2")),
-    "backend removed": lambda: (with_backend(services(), "bench/iperf", "vm2"), services()),
-    "backend with outbound SNAT added": lambda: (without_vm(services(), "vm2"), services()),
-    "backend with outbound SNAT removed": lambda: (services(), without_vm(services(), "vm2")),
-    "NAT port added": lambda: (services(), with_nat_port(services())),
-    "NAT port with its own idle timeout added": lambda: (services(), with_nat_port(services(), idle_s=600)),
-    "NAT port with its own idle timeout removed": lambda: (with_nat_port(services(), idle_s=600), services()),
-    "SNAT range moved": lambda: (services(), with_snat(services(), "vm1", shift=8192)),
-    "SNAT range resized": lambda: (services(), with_snat(services(), "vm1", ports=512)),
-    "hairpin VIP": lambda: (services(), with_hairpin(services())),
-    "everything back": lambda: (with_hairpin(with_snat(with_nat_port(without_vm(services(), "vm2"), idle_s=600), "vm1", 64)),
-                                services()),
+    "backend added": lambda: (default_facts(), with_backend(default_facts(), "bench/iperf", "vm2")),
+    "backend removed": lambda: (with_backend(default_facts(), "bench/iperf", "vm2"), default_facts()),
+    "backend with outbound SNAT added": lambda: (without_vm(default_facts(), "vm2"), default_facts()),
+    "backend with outbound SNAT removed": lambda: (default_facts(), without_vm(default_facts(), "vm2")),
+    "NAT port added": lambda: (default_facts(), with_nat_port(default_facts())),
+    "NAT port with its own idle timeout added": lambda: (default_facts(), with_nat_port(default_facts(), idle_s=600)),
+    "NAT port with its own idle timeout removed": lambda: (with_nat_port(default_facts(), idle_s=600), default_facts()),
+    "SNAT range moved": lambda: (default_facts(), with_snat(default_facts(), "vm1", shift=8192)),
+    "SNAT range resized": lambda: (default_facts(), with_snat(default_facts(), "vm1", ports=512)),
+    "hairpin VIP": lambda: (default_facts(), with_hairpin(default_facts())),
+    "everything back": lambda: (with_hairpin(with_snat(with_nat_port(without_vm(default_facts(), "vm2"), idle_s=600), "vm1", 64)),
+                                default_facts()),
 }
 
 ELEMENT = re.compile(r"^(add|delete) element |^flush (set|map) ")
@@ -96,7 +97,7 @@ def updates(before, after) -> list[str]:
 
 def test_the_tables_hold_every_fact_in_sets_and_maps():
     overlay, host = tables()
-    assert (overlay.ref, host.ref) == (f"netdev {host_dp.OVERLAY_TABLE}", f"ip {host_dp.TABLE}")
+    assert (overlay.ref, host.ref) == (f"netdev {OVERLAY_TABLE}", f"ip {HOST_TABLE}")
     assert overlay.sets["dip_by_mac"].elements == {"02:00:0a:01:01:0b": "0x0a01010b", "02:00:0a:01:01:0c": "0x0a01010c"}
     assert host.sets["nat_rules"].elements["0x0a01010b . 203.0.113.10 . tcp . 80"] == "10.1.1.11 . 8080"
     assert host.sets["idle_rules"].elements["203.0.113.10 . tcp . 80"] == "jump timeout_tcp_240"
@@ -108,11 +109,11 @@ def test_the_tables_hold_every_fact_in_sets_and_maps():
     # no rule names a VIP, a DIP, a VM or a port range: they are all elements
     rules = "\n".join(r for c in host.chains.values() for r in c.rules)
     assert not re.search(r"203\.0\.113\.|10\.1\.1\.1[12]|\d-\d", rules), rules
-    assert host_dp.render_nft(fabric(), services(), HOST) == "".join(t.render() for t in tables(management=()))
+    assert host_dp.render_nft(fabric(), default_facts(), HOST) == "".join(t.render() for t in tables(management=()))
 
 
 def test_a_backend_added_to_a_pool_is_only_elements():
-    overlay, host = updates(tables(services()), tables(with_backend(services(), "bench/iperf", "vm2")))
+    overlay, host = updates(tables(default_facts()), tables(with_backend(default_facts(), "bench/iperf", "vm2")))
     assert overlay == ""
     lines = host.splitlines()
     assert lines and all(line.startswith(("add element ", "delete element ")) for line in lines), host
@@ -135,13 +136,13 @@ def declared(script: str) -> list[tuple[str, str]]:
 def test_what_a_vm_new_to_outbound_snat_needs_is_declared_beside_its_elements():
     """Its counter (read by the agent), its connection-count set and the chain checking it are
     new declarations; no chain already there is rewritten."""
-    _, script = updates(tables(without_vm(services(), "vm2")), tables())
+    _, script = updates(tables(without_vm(default_facts(), "vm2")), tables())
     assert "flush chain" not in script and "delete" not in script
     assert declared(script) == [("counter", "snat_exhausted_vm2"), ("set", "snat_exhausted_vm2_use"),
                                 ("chain", "snat_limit_vm2")]
     assert "add element ip muxlab_host snat_limits { 10.1.1.12 : jump snat_limit_vm2 }" in script
     # and when it goes, they go after whatever pointed at them
-    _, script = updates(tables(), tables(without_vm(services(), "vm2")))
+    _, script = updates(tables(), tables(without_vm(default_facts(), "vm2")))
     lines = script.splitlines()
     assert declared(script) == [] and "flush chain" not in script
     assert lines[-3:] == ["delete chain ip muxlab_host snat_limit_vm2", "delete set ip muxlab_host snat_exhausted_vm2_use",
@@ -152,17 +153,17 @@ def test_what_a_vm_new_to_outbound_snat_needs_is_declared_beside_its_elements():
 def test_a_new_idle_timeout_is_declared_not_rewritten():
     """A NAT port with an idle timeout no other binding has: its ct timeout object and the
     chain applying it are new; the timeouts chain's verdict map points there."""
-    _, script = updates(tables(), tables(with_nat_port(services(), idle_s=600)))
+    _, script = updates(tables(), tables(with_nat_port(default_facts(), idle_s=600)))
     assert "flush chain" not in script and declared(script) == [("ct timeout", "idle_tcp_600"), ("chain", "timeout_tcp_600")]
     assert "add element ip muxlab_host idle_rules { 203.0.113.10 . tcp . 2201 : jump timeout_tcp_600 }" in script
-    _, script = updates(tables(with_nat_port(services(), idle_s=600)), tables())
+    _, script = updates(tables(with_nat_port(default_facts(), idle_s=600)), tables())
     assert script.splitlines()[-2:] == ["delete chain ip muxlab_host timeout_tcp_600", "delete ct timeout ip muxlab_host idle_tcp_600"]
 
 
 def test_a_resized_snat_range_rewrites_only_that_vms_check():
-    _, script = updates(tables(), tables(with_snat(services(), "vm1", ports=512)))
+    _, script = updates(tables(), tables(with_snat(default_facts(), "vm1", ports=512)))
     assert [line for line in script.splitlines() if "chain" in line and not line.startswith("add element")] == [
-        f"flush chain ip {host_dp.TABLE} snat_limit_vm1", "  chain snat_limit_vm1 {"]
+        f"flush chain ip {HOST_TABLE} snat_limit_vm1", "  chain snat_limit_vm1 {"]
     assert "ct count over 512" in script
 
 
@@ -215,9 +216,9 @@ def lab():
         L.close()
 
 
-def snat_of(svc, ports: int):
+def snat_of(facts, ports: int):
     """Every VM's SNAT range cut to `ports` ports (from its own start)."""
-    return dataclasses.replace(svc, snat=tuple(dataclasses.replace(x, hi=x.lo + ports - 1) for x in svc.snat))
+    return dataclasses.replace(facts, snat=tuple(dataclasses.replace(x, hi=x.lo + ports - 1) for x in facts.snat))
 
 
 def conntrack(L, ns) -> str:
@@ -246,9 +247,9 @@ def test_packets_meet_the_maps_as_they_met_the_rules(lab):
               " && ip link set vxlan4242 up && ip addr add 169.254.9.1/30 dev vxlan4242"
               " && ip neigh add 169.254.9.2 lladdr 02:00:0a:01:01:0b dev vxlan4242 nud permanent"
               " && ip route add 203.0.113.10/32 via 169.254.9.2 dev vxlan4242 onlink")
-    svc = snat_of(services(), 8)
-    x = next(s for s in svc.snat if s.vm == "vm1")
-    L.nft(host, host_dp.render_nft(fabric(), svc, HOST))
+    facts = snat_of(default_facts(), 8)
+    x = next(s for s in facts.snat if s.vm == "vm1")
+    L.nft(host, host_dp.render_nft(fabric(), facts, HOST))
     L.nft(vm, GOT.replace("9999", "5353"))
     L.nft(net, GOT)
 
@@ -263,7 +264,7 @@ def test_packets_meet_the_maps_as_they_met_the_rules(lab):
     assert settle(lambda: L.counter(net, "got", "got"), x.ports) == x.ports
     time.sleep(0.2)
     assert L.counter(net, "got", "got") == x.ports
-    assert L.counter(host, host_dp.TABLE, host_dp.counter_name("vm1")) == 1
+    assert L.counter(host, HOST_TABLE, host_dp.counter_name("vm1")) == 1
     outbound = re.findall(r"udp\s+17 (\d+) src=10\.1\.1\.11 dst=192\.0\.2\.10 sport=\d+ dport=9999 .*?"
                           r"src=192\.0\.2\.10 dst=(\S+) sport=9999 dport=(\d+)", conntrack(L, host))
     assert len(outbound) == x.ports
@@ -280,7 +281,7 @@ def test_packets_meet_the_maps_as_they_met_the_rules(lab):
                               "  except OSError as e: out.append(type(e).__name__)\n"
                               "print(' '.join(out), flush=True)\ntime.sleep(30)", str(x.ports + 1))
     assert client.stdout.readline().split() == ["ok"] * x.ports + ["ConnectionRefusedError"]
-    assert L.counter(host, host_dp.TABLE, host_dp.counter_name("vm1")) == 2
+    assert L.counter(host, HOST_TABLE, host_dp.counter_name("vm1")) == 2
     tcp = re.findall(r"tcp\s+6 (\d+) ESTABLISHED src=10\.1\.1\.11 dst=192\.0\.2\.10 sport=\d+ dport=9998 .*?"
                      r"src=192\.0\.2\.10 dst=\S+ sport=9998 dport=(\d+)", conntrack(L, host))
     assert len(tcp) == x.ports and all(200 < int(t) <= 240 and x.lo <= int(p) <= x.hi for t, p in tcp), tcp
@@ -321,7 +322,7 @@ def kernel(monkeypatch, lab):
 def test_nft_converge_updates_in_place_and_loads_whole_when_it_must(kernel, tmp_path):
     k, listing = kernel
     logged = []
-    before, after = tables()[1], tables(with_nat_port(services()))[1]
+    before, after = tables()[1], tables(with_nat_port(default_facts()))[1]
 
     def holds(table) -> tuple:
         (tmp_path / "listing").write_text(listing(table))

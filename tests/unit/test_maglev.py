@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from muxlab.model.maglev import lookup_table, moved, permutation, shares
+from muxlab.datapath.maglev import lookup_table, moved, permutation, shares
 
 BACKENDS = [f"vm{i}" for i in range(1, 7)]
 SIZE = 65537  # the paper's default table size
@@ -18,7 +18,7 @@ def test_every_bucket_filled_and_deterministic():
 
 def test_identical_across_processes():
     # no salted hash(): another interpreter with another PYTHONHASHSEED builds the same table
-    code = "from muxlab.model.maglev import lookup_table; print(lookup_table(%r, 601))" % BACKENDS
+    code = "from muxlab.datapath.maglev import lookup_table; print(lookup_table(%r, 601))" % BACKENDS
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout for seed in ("1", "2", "3")}
     assert len(outs) == 1 and outs.pop().strip() == str(lookup_table(BACKENDS, 601))

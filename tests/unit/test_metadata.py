@@ -5,23 +5,24 @@ import time
 import pytest
 
 from hostagent.imds import Metadata
-from muxlab.model import compiled, metadata
-from muxlab.model.compiler import compile_services
-from muxlab.model.service import load_document
-from tests.unit.conftest import REPO, default_lbs, fabric, services
+from muxlab.lb import metadata
+from muxlab.lb.azure import load_document
+from muxlab.lb.compiler import compile_facts
+from muxlab.lb.facts import Facts, guest_config
+from tests.unit.conftest import REPO, default_facts, default_lbs, fabric
 
 
 def with_ilb():
-    return services({**default_lbs(), **load_document(REPO / "containerlab" / "examples" / "ilb-hairpin.yml")})
+    return default_facts({**default_lbs(), **load_document(REPO / "containerlab" / "examples" / "ilb-hairpin.yml")})
 
 
-@pytest.mark.parametrize("svc", [services, with_ilb])
-def test_a_guest_serves_from_imds_exactly_what_the_services_give_it(svc):
-    s = svc()
+@pytest.mark.parametrize("make_facts", [default_facts, with_ilb])
+def test_a_guest_serves_from_imds_exactly_what_the_facts_give_it(make_facts):
+    s = make_facts()
     for vm in fabric().vms:
         doc = metadata.loadbalancer_document(fabric(), s, vm.name)
-        assert metadata.guest_config(doc) == compiled.guest_config(s, vm.name), vm.name
-        assert metadata.guest_config(json.loads(json.dumps(doc))) == compiled.guest_config(s, vm.name)
+        assert metadata.guest_config(doc) == guest_config(s, vm.name), vm.name
+        assert metadata.guest_config(json.loads(json.dumps(doc))) == guest_config(s, vm.name)
 
 
 def test_loadbalancer_document_has_azures_shape_and_muxlabs_extensions():
@@ -47,7 +48,7 @@ def test_loadbalancer_document_has_azures_shape_and_muxlabs_extensions():
 
 
 def test_outbound_rules_name_the_vms_snat_frontend_and_ports():
-    s = services()
+    s = default_facts()
     out = metadata.loadbalancer_document(fabric(), s, "vm3")["loadbalancer"]["outboundRules"]
     snat = next(x for x in s.snat if x.vm == "vm3")
     assert out == [{"frontendIpAddress": str(snat.vip), "privateIpAddress": "10.1.2.13", "loadBalancer": snat.lb,
@@ -55,22 +56,22 @@ def test_outbound_rules_name_the_vms_snat_frontend_and_ports():
 
 
 def test_a_vm_outside_every_pool_gets_empty_lists():
-    s = compiled.Services()
+    s = Facts()
     assert metadata.loadbalancer_document(fabric(), s, "vm6") == {
         "loadbalancer": {"publicIpAddresses": [], "inboundRules": [], "outboundRules": []}}
 
 
 def test_instance_document_describes_each_nic():
-    doc = metadata.instance_document(fabric(), services(), "vm1")
+    doc = metadata.instance_document(fabric(), default_facts(), "vm1")
     assert doc["compute"]["name"] == "vm1" and doc["compute"]["osType"] == "Linux"
     assert doc["compute"]["resourceId"].endswith("/providers/Microsoft.Compute/virtualMachines/vm1")
-    assert doc["compute"]["vmId"] == metadata.instance_document(fabric(), services(), "vm1")["compute"]["vmId"]
-    assert doc["compute"]["vmId"] != metadata.instance_document(fabric(), services(), "vm2")["compute"]["vmId"]
+    assert doc["compute"]["vmId"] == metadata.instance_document(fabric(), default_facts(), "vm1")["compute"]["vmId"]
+    assert doc["compute"]["vmId"] != metadata.instance_document(fabric(), default_facts(), "vm2")["compute"]["vmId"]
     nics = doc["network"]["interface"]
     assert [n["ipv4"]["ipAddress"][0]["privateIpAddress"] for n in nics] == ["10.1.1.11", "10.1.1.21"]
     assert nics[0]["ipv4"]["subnet"] == [{"address": "10.1.1.0", "prefix": "24"}]
     assert nics[0]["macAddress"] == "02000A01010B" and nics[0]["ipv4"]["ipAddress"][0]["publicIpAddress"] == ""
-    assert len(metadata.instance_document(fabric(), services(), "vm2")["network"]["interface"]) == 1
+    assert len(metadata.instance_document(fabric(), default_facts(), "vm2")["network"]["interface"]) == 1
 
 
 def test_the_caller_is_known_by_its_address_on_this_host_only():
@@ -86,10 +87,10 @@ LB = "/metadata/loadbalancer?api-version=2020-10-01"
 INSTANCE = "/metadata/instance?api-version=2021-02-01"
 
 
-def meta(svc=None):
+def meta(facts=None):
     m = Metadata(fabric(), "host1")
-    if svc is not None:
-        m.update(svc)
+    if facts is not None:
+        m.update(facts)
     return m
 
 
@@ -99,7 +100,7 @@ def answer(m, target, headers=OK, source="10.1.1.11", method="GET"):
 
 
 def test_imds_refuses_requests_as_azure_does():
-    m = meta(services())
+    m = meta(default_facts())
     assert answer(m, INSTANCE, headers={})[0] == 400
     assert answer(m, INSTANCE, headers={"metadata": "false"})[0] == 400
     assert answer(m, INSTANCE, headers={**OK, "x-forwarded-for": "192.0.2.10"})[0] == 400
@@ -114,7 +115,7 @@ def test_imds_refuses_requests_as_azure_does():
 
 
 def test_imds_answers_documents_and_parts_of_them():
-    s = services()
+    s = default_facts()
     m = meta(s)
     assert answer(m, INSTANCE) == (200, metadata.instance_document(fabric(), s, "vm1"))
     assert answer(m, LB) == (200, metadata.loadbalancer_document(fabric(), s, "vm1"))
@@ -130,7 +131,7 @@ def test_imds_says_unavailable_until_the_agent_compiled_the_load_balancers():
     m = meta()
     assert answer(m, LB)[0] == 503
     assert answer(m, INSTANCE)[0] == 200     # what the fabric alone tells
-    m.update(services())
+    m.update(default_facts())
     assert answer(m, LB)[0] == 200
 
 
@@ -138,7 +139,7 @@ def test_a_request_that_asks_to_wait_is_held_until_the_document_changes():
     """muxlab's long poll: If-None-Match with the current ETag and `wait` holds the request
     until the host has a new document for the VM (then 200), or the wait is over (304)."""
     import threading
-    s = services()
+    s = default_facts()
     m = meta(s)
     status, _, body, extra = m.respond("GET", LB, OK, "10.1.1.11")
     tag = extra["ETag"]
@@ -158,7 +159,7 @@ def test_a_request_that_asks_to_wait_is_held_until_the_document_changes():
         time.sleep(0.01)
     web = default_lbs()
     web["web"].properties.loadBalancingRules[0].properties.backendPort = 8081
-    m.update(compile_services(web, fabric()))
+    m.update(compile_facts(web, fabric()))
     assert m.behind(time.monotonic() + 60) in ([], ["vm1"])   # waiting: still asking, whatever the clock
     t.join(10)
     status, _, body, extra = held["r"]

@@ -1,8 +1,9 @@
 """Fabric validation: good input parses; every bad input names its field and value."""
 import pytest
 
-from muxlab.model.conventions import dip_mac
-from muxlab.model.fabric import ModelError, load_lab, parse_lab, peer_of, smallest_prime_at_least
+from muxlab.datapath.conventions import dip_mac
+from muxlab.datapath.maglev import smallest_prime_at_least
+from muxlab.fabric.lab import ModelError, load_lab, parse_lab, peer_of
 from tests.unit.conftest import DEFAULT_MODEL
 
 

@@ -6,17 +6,17 @@ import subprocess
 
 import pytest
 
-from muxlab.model import nfttable
 from mux import datapath as mux_dp
-from tests.unit.conftest import default_lbs, fabric, services
+from muxlab.datapath import nfttable
+from tests.unit.conftest import default_facts, default_lbs, fabric
 from tests.unit.test_datapath import needs_nft, sick
 
 HEALTHY = mux_dp.Health()
 
 
 def table(health=HEALTHY, lbs=None, remedies=None):
-    svc = services(lbs)
-    return mux_dp.ruleset(fabric(), svc, mux_dp.services(fabric(), svc, health), remedies)
+    facts = default_facts(lbs)
+    return mux_dp.ruleset(fabric(), facts, mux_dp.rule_tables(fabric(), facts, health), remedies)
 
 
 def changed_lbs(change):
@@ -46,8 +46,8 @@ def test_a_probe_flap_touches_only_the_moved_buckets():
     script = nfttable.update(table(), table(sick("vm3")))
     lines = script.splitlines()
     assert all(line.split()[0] in ("delete", "add") and " element " in line for line in lines), script
-    moved = sum(1 for a, b in zip(mux_dp.services(fabric(), services(), HEALTHY)[4].table,
-                                  mux_dp.services(fabric(), services(), sick("vm3"))[4].table) if a != b)
+    moved = sum(1 for a, b in zip(mux_dp.rule_tables(fabric(), default_facts(), HEALTHY)[4].table,
+                                  mux_dp.rule_tables(fabric(), default_facts(), sick("vm3"))[4].table) if a != b)
     assert script.count(" : 0x") == moved      # each moved bucket re-added once with its new DIP
     assert "services" not in script and "chain" not in script
 

@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("cryptography")
 pytest.importorskip("ovs")
 
-from muxlab.model.conventions import CA_CERT, NODE_CERT, NODE_KEY, OPERATOR   # noqa: E402
+from muxlab.datapath.conventions import CA_CERT, NODE_CERT, NODE_KEY, OPERATOR   # noqa: E402
 
 from .conftest import default_lbs, fabric   # noqa: E402
 
@@ -235,9 +235,9 @@ def test_a_host_cannot_insert_a_load_balancer(host1):
 
 def test_a_host_cannot_write_a_southbound_fact(host1):
     """The facts are the managers' alone: a host could otherwise steer another host's VIP."""
-    from muxlab.model import southbound
-    from tests.unit.conftest import services
-    valid = southbound.rows_of(services(), lambda vm: "host1")
+    from muxlab.lb import southbound
+    from tests.unit.conftest import default_facts
+    valid = southbound.rows_of(default_facts(), lambda vm: "host1")
     valid["Nat_Port"] = {(): {"lb": "web", "rule": "ssh", "vip": "203.0.113.10", "protocol": "tcp", "port": 2222,
                               "vm": "vm1", "ip": "10.1.1.11", "host": "host1", "backend_port": 22, "floating_ip": False,
                               "idle_s": 60, "tcp_reset": False}}

@@ -2,9 +2,9 @@
 hops from records, the topology picture, the merged capture and the dashboard's events."""
 import xml.etree.ElementTree as ET
 
-from muxlab.model import pathwalk
-from muxlab.model.drawing import topology_svg
-from muxlab.model.render import links
+from muxlab.fabric.drawing import topology_svg
+from muxlab.fabric.render import links
+from muxlab.observe import pathwalk
 from tests.unit.conftest import fabric
 
 

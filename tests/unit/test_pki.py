@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import serialization   # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec   # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID   # noqa: E402
 
-from muxlab.model.conventions import API_TOKEN, CA_CERT, NODE_CERT, NODE_KEY, OPERATOR, PKI_FOLDER   # noqa: E402
+from muxlab.datapath.conventions import API_TOKEN, CA_CERT, NODE_CERT, NODE_KEY, OPERATOR, PKI_FOLDER   # noqa: E402
 from muxlab.pki import CA_KEY, ensure_pki, node_names   # noqa: E402
 
 from .conftest import fabric   # noqa: E402

@@ -2,8 +2,8 @@
 import yaml
 
 from muxlab.cli.lab import render_folder
-from muxlab.model.fabric import load_lab
-from muxlab.model.render import links, node_plan, render_edge_nft, render_exabgp, render_frr, render_lab_files, render_topology
+from muxlab.fabric.lab import load_lab
+from muxlab.fabric.render import links, node_plan, render_edge_nft, render_exabgp, render_frr, render_lab_files, render_topology
 from tests.unit.conftest import DEFAULT_MODEL, REPO
 
 

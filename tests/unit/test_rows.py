@@ -1,14 +1,14 @@
 """No poison row: a Load_Balancer row the API would refuse, written around it, is skipped and
-reported by the row rule (muxlab.model.rows) the managers' store applies, and left out of the
+reported by the row rule (muxlab.lb.rows) the managers' store applies, and left out of the
 southbound facts agents read; the other rows are served as usual."""
 import json
 from types import SimpleNamespace
 
 import pytest
 
-from muxlab.model import southbound
-from muxlab.model.rows import RowReader, parse_row, read_rows
-from muxlab.model.service import NAME_RULE, canonical
+from muxlab.lb import southbound
+from muxlab.lb.azure import NAME_RULE, canonical
+from muxlab.lb.rows import RowReader, parse_row, read_rows
 from tests.unit.conftest import default_lbs, fabric
 
 
@@ -39,7 +39,7 @@ POISON = [
     ("allocations not JSON", "bad", spec("bench"), "[[", "allocations are not JSON"),
     ("allocations not an object", "bad", spec("bench"), "[1]", "allocations are not a JSON object"),
     ("spec is null", "bad", None, "{}", "spec is not JSON"),
-    ("refused by lbcheck", "web", json.dumps(web_with_stranger), "{}",
+    ("refused by check", "web", json.dumps(web_with_stranger), "{}",
      "refused by the checks against the fabric: web.properties.backendAddressPools[0]"),
 ]
 
@@ -103,16 +103,16 @@ class FakeDb:
 
 
 def test_a_load_balancer_that_does_not_compile_is_left_out_and_named(monkeypatch):
-    from muxlab.model import compiler
-    real = compiler.compile_services
+    from muxlab.lb import compiler
+    real = compiler.compile_facts
 
     def fragile(lbs, fabric, allocations=None):
         if "direct" in lbs:
             raise KeyError("vm9")
         return real(lbs, fabric, allocations)
-    monkeypatch.setattr(compiler, "compile_services", fragile)
-    svc, skipped = compiler.compile_each(default_lbs(), fabric(), {})
-    assert {r.lb for r in svc.rules} == {"web", "bench"}
+    monkeypatch.setattr(compiler, "compile_facts", fragile)
+    facts, skipped = compiler.compile_each(default_lbs(), fabric(), {})
+    assert {r.lb for r in facts.rules} == {"web", "bench"}
     assert skipped == {"direct": "does not compile: KeyError: 'vm9'"}
 
 

@@ -5,23 +5,23 @@ import json
 import re
 from types import SimpleNamespace
 
-from muxlab.model import southbound
-from muxlab.model.compiler import compile_services
-from muxlab.model.service import parse_document
-from tests.unit.conftest import REPO, fabric, services
-from tests.unit.test_service import add_nat, add_outbound, members, rule
+from muxlab.lb import southbound
+from muxlab.lb.azure import parse_document
+from muxlab.lb.compiler import compile_facts
+from tests.unit.conftest import REPO, default_facts, fabric
+from tests.unit.test_azure import add_nat, add_outbound, members, rule
 
 SCHEMA = json.loads((REPO / "muxlab" / "muxlab.ovsschema").read_text())
 MANUAL = (REPO / "docs" / "southbound.md").read_text()
 
 
-def rows(svc=None):
+def rows(facts=None):
     f = fabric()
-    return southbound.rows_of(svc or services(), lambda vm: f.vm(vm).host)
+    return southbound.rows_of(facts or default_facts(), lambda vm: f.vm(vm).host)
 
 
 def compiled(raw_lbs):
-    return compile_services(parse_document({"loadBalancers": raw_lbs}), fabric())
+    return compile_facts(parse_document({"loadBalancers": raw_lbs}), fabric())
 
 
 def idl(r: southbound.Rows, host=None):
@@ -83,8 +83,8 @@ def imported(module: str, seen=None) -> set[str]:
 
 
 def test_agents_import_nothing_of_the_azure_model_or_pydantic():
-    forbidden = ("pydantic", "muxlab.model.service", "muxlab.model.compiler", "muxlab.model.lbcheck",
-                 "muxlab.model.allocation", "muxlab.model.rows")
+    forbidden = ("pydantic", "muxlab.lb.azure", "muxlab.lb.compiler", "muxlab.lb.check",
+                 "muxlab.lb.allocation", "muxlab.lb.rows")
     for agent in ("mux.agent", "hostagent.agent", "muxlab.node.vmservice"):
         bad = sorted(m for m in imported(agent) if m.startswith(forbidden))
         assert bad == [], (agent, bad)
@@ -100,12 +100,12 @@ def test_the_vm_service_has_no_way_to_the_database():
 
 
 def test_the_default_lbs_round_trip_through_the_rows():
-    svc = services()
-    back, problems = southbound.services_of(idl(rows(svc)))
+    facts = default_facts()
+    back, problems = southbound.facts_of(idl(rows(facts)))
     assert problems == []
-    assert set(back.rules) == set(svc.rules) and set(back.nat_ports) == set(svc.nat_ports)
-    assert set(back.snat) == set(svc.snat) and set(back.vips) == set(svc.vips)
-    assert set(back.hairpin_snat_vips) == set(svc.hairpin_snat_vips)
+    assert set(back.rules) == set(facts.rules) and set(back.nat_ports) == set(facts.nat_ports)
+    assert set(back.snat) == set(facts.snat) and set(back.vips) == set(facts.vips)
+    assert set(back.hairpin_snat_vips) == set(facts.hairpin_snat_vips)
     web = next(r for r in back.rules if r.key == "web/http")
     assert [b.vm for b in web.backends] == ["vm1", "vm2", "vm3", "vm4", "vm5", "vm6"]   # pool order kept
 
@@ -166,7 +166,7 @@ def test_frontends_say_which_do_hairpin_snat(raw_lbs):
 
 
 def test_a_host_reads_its_own_vms_rows_only():
-    back, _ = southbound.services_of(idl(rows(), host="host2"))
+    back, _ = southbound.facts_of(idl(rows(), host="host2"))
     web = next(r for r in back.rules if r.key == "web/http")
     assert {b.vm for b in web.backends} == {"vm3", "vm4"}
     assert {s.vm for s in back.snat} <= {"vm3", "vm4"} and {n.vm for n in back.nat_ports} <= {"vm3", "vm4"}
@@ -174,25 +174,25 @@ def test_a_host_reads_its_own_vms_rows_only():
 
 def test_the_mux_programs_the_same_tables_from_the_rows_as_from_the_compiler():
     from mux import datapath
-    f, svc = fabric(), services()
-    back, _ = southbound.services_of(idl(rows(svc)))
+    f, facts = fabric(), default_facts()
+    back, _ = southbound.facts_of(idl(rows(facts)))
     health = datapath.Health()
-    a, b = datapath.services(f, svc, health), datapath.services(f, back, health)
+    a, b = datapath.rule_tables(f, facts, health), datapath.rule_tables(f, back, health)
     assert sorted((s.rule.key, s.table) for s in a) == sorted((s.rule.key, s.table) for s in b)
 
 
 def test_the_host_programs_the_same_data_path_from_its_rows_as_from_the_compiler():
     from hostagent import datapath
-    f, svc = fabric(), services()
-    back, _ = southbound.services_of(idl(rows(svc), host="host1"))
-    assert datapath.render_nft(f, back, "host1") == datapath.render_nft(f, svc, "host1")
+    f, facts = fabric(), default_facts()
+    back, _ = southbound.facts_of(idl(rows(facts), host="host1"))
+    assert datapath.render_nft(f, back, "host1") == datapath.render_nft(f, facts, "host1")
 
 
 def test_a_bad_row_is_skipped_and_named_and_the_rest_served():
     r = rows()
     r["Backend"][("web/web", 0)] = {**r["Backend"][("web/web", 0)], "ip": "not-an-address"}
     r["Rule"][("web", "dns")] = {**r["Rule"][("web", "dns")], "probe": "web/missing"}
-    back, problems = southbound.services_of(idl(r))
+    back, problems = southbound.facts_of(idl(r))
     assert len(problems) == 2 and any("Backend web/web/0" in p for p in problems)
     assert any("Rule web/dns" in p and "web/missing" in p for p in problems)
     assert "web/dns" not in {x.key for x in back.rules}

@@ -12,7 +12,7 @@ import ipaddress
 
 import yaml
 
-from .fabric import NAME_RE
+from .lab import NAME_RE
 
 MAX_MUXES = MAX_HOSTS = 127          # one /31 each in a /24
 MAX_VMS_PER_HOST = 200               # .10 up in a /24

@@ -13,7 +13,22 @@ import hashlib
 from collections import Counter
 from typing import Mapping, Sequence
 
-from .fabric import is_prime
+
+def is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    i = 2
+    while i * i <= n:
+        if n % i == 0:
+            return False
+        i += 1
+    return True
+
+
+def smallest_prime_at_least(n: int) -> int:
+    while not is_prime(n):
+        n += 1
+    return n
 
 
 def _h(data: str, salt: bytes) -> int:

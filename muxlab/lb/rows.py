@@ -5,10 +5,10 @@ The API only writes rows it validated, but a row can be written around it (ovsdb
 hand, an older manager). Such a row must not break readers: a row is *invalid*, skipped and
 reported as {name, reason}, when
 
-  - its name is not an Azure resource name (muxlab.model.service.NAME_RULE);
+  - its name is not an Azure resource name (muxlab.lb.azure.NAME_RULE);
   - its spec is not JSON, has a key twice, or is not a LoadBalancer (pydantic);
   - its allocations are not a JSON object;
-  - with a fabric: lbcheck.check refuses it among the valid rows (a clash between two rows
+  - with a fabric: check.check refuses it among the valid rows (a clash between two rows
     is blamed on the one check reports, the later by name, as a write would have been).
 
 Everything else is read as the API wrote it.
@@ -21,9 +21,9 @@ from typing import Any, Iterable
 
 from pydantic import ValidationError
 
-from .fabric import Lab, ModelError
-from .lbcheck import check
-from .service import NAME_RULE, LoadBalancer, errors_of, is_azure_name, loads_unique
+from ..fabric.lab import Lab, ModelError
+from .azure import NAME_RULE, LoadBalancer, errors_of, is_azure_name, loads_unique
+from .check import check
 
 MAX_REASON = 400   # characters of a reason (the first problems, then "...")
 

@@ -1,5 +1,5 @@
 """The load balancers (Azure's shape, for people) compiled into the flat facts agents act
-on (muxlab.model.compiled). Pure. Runs in the managers only, once per write: agents read the
+on (muxlab.lb.facts). Pure. Runs in the managers only, once per write: agents read the
 result from the southbound tables and never see the Azure model. A rule with protocol All
 becomes a Tcp and a Udp rule.
 """
@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import ipaddress
 
+from ..fabric.lab import Lab
 from .allocation import allocate, outbound_claims
-from .compiled import Backend, NatPort, Probe, Rule, Services, Snat
-from .fabric import Lab
-from .lbcheck import protocols
-from .service import LoadBalancer
+from .azure import LoadBalancer
+from .check import protocols
+from .facts import Backend, Facts, NatPort, Probe, Rule, Snat
 
 IMPLICIT_OUTBOUND_IDLE_MINUTES = 4   # Azure: the idle timeout of outbound flows without an outbound rule
 
 
-def compile_services(lbs: dict[str, LoadBalancer], fabric: Lab, allocations: dict[str, dict] | None = None) -> Services:
-    """Assumes lbs passed lbcheck.check (unknown references are skipped, not raised).
-    `allocations`: what the manager stored (muxlab.model.allocation); None computes them
+def compile_facts(lbs: dict[str, LoadBalancer], fabric: Lab, allocations: dict[str, dict] | None = None) -> Facts:
+    """Assumes lbs passed check.check (unknown references are skipped, not raised).
+    `allocations`: what the manager stored (muxlab.lb.allocation); None computes them
     afresh (the same result for a set of load balancers written at once)."""
     if allocations is None:
         allocations, _ = allocate(lbs, fabric)
@@ -83,23 +83,23 @@ def compile_services(lbs: dict[str, LoadBalancer], fabric: Lab, allocations: dic
                 # the implicit outbound of a load-balancing rule: Azure's default idle timeout
                 snat.append(Snat(lb_name, "(load-balancing rules)", fes[fe], tuple(sorted(claim.protocols)), vm.name,
                                  str(vm.ip), lo, hi, IMPLICIT_OUTBOUND_IDLE_MINUTES * spm))
-    return Services(tuple(rules), tuple(sorted(vips)), tuple(nat_ports), tuple(snat), tuple(sorted(hairpin)))
+    return Facts(tuple(rules), tuple(sorted(vips)), tuple(nat_ports), tuple(snat), tuple(sorted(hairpin)))
 
 
 def compile_each(lbs: dict[str, LoadBalancer], fabric: Lab,
-                 allocations: dict[str, dict]) -> tuple[Services, dict[str, str]]:
-    """compile_services, except that a load balancer that does not compile is left out and
+                 allocations: dict[str, dict]) -> tuple[Facts, dict[str, str]]:
+    """compile_facts, except that a load balancer that does not compile is left out and
     named with its reason (one bad load balancer never stops the others)."""
     try:
-        return compile_services(lbs, fabric, allocations), {}
+        return compile_facts(lbs, fabric, allocations), {}
     except Exception:
         pass
     skipped: dict[str, str] = {}
     good = dict(lbs)
     for name in sorted(lbs):   # find the culprits one by one, serve the rest
         try:
-            compile_services({name: lbs[name]}, fabric, {name: allocations.get(name, {})})
+            compile_facts({name: lbs[name]}, fabric, {name: allocations.get(name, {})})
         except Exception as exc:
             skipped[name] = f"does not compile: {type(exc).__name__}: {exc}"[:400]
             del good[name]
-    return compile_services(good, fabric, allocations), skipped
+    return compile_facts(good, fabric, allocations), skipped

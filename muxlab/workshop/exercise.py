@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .fabric import NAME_RE, NAME_RULE
+from ..fabric.lab import NAME_RE, NAME_RULE
 
 
 class ExerciseError(ValueError):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .service import LoadBalancer, canonical
+from .azure import LoadBalancer, canonical
 
 
 def _keyed(value: Any) -> Any:

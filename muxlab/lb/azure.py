@@ -1,4 +1,4 @@
-"""The service model: load balancers in Azure Load Balancer's own shape. Pure.
+"""The load balancer model: load balancers in Azure Load Balancer's own shape. Pure.
 
 One pydantic definition validates YAML and JSON files, the API's request bodies, and exports
 the JSON Schema in docs/ (editors use it for completion). An Azure REST request body or an
@@ -12,7 +12,7 @@ Deliberate differences from Azure, for a lab (docs/manager.md):
 - a single-port inbound NAT rule names its backend with `backendIPAddress` (Azure ties it
   from the NIC's side, a resource this lab does not have);
 - `hairpinSnat` (an extension) lets backends reach their own load balancer.
-Cross-field rules (references, port clashes, the fabric's VMs) are in muxlab.model.lbcheck.
+Cross-field rules (references, port clashes, the fabric's VMs) are in muxlab.lb.check.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .fabric import ModelError
+from ..fabric.lab import ModelError
 
 # Azure resource names: 1-80 characters, letters, digits, '_', '.', '-'; start with a letter
 # or digit, end with a letter, digit or '_'.
@@ -362,7 +362,7 @@ def canonical(lb: LoadBalancer) -> dict:
 def json_schema() -> dict:
     schema = LoadBalancer.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["description"] = ("A muxlab load balancer in Azure Load Balancer's shape (muxlab/model/service.py). "
+    schema["description"] = ("A muxlab load balancer in Azure Load Balancer's shape (muxlab/lb/azure.py). "
                              "A file may hold one load balancer, or a `loadBalancers` mapping of name to load balancer.")
     return schema
 

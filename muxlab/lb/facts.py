@@ -1,8 +1,8 @@
 """The flat facts agents act on: per (VIP, protocol, port) a rule with its backends (VM
 names, in pool order), distribution mode, probe and floating-IP flag; inbound NAT ports;
 outbound SNAT ranges. Pure dataclasses, with nothing of the Azure model: the managers compile
-the load balancers into these once (muxlab.model.compiler), store them as southbound rows
-(muxlab.model.southbound, docs/southbound.md) and agents read them back from those rows.
+the load balancers into these once (muxlab.lb.compiler), store them as southbound rows
+(muxlab.lb.southbound, docs/southbound.md) and agents read them back from those rows.
 """
 from __future__ import annotations
 
@@ -89,7 +89,8 @@ class Snat:
 
 
 @dataclass(frozen=True)
-class Services:
+class Facts:
+    """Everything the agents act on: the whole lab's for MUXes and managers, a host reads its own VMs' part."""
     rules: tuple[Rule, ...] = ()
     vips: tuple[ipaddress.IPv4Address, ...] = ()      # every frontend address, with or without rules
     nat_ports: tuple[NatPort, ...] = ()
@@ -100,18 +101,18 @@ class Services:
         return {r.probe.key: r.probe for r in self.rules if r.probe}
 
 
-def guest_config(services: Services, vm: str) -> tuple[set[int], set[int], list[str]]:
+def guest_config(facts: Facts, vm: str) -> tuple[set[int], set[int], list[str]]:
     """What a backend VM must serve: TCP ports (backend and probe ports), UDP ports, and the
     floating-IP VIPs it holds on its loopback."""
     tcp, udp, fips = set(), set(), set()
-    for r in services.rules:
+    for r in facts.rules:
         if any(b.vm == vm for b in r.backends):
             (tcp if r.protocol == "tcp" else udp).add(r.backend_port)
             if r.probe:
                 tcp.add(r.probe.port)
             if r.floating_ip:
                 fips.add(str(r.vip))
-    for n in services.nat_ports:
+    for n in facts.nat_ports:
         if n.vm == vm:
             (tcp if n.protocol == "tcp" else udp).add(n.backend_port)
             if n.floating_ip:

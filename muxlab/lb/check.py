@@ -8,8 +8,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Iterable
 
-from .fabric import Lab
-from .service import LoadBalancer, PublicIPAddress, Ref
+from ..fabric.lab import Lab
+from .azure import LoadBalancer, PublicIPAddress, Ref
 
 Problem = tuple[str, Any, str]
 
@@ -195,7 +195,7 @@ def _check_one(name: str, lb: LoadBalancer, fabric: Lab, before: LoadBalancer | 
         for j, ref in enumerate(o.frontendIPConfigurations):
             resolve(ref, "frontendIPConfigurations", f"{rp}.frontendIPConfigurations[{j}]")
         resolve(o.backendAddressPool, "backendAddressPools", f"{rp}.backendAddressPool")
-        # ports per backend x backends against the frontends' room: muxlab.model.allocation
+        # ports per backend x backends against the frontends' room: muxlab.lb.allocation
     return bad
 
 

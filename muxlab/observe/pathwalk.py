@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..datapath.conventions import MGMT_IF, VXLAN_PORT
+
 # inner L4 ports inside a VXLAN packet, counted from the outer UDP header:
 # UDP 8 + VXLAN 8 + inner Ethernet 14 + inner IPv4 20 (no options)
 INNER_L4_OFFSET = 8 + 8 + 14 + 20
@@ -22,8 +24,8 @@ def trace_ruleset(sport: int, table: str) -> str:
     of the flow, bare or inside VXLAN, before any other hook (raw is -300)."""
     bits = INNER_L4_OFFSET * 8
     rules = [f"th sport {sport} meta nftrace set 1", f"th dport {sport} meta nftrace set 1",
-             f"udp dport 4789 @th,{bits},16 {sport} meta nftrace set 1",
-             f"udp dport 4789 @th,{bits + 16},16 {sport} meta nftrace set 1"]
+             f"udp dport {VXLAN_PORT} @th,{bits},16 {sport} meta nftrace set 1",
+             f"udp dport {VXLAN_PORT} @th,{bits + 16},16 {sport} meta nftrace set 1"]
     body = "\n".join(f"    {r}" for r in rules)
     return (f"table ip {table}\ndelete table ip {table}\ntable ip {table} {{\n"
             f"  chain pre {{\n    type filter hook prerouting priority -350; policy accept;\n{body}\n  }}\n"
@@ -118,7 +120,7 @@ class Hop:
                 "events": self.events, "rules": self.rules}
 
 
-def assemble(records: dict[str, list[dict]], traces: dict[str, list[dict]], sport: int, mgmt_if: str = "eth0") -> dict:
+def assemble(records: dict[str, list[dict]], traces: dict[str, list[dict]], sport: int, mgmt_if: str = MGMT_IF) -> dict:
     """The request's and the reply's hops in the order the packet crossed them: a new hop each
     time the packet is seen on another node (the edge appears twice on the request's path:
     once routing the client's packet to a MUX, once routing the MUX's VXLAN to a host)."""
@@ -140,7 +142,7 @@ def assemble(records: dict[str, list[dict]], traces: dict[str, list[dict]], spor
             for p in traces.get(node, []):
                 pkt = (p["packet"] or "") + " "
                 ports = re.search(r"(?:tcp|udp) sport (\d+) (?:tcp|udp) dport (\d+)", pkt)
-                if "udp dport 4789" in pkt:
+                if f"udp dport {VXLAN_PORT}" in pkt:
                     # the outer VXLAN packet shows no inner flags: the first one is the first packet's
                     if vxlan_seen or d == "reply":
                         continue

@@ -1,4 +1,6 @@
-"""Conventions the MUXes and host agents must agree on, in one place. Pure.
+"""Conventions the MUXes, host agents, managers, the renderer and the operator's tools must
+agree on, in one place: every kernel name, port and file name two of them share is defined
+here and nowhere else in the code (docs and workshops write them out, for people). Pure.
 
 - A DIP travels as a 32-bit packet mark equal to the DIP itself (MUX: chosen backend;
   host: which local VM the MUX meant), and `ip rule fwmark DIP lookup DIP` routes it.
@@ -13,6 +15,19 @@ import ipaddress
 import json
 
 RULE_PRIORITY = 100  # `ip rule` preference of the fwmark rules, on MUXes and hosts
+
+# nft tables, by node: written by their agent (the edge's by the renderer), read by the operator's tools
+MUX_TABLE = "muxlab_mux"            # a MUX's data path (mux/datapath.py)
+HOST_TABLE = "muxlab_host"          # a host's NAT, DSR, SNAT and filters (hostagent/datapath.py)
+OVERLAY_TABLE = "muxlab_overlay"    # a host's VXLAN ingress filter, netdev family (hostagent/datapath.py)
+EDGE_TABLE = "muxlab_edge"          # the edge router's filters (muxlab/fabric/render.py, render_edge_nft)
+
+# Interfaces, as the topology names them (muxlab/fabric/render.py)
+MGMT_IF = "eth0"       # every node's, Docker's, on the management network: never on a packet's path through the lab
+UPLINK_IF = "eth1"     # a MUX's, host's or client's link to the edge; a VM's to its host
+HOST_BRIDGE = "br0"    # a host's bridge to its VMs (it serves IMDS and the platform address on it)
+
+# Ports
 VXLAN_PORT = 4789
 OVSDB_PORT = 6641    # managers' OVSDB, for agents (and the managers' API) over the management network
 RAFT_PORT = 6643     # managers' OVSDB cluster among themselves
@@ -24,11 +39,22 @@ LIVENESS_PORT = 3799
 LIVENESS_INTERVAL_S = 0.2
 LIVENESS_DEAD_AFTER_S = 0.6
 
+# Files in a node. CONFIG_DIR holds what the topology binds in read-only; RUN_DIR the node's own
+# runtime state (MUXLAB_RUN_DIR moves it in a node: muxlab.node.runtime.run_path).
+CONFIG_DIR = "/etc/muxlab"
+FABRIC_FILE = f"{CONFIG_DIR}/lab.yml"            # the fabric, in every node
+SEED_FILE = f"{CONFIG_DIR}/loadbalancers.yml"    # managers: the load balancers of a first start
+EDGE_NFT_FILE = f"{CONFIG_DIR}/edge.nft"         # the edge: router/entrypoint.sh loads it (a shell script: written out there)
+RUN_DIR = "/run/muxlab"
+MAGLEV_TABLES_FILE = f"{RUN_DIR}/tables.json"    # on every MUX: the Maglev tables it programmed
+ANNOUNCE_FILE = f"{RUN_DIR}/announce.json"       # on every MUX: the VIPs its agent tells the BGP helper to announce
+STOPPED_DIR = f"{RUN_DIR}/stopped"               # a process named by a file here is held down by the supervisor
+
 # The lab's PKI (muxlab.pki creates it at deploy, in the lab folder's PKI_FOLDER): one CA, and
 # per infrastructure node a certificate whose common name is the node's name, bound read-only
 # into that node at PKI_DIR. Managers also get the API's bearer token there.
 PKI_FOLDER = "pki"                  # in the lab folder, beside lab.yml (never committed)
-PKI_DIR = "/etc/muxlab/pki"         # in a node
+PKI_DIR = f"{CONFIG_DIR}/pki"       # in a node
 CA_CERT = "ca.crt"
 NODE_CERT = "node.crt"
 NODE_KEY = "node.key"
@@ -61,9 +87,6 @@ def ct_timeout_object(proto: str, idle_s: int) -> str:
     else:
         states = f"unreplied: {idle_s}, replied: {idle_s}"
     return f"  ct timeout idle_{proto}_{idle_s} {{ protocol {proto}; l3proto ip; policy = {{ {states} }}; }}"
-
-
-MAGLEV_TABLES_FILE = "/run/muxlab/tables.json"   # on every MUX: the Maglev tables it programmed
 
 
 def maglev_report(rule_maps: dict[str, str], maps: dict[str, list], changed_at: dict[str, float], at: float) -> dict:

@@ -1,16 +1,16 @@
-"""The Azure-shaped service model: good input parses and compiles; each bad input is refused
+"""The Azure-shaped load balancer model: good input parses and compiles; each bad input is refused
 with its field path and a message that says what is wrong (the manager applies nothing then)."""
 import json
 
 import pytest
 
-from muxlab.model.allocation import allocate
-from muxlab.model.compiled import guest_config
-from muxlab.model.compiler import compile_services
-from muxlab.model.diff import diff
-from muxlab.model.fabric import ModelError
-from muxlab.model.lbcheck import allocate_public_ips, check, default_outbound_ports
-from muxlab.model.service import json_schema, load_document, parse_document, ref_parts
+from muxlab.fabric.lab import ModelError
+from muxlab.lb.allocation import allocate
+from muxlab.lb.azure import json_schema, load_document, parse_document, ref_parts
+from muxlab.lb.check import allocate_public_ips, check, default_outbound_ports
+from muxlab.lb.compiler import compile_facts
+from muxlab.lb.diff import diff
+from muxlab.lb.facts import guest_config
 from tests.unit.conftest import REPO, default_lbs, fabric
 
 W = "loadBalancers.web.properties"       # paths of the file's shape (pydantic)
@@ -195,18 +195,18 @@ def test_changing_floating_ip_on_an_existing_rule_is_refused(raw_lbs):
 def test_default_load_balancers_are_valid_and_compile():
     lbs = default_lbs()
     assert check(lbs, fabric()) == []
-    svc = compile_services(lbs, fabric())
-    assert [r.key for r in svc.rules] == ["bench/iperf", "bench/iperf-udp", "direct/app", "direct/app-udp", "web/http", "web/dns"]
-    http = svc.rules[4]
+    facts = compile_facts(lbs, fabric())
+    assert [r.key for r in facts.rules] == ["bench/iperf", "bench/iperf-udp", "direct/app", "direct/app-udp", "web/http", "web/dns"]
+    http = facts.rules[4]
     assert (str(http.vip), http.protocol, http.port, http.backend_port, http.probe.key) == ("203.0.113.10", "tcp", 80, 8080, "web/http-health")
     assert [b.vm for b in http.backends] == ["vm1", "vm2", "vm3", "vm4", "vm5", "vm6"]
-    assert guest_config(svc, "vm2") == ({7000, 8080}, {7000, 5353}, ["203.0.113.20"])
+    assert guest_config(facts, "vm2") == ({7000, 8080}, {7000, 5353}, ["203.0.113.20"])
 
 
 def test_protocol_all_compiles_to_tcp_and_udp(raw_lbs):
     add_rule(raw_lbs, protocol="All", frontendPort=9000, backendPort=9000, name="both")
-    svc = compile_services(parse_document({"loadBalancers": raw_lbs}), fabric())
-    assert {(r.name, r.protocol) for r in svc.rules if r.port == 9000} == {("both-tcp", "tcp"), ("both-udp", "udp")}
+    facts = compile_facts(parse_document({"loadBalancers": raw_lbs}), fabric())
+    assert {(r.name, r.protocol) for r in facts.rules if r.port == 9000} == {("both-tcp", "tcp"), ("both-udp", "udp")}
 
 
 ARM = {
@@ -240,7 +240,7 @@ def test_arm_template_is_accepted_as_it_is_and_gets_an_address():
     addr = new["arm-lb"].properties.frontendIPConfigurations[0].address
     assert str(addr) == "203.0.113.100"  # the first free address of the allocation range
     assert check({**held, **new}, fabric(), held, changed={"arm-lb"}) == []
-    (r,) = compile_services(new, fabric()).rules
+    (r,) = compile_facts(new, fabric()).rules
     assert (r.distribution, r.probe.unhealthy_threshold, [b.vm for b in r.backends]) == ("SourceIP", 2, ["vm3", "vm5"])
     # the same public IP resource keeps its address across a re-apply
     again = allocate_public_ips(lbs, fabric(), {**held, **new})
@@ -291,13 +291,13 @@ def test_file_errors(tmp_path):
 
 def test_committed_json_schema_is_current():
     committed = json.loads((REPO / "docs" / "loadbalancer.schema.json").read_text())
-    assert committed == json_schema(), "run `python -m muxlab.model.schemas` to refresh docs/"
+    assert committed == json_schema(), "run `python -m muxlab.lb.schemas` to refresh docs/"
 
 
 def test_committed_openapi_document_is_current():
     from manager.api import app
     committed = json.loads((REPO / "docs" / "openapi.json").read_text())
-    assert committed == json.loads(json.dumps(app.openapi())), "run `python -m muxlab.model.schemas` to refresh docs/"
+    assert committed == json.loads(json.dumps(app.openapi())), "run `python -m muxlab.lb.schemas` to refresh docs/"
     paths = set(committed["paths"])
     assert {"/loadBalancers", "/loadBalancers/{name}", "/loadBalancers/{name}/backendAddressPools/{pool}",
             "/loadBalancers/{name}/inboundNatRules/{rule}", "/loadBalancers/{name}/loadBalancingRules/{rule}/health",

@@ -1,7 +1,7 @@
 """The fabric: the lab's nodes and addressing (edge, managers, MUXes, hosts, VMs, clients).
 
 The load balancers are not here: they are the tenant's configuration, held by the manager
-(muxlab.model.service). Pure logic only: parse a YAML mapping, validate every field, return
+(muxlab.lb.azure). Pure logic only: parse a YAML mapping, validate every field, return
 frozen dataclasses. Every error names the field path and the offending value; a file with
 any error is rejected whole, so nothing downstream ever sees a half-valid fabric.
 """
@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from .conventions import dip_mac
+from ..datapath.conventions import dip_mac
+from ..datapath.maglev import is_prime, smallest_prime_at_least
 
 # What a MUX does about a packet too big for the overlay (docs/datapath.md, "MTU"):
 # clamp the TCP MSS of SYNs (and, on hosts, of the DSR SYN-ACKs the MUX never sees), and
@@ -192,23 +193,6 @@ def peer_of(iface: ipaddress.IPv4Interface) -> ipaddress.IPv4Address:
     else:
         raise ValueError(f"{iface} is not a point-to-point /31 or /30")
     return b if iface.ip == a else a
-
-
-def is_prime(n: int) -> bool:
-    if n < 2:
-        return False
-    i = 2
-    while i * i <= n:
-        if n % i == 0:
-            return False
-        i += 1
-    return True
-
-
-def smallest_prime_at_least(n: int) -> int:
-    while not is_prime(n):
-        n += 1
-    return n
 
 
 # ---------------------------------------------------------------- parsing

@@ -1,11 +1,11 @@
 """Writes the committed contracts in docs/: the load balancer JSON Schema (editors use it for
-completion) and the managers' OpenAPI document. `python -m muxlab.model.schemas`."""
+completion) and the managers' OpenAPI document. `python -m muxlab.lb.schemas`."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from .service import json_schema
+from .azure import json_schema
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 

@@ -1,11 +1,11 @@
-"""The southbound contract: the compiled facts (muxlab.model.compiled) as rows of the
+"""The southbound contract: the compiled facts (muxlab.lb.facts) as rows of the
 managers' OVSDB, and back. Pure, and free of the Azure model: the managers write these rows
 in the same transaction as the load balancers they come from; agents read only these.
 
 Every table here is in muxlab/muxlab.ovsschema and described column by column in
 docs/southbound.md (a unit test keeps the three in step). Addresses are text, IPv4 or IPv6
 (`ipaddress.ip_address`): nothing in the contract assumes a 32-bit address or a packet mark;
-how a DIP travels in a node's kernel is the agents' business (muxlab.model.conventions).
+how a DIP travels in a node's kernel is the agents' business (muxlab.datapath.conventions).
 Pools and probes are referred to by name ("LB/pool", "LB/probe"), not by row uuid, so a host
 can monitor its own Backend rows (`host == me`) without the rows they point at.
 """
@@ -15,7 +15,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from .compiled import Backend, NatPort, Probe, Rule, Services, Snat
+from .facts import Backend, Facts, NatPort, Probe, Rule, Snat
 
 # table -> (its key columns, every column); the key is the table's index in the schema
 TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -39,8 +39,8 @@ def address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.ip_address(text)
 
 
-def rows_of(svc: Services, host_of: Callable[[str], str]) -> Rows:
-    """The southbound rows of `svc`; `host_of(vm)` names the host a VM runs on."""
+def rows_of(facts: Facts, host_of: Callable[[str], str]) -> Rows:
+    """The southbound rows of `facts`; `host_of(vm)` names the host a VM runs on."""
     out: Rows = {t: {} for t in TABLES}
 
     def put(table: str, **cols) -> None:
@@ -48,11 +48,11 @@ def rows_of(svc: Services, host_of: Callable[[str], str]) -> Rows:
         assert set(cols) == set(columns), (table, sorted(cols))
         out[table][tuple(cols[k] for k in keys)] = cols
 
-    hairpin = set(svc.hairpin_snat_vips)
-    for v in svc.vips:
+    hairpin = set(facts.hairpin_snat_vips)
+    for v in facts.vips:
         put("Frontend", address=str(v), hairpin_snat=v in hairpin)
     pools: dict[str, tuple[Backend, ...]] = {}
-    for r in svc.rules:
+    for r in facts.rules:
         pools[r.pool] = r.backends
         if r.probe:
             p = r.probe
@@ -64,11 +64,11 @@ def rows_of(svc: Services, host_of: Callable[[str], str]) -> Rows:
     for pool, backends in pools.items():
         for i, b in enumerate(backends):
             put("Backend", pool=pool, position=i, vm=b.vm, ip=b.ip, host=host_of(b.vm), admin=b.admin)
-    for n in svc.nat_ports:
+    for n in facts.nat_ports:
         put("Nat_Port", lb=n.lb, rule=n.rule, vip=str(n.vip), protocol=n.protocol, port=n.port, vm=n.vm, ip=n.ip,
             host=host_of(n.vm), backend_port=n.backend_port, floating_ip=n.floating_ip, idle_s=n.idle_s,
             tcp_reset=n.tcp_reset)
-    for s in svc.snat:
+    for s in facts.snat:
         put("Snat_Range", lb=s.lb, rule=s.rule, vip=str(s.vip), protocols=sorted(s.protocols), vm=s.vm, ip=s.ip,
             host=host_of(s.vm), lo=s.lo, hi=s.hi, idle_s=s.idle_s, tcp_reset=s.tcp_reset)
     return out
@@ -117,7 +117,7 @@ def read(rows: Callable[[str], Iterable[Any]]) -> Rows:
     return out
 
 
-def services_of(rows: Rows) -> tuple[Services, list[str]]:
+def facts_of(rows: Rows) -> tuple[Facts, list[str]]:
     """The facts back from southbound rows, in a canonical order (every MUX reads the same
     rows, so every MUX builds the same tables). A row that does not convert, or a rule whose
     probe is missing, is skipped and named in the second result: one bad row never stops
@@ -186,6 +186,6 @@ def services_of(rows: Rows) -> tuple[Services, list[str]]:
     rules.sort(key=lambda r: (r.lb, r.name))
     nat.sort(key=lambda n: (n.lb, n.rule, n.vm, n.protocol, n.port))
     snat.sort(key=lambda s: (s.lb, s.vm))
-    return (Services(tuple(rules), tuple(sorted(vips, key=order)), tuple(nat), tuple(snat),
+    return (Facts(tuple(rules), tuple(sorted(vips, key=order)), tuple(nat), tuple(snat),
                      tuple(sorted(hairpin, key=order))), problems)
 

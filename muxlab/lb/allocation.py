@@ -7,7 +7,7 @@ alone, statelessly. Which identity: the first explicit outbound rule covering th
 load balancer name, then rule order; two explicit rules for one VM are refused), else the
 first load-balancing rule without `disableOutboundSnat`. Ports come in blocks of 8 from
 1024-65535, less the blocks holding a frontend port of an inbound rule on that address.
-`allocatedOutboundPorts: 0` takes Azure's default by pool size (lbcheck.DEFAULT_SNAT_PORTS).
+`allocatedOutboundPorts: 0` takes Azure's default by pool size (muxlab.lb.check.DEFAULT_SNAT_PORTS).
 A backend's range is one contiguous run of blocks: the kernel's SNAT takes one range per rule.
 
 Inbound NAT rules, pool form: one frontend port per backend from the rule's range, kept
@@ -22,9 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .fabric import Lab
-from .lbcheck import default_outbound_ports, protocols
-from .service import LoadBalancer
+from ..fabric.lab import Lab
+from .azure import LoadBalancer
+from .check import default_outbound_ports, protocols
 
 Problem = tuple[str, Any, str]
 
@@ -190,7 +190,7 @@ def allocate(lbs: dict[str, LoadBalancer], fabric: Lab, previous: dict[str, dict
             for vm in members:
                 if vm not in mapping:
                     port = next(free, None)
-                    if port is None:   # lbcheck reports the pool outgrowing the range
+                    if port is None:   # check reports the pool outgrowing the range
                         break
                     mapping[vm] = port
             out[lb_name]["nat"][n.name] = dict(sorted(mapping.items(), key=lambda kv: kv[1]))

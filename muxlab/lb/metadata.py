@@ -1,5 +1,5 @@
 """The Instance Metadata Service's documents (IMDS, 169.254.169.254 on every host), in
-Azure's shape, and what a VM's guest makes of them. Pure: fabric and compiled Services in,
+Azure's shape, and what a VM's guest makes of them. Pure: fabric and facts in,
 JSON-ready dicts out.
 
 A host answers for its own VMs only and knows them by the source address of the request
@@ -8,7 +8,7 @@ A host answers for its own VMs only and knows them by the source address of the 
 - `/metadata/instance`: `compute` (name, vmId, resourceId, ...) and `network.interface[]`
   (one per NIC: `ipv4.ipAddress[].privateIpAddress`, `ipv4.subnet[]`, `macAddress`), as
   Azure's. muxlab has no instance-level public IPs: `publicIpAddress` is ""; a NIC's
-  `macAddress` is its address's overlay MAC (muxlab.model.conventions.dip_mac).
+  `macAddress` is its address's overlay MAC (muxlab.datapath.conventions.dip_mac).
 - `/metadata/loadbalancer` (api-version 2020-10-01 or later): `loadbalancer.publicIpAddresses`
   (frontend, private IP), `inboundRules` (every load-balancing rule and inbound NAT port that
   sends traffic to this VM: frontendIpAddress, protocol, frontendPort, backendPort,
@@ -21,16 +21,16 @@ A host answers for its own VMs only and knows them by the source address of the 
   and `frontendPortRange` (the VM's SNAT ports).
 
 `guest_config` turns a loadbalancer document into what the VM application serves, exactly
-what muxlab.model.compiled.guest_config computes from the Services themselves.
+what muxlab.lb.facts.guest_config computes from the facts themselves.
 """
 from __future__ import annotations
 
 import ipaddress
 import uuid
 
-from .compiled import Services
-from .conventions import dip_mac
-from .fabric import VM, Lab
+from ..datapath.conventions import dip_mac
+from ..fabric.lab import VM, Lab
+from .facts import Facts
 
 LOADBALANCER_MIN_VERSION = "2020-10-01"
 INSTANCE_MIN_VERSION = "2017-03-01"
@@ -56,7 +56,7 @@ def _mac(ip) -> str:
     return dip_mac(ip).replace(":", "").upper()
 
 
-def instance_document(fabric: Lab, svc: Services, vm_name: str) -> dict:
+def instance_document(fabric: Lab, facts: Facts, vm_name: str) -> dict:
     """/metadata/instance for `vm_name`: Azure's compute and network sections."""
     vm = fabric.vm(vm_name)
     subnet = fabric.host(vm.host).vm_subnet
@@ -90,7 +90,7 @@ def instance_document(fabric: Lab, svc: Services, vm_name: str) -> dict:
     }
 
 
-def loadbalancer_document(fabric: Lab, svc: Services, vm_name: str) -> dict:
+def loadbalancer_document(fabric: Lab, facts: Facts, vm_name: str) -> dict:
     """/metadata/loadbalancer for `vm_name`: every rule, NAT port and outbound rule that
     concerns it (a pool member counts whatever its adminState or health: it serves the flows
     pinned to it), with muxlab's extension fields (module docstring)."""
@@ -110,17 +110,17 @@ def loadbalancer_document(fabric: Lab, svc: Services, vm_name: str) -> dict:
             "probe": probe})
         frontends.add((str(x.vip), ip))
 
-    for r in svc.rules:
+    for r in facts.rules:
         for b in r.backends:
             if b.vm == vm_name:
                 add(r, b.ip, r.name,
                     {"protocol": r.probe.protocol, "port": r.probe.port,
                      "requestPath": r.probe.path if r.probe.protocol == "http" else None} if r.probe else None)
-    for n in svc.nat_ports:
+    for n in facts.nat_ports:
         if n.vm == vm_name:
             add(n, n.ip, n.rule, None)
     outbound = []
-    for s in svc.snat:
+    for s in facts.snat:
         if s.vm != vm_name:
             continue
         outbound.append({"frontendIpAddress": str(s.vip), "privateIpAddress": s.ip,
