@@ -12,11 +12,12 @@ from pathlib import Path
 from .common import BENCH_LAB, cli, deployed, save, sh, write_bulk_load_balancers
 
 
-def edge_counts(ref, addr: str) -> tuple[int, int]:
-    """(bench VIPs in the edge's kernel, of them how many still have `addr` as a next hop)."""
-    out = sh(ref, "edge", f"ip -o route | grep -c ' proto bgp' ; ip -o route | grep ' proto bgp' | grep -c 'via {addr} ' || true")
-    total, via = (int(x) for x in out.split())
-    return total, via
+def edge_counts(ref) -> tuple[int, dict[str, int]]:
+    """(BGP routes in the edge's kernel, per MUX address how many of them have it as a next
+    hop), from one listing."""
+    lines = [line for line in sh(ref, "edge", "ip -o route").splitlines() if " proto bgp" in line]
+    via = {str(m.address): sum(f"via {m.address} " in line for line in lines) for m in ref.lab.muxes}
+    return len(lines), via
 
 
 def main() -> None:
@@ -25,23 +26,23 @@ def main() -> None:
     a = ap.parse_args()
     with deployed() as ref:
         path = write_bulk_load_balancers(a.vips, ref.lab, Path("/tmp/muxlab-bgp-scale.yml"))
-        base_total, _ = edge_counts(ref, "0.0.0.0")
+        base_total, _ = edge_counts(ref)
         want = base_total + a.vips
         mux = ref.lab.muxes[-1]
         t0 = time.monotonic()
         cli("apply", str(path), "--yes", "--name", BENCH_LAB, timeout=1800)
         api_s = time.monotonic() - t0
-        while True:
-            total, via = edge_counts(ref, str(mux.address))
-            if total >= want and via >= want:
+        while True:   # every VIP via every MUX, not only via one of them
+            total, via = edge_counts(ref)
+            if total >= want and min(via.values()) >= want:
                 break
             if time.monotonic() - t0 > 1200:
-                raise RuntimeError(f"after 1200 s the edge holds {total} of {want} VIPs, {via} via {mux.name}")
+                raise RuntimeError(f"after 1200 s the edge holds {total} of {want} VIPs; per MUX: {via}")
             time.sleep(0.2)
         announced_s = time.monotonic() - t0
         t1 = time.monotonic()
         subprocess.run(["docker", "kill", ref.container(mux.name)], check=True, capture_output=True)
-        while edge_counts(ref, str(mux.address))[1] > 0:
+        while edge_counts(ref)[1][str(mux.address)] > 0:
             if time.monotonic() - t1 > 600:
                 raise RuntimeError(f"{mux.name}'s next hops did not leave within 600 s")
             time.sleep(0.1)

@@ -20,9 +20,16 @@ def heading(title: str, module: str, result: dict) -> list[str]:
     return [f"## {title} (`bench.{module}`)", f"_{result['machine']['when']}_", ""]
 
 
+def this_machine() -> str:
+    """"N cores, M GiB": what the machine writing the report has (each result also records its own)."""
+    import os
+    kib = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
+    return f"{os.cpu_count()} cores, {round(kib / 2**20)} GiB"
+
+
 def main() -> None:
     out = ["# Benchmark results", "",
-           "Measured on the project's machine (2 cores, 24 GiB) by the scripts in this folder; the raw JSON is in",
+           f"Measured on the project's machine ({this_machine()}) by the scripts in this folder; the raw JSON is in",
            "`results/`. Regenerate with `python -m bench.<name>` then `python -m bench.report`.", ""]
     lab = load("lab")
     if lab:

@@ -107,18 +107,23 @@ class MuxlabLab:
         return {m.name: rule_tables(json.loads(self.sh(m.name, f"cat {MAGLEV_TABLES_FILE}").stdout))
                 for m in self.ref.lab.muxes}
 
-    def assert_mux_tables_identical(self, settle=2.0):
-        """The MUXes' tables, after they agree (each MUX re-reads the desired state every
-        250 ms, so right after a change they may differ for one such period)."""
-        import time
-        deadline = time.monotonic() + settle
-        while True:
-            tables = self.mux_tables()
+    def assert_mux_tables_identical(self, timeout=10.0):
+        """The MUXes' tables, once they agree. Right after a change each MUX applies it when
+        its update arrives, so for a moment they may differ: this waits for agreement, with
+        `timeout` only to end a hopeless wait (not a claim about how fast they agree)."""
+        seen = {}
+
+        def agree():
+            seen["tables"] = tables = self.mux_tables()
             first = next(iter(tables.values()))
-            if all(t == first for t in tables.values()):
-                return first
-            assert time.monotonic() < deadline, f"MUX tables still differ after {settle}s"
-            time.sleep(0.1)
+            return [first] if all(t == first for t in tables.values()) else None   # a list: {} is an answer
+        try:
+            return self.wait_for("every MUX's Maglev tables to agree", agree, timeout=timeout, interval=0.1)[0]
+        except AssertionError:
+            differ = {m: {r: t for r, t in tabs.items() if t != next(iter(seen["tables"].values())).get(r)}
+                      for m, tabs in seen["tables"].items()}
+            raise AssertionError(f"the MUXes' Maglev tables still differ (rules that differ from the first MUX's, "
+                                 f"per MUX): {differ}") from None
 
     def nexthops(self, vips=None):
         from muxlab.cli import lab

@@ -142,8 +142,14 @@ def cmd_nat(a) -> None:
 
 def cmd_mtu(a) -> None:
     from . import lab
+    from muxlab.fabric.lab import MTU_REMEDIES
+    bad = [r for r in a.remedies if r not in (*MTU_REMEDIES, "none")] or (["none"] if "none" in a.remedies
+                                                                            and len(a.remedies) > 1 else [])
+    if bad:
+        raise MuxlabError(f"muxlab mtu: {bad[0]!r} is not a remedy: give any of {', '.join(MTU_REMEDIES)}, "
+                          "or none alone (nothing: show the current ones)")
     ref = lab.resolve(a.topology, a.name)
-    if a.remedies is None:
+    if not a.remedies:
         print("remedies: " + (", ".join(ref.api().get("/status").get("mtu_remedies", [])) or "none"))
         return
     remedies = [] if a.remedies == ["none"] else a.remedies
@@ -338,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
         _lab_args(q)
         q.set_defaults(fn=cmd_snat if verb == "snat" else cmd_nat)
     p = sub.add_parser("mtu", help="what MUXes and hosts do about packets too big for the overlay")
-    p.add_argument("remedies", nargs="*", default=None, choices=["mss-clamp", "icmp", "none"],
+    # no argparse `choices`: with nargs="*" it refuses the empty list ("invalid choice: []")
+    p.add_argument("remedies", nargs="*", metavar="REMEDY",
                    help="set: any of mss-clamp, icmp; 'none' shows the black hole; nothing: show")
     _lab_args(p)
     p.set_defaults(fn=cmd_mtu)

@@ -3,6 +3,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tests.unit.conftest import REPO
@@ -56,3 +57,14 @@ def test_missing_topology_and_model(tmp_path):
 def test_fail_refuses_unknown_mode():
     p = muxlab("fail", "mux1", "--mode", "explode")
     assert p.returncode == 2 and "invalid choice" in p.stderr
+
+
+def test_mtu_without_an_argument_shows_and_a_bad_remedy_is_named():
+    """`muxlab mtu` as the README shows it parses (it used to fail: invalid choice: []), and
+    a remedy that does not exist is refused by name before anything is asked of a lab."""
+    from muxlab.cli.main import build_parser, cmd_mtu
+    from muxlab.errors import MuxlabError
+    assert build_parser().parse_args(["mtu"]).remedies == []
+    for args, bad in ((["mtu", "bogus"], "'bogus'"), (["mtu", "none", "icmp"], "'none'")):
+        with pytest.raises(MuxlabError, match=bad):
+            cmd_mtu(build_parser().parse_args(args))
