@@ -17,6 +17,7 @@ import yaml
 
 from ..datapath.conventions import dip_mac
 from ..datapath.maglev import is_prime, smallest_prime_at_least
+from .yamldoc import load_unique
 
 # What a MUX does about a packet too big for the overlay (docs/datapath.md, "MTU"):
 # clamp the TCP MSS of SYNs (and, on hosts, of the DSR SYN-ACKs the MUX never sees), and
@@ -281,9 +282,11 @@ def load_lab(path: str | Path) -> Lab:
     except OSError as exc:
         raise ModelError([("file", str(path), f"cannot be read: {exc.strerror}")]) from None
     try:
-        raw = yaml.safe_load(text)
+        raw, problems = load_unique(text)
     except yaml.YAMLError as exc:
         raise ModelError([("file", str(path), f"is not valid YAML: {exc}")]) from None
+    if problems:   # the last of two values silently winning is not what anyone wrote
+        raise ModelError([(f"{path}: {where}", key, msg) for where, key, msg in problems])
     return parse_lab(raw)
 
 
