@@ -65,7 +65,10 @@ def tables_report(tables: list[datapath.RuleTable], before: dict | None) -> dict
     """The report of the tables just programmed; a map keeps the change time `before` gave it
     while its buckets stay the same."""
     now = time.time()
-    maps = {s.table_name: list(s.table) for s in tables}
+    # once per map, not per rule: 2000 rules sharing one 65537-bucket map copied it 2000 times
+    # (0.4 s of every change)
+    distinct = {s.table_name: s.table for s in tables}
+    maps = {name: list(table) for name, table in distinct.items()}
     old_maps, old_changed = (before or {}).get("maps", {}), (before or {}).get("changed_at", {})
     changed_at = {n: old_changed[n] if old_maps.get(n) == t and n in old_changed else now for n, t in maps.items()}
     return maglev_report({s.rule.key: s.table_name for s in tables}, maps, changed_at, now)

@@ -26,6 +26,19 @@ import pytest
 from muxlab.datapath.conventions import MAGLEV_TABLES_FILE, rule_tables
 
 
+NOT_ROOT = "muxlab labs deploy containers: run as root"
+REQUIRE_LAB_ENV = "MUXLAB_REQUIRE_LAB"   # set: tests that need a lab fail instead of skipping
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Said once, at the end, where nobody misses it: the lab tests did not run."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if NOT_ROOT in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_line(f"muxlab: {len(skipped)} tests needing a lab were SKIPPED ({NOT_ROOT}); "
+                                    f"nothing was shown about the data path. Set {REQUIRE_LAB_ENV}=1 to make that "
+                                    "a failure.", yellow=True, bold=True)
+
+
 def pytest_addoption(parser):
     g = parser.getgroup("muxlab", "muxlab labs")
     g.addoption("--muxlab-topology", help="containerlab topology of the lab to deploy (its lab.yml beside it)")
@@ -160,7 +173,9 @@ def muxlab_loadbalancers(pytestconfig) -> list[Path]:
 def muxlab_lab(pytestconfig, muxlab_topology, muxlab_loadbalancers):
     from muxlab.cli import lab as labmod
     if os.geteuid() != 0:
-        pytest.skip("muxlab labs deploy containers: run as root")
+        if os.environ.get(REQUIRE_LAB_ENV):   # the README's test command: a skipped e2e suite is a failure
+            pytest.fail(f"{NOT_ROOT} ({REQUIRE_LAB_ENV} is set: the end-to-end tests must run here)")
+        pytest.skip(NOT_ROOT)
     ref = labmod.resolve(*muxlab_topology)
     reuse = pytestconfig.getoption("muxlab_reuse") and labmod.containers(ref.name)
     if not reuse:

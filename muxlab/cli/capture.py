@@ -94,8 +94,7 @@ def capture(ref: LabRef, texts: list[str], out: Path, duration: float, filt: str
     try:
         for i, s in enumerate(specs):
             observe.start_tcpdump(ref, s.node, f"{tag}-{i}.pcap", filt, s.iface, timeout=duration + 60, extra="-s 262144")
-            started.append(s)
-        time.sleep(0.5)  # tcpdump attaches after it creates its file
+            started.append((i, s))
         print(f"capturing on {', '.join(s.label for s in specs)} for {duration:g} s (Ctrl-C stops early)", flush=True)
         old = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
@@ -105,8 +104,8 @@ def capture(ref: LabRef, texts: list[str], out: Path, duration: float, filt: str
         finally:
             signal.signal(signal.SIGINT, old)
     finally:
-        for node in {s.node for s in started}:
-            observe.stop_tcpdump(ref, node)
+        for i, s in started:
+            observe.stop_tcpdump(ref, s.node, f"{tag}-{i}.pcap")
     with tempfile.TemporaryDirectory() as tmp:
         parts = []
         for i, s in enumerate(specs):

@@ -393,7 +393,22 @@ def wait_converged(ref: LabRef, timeout: float) -> dict:
         time.sleep(1)
 
 
-def format_status(st: dict) -> str:
+def probes_line(probes: dict, full: bool = False) -> str:
+    """A VM's probes in one line: every probe with `full`, else how many are up and the
+    down ones by name (a VM in 40 load balancers would otherwise print 40 probes)."""
+    def down(n, s) -> str:
+        return f"{n} (" + (s["last_error"] or "?") + ")"
+    if not probes:
+        return "-"
+    if full:
+        return ", ".join(f"{n}: up" if s["up"] else f"{n}: DOWN (" + (s["last_error"] or "?") + ")"
+                         for n, s in probes.items())
+    bad = [down(n, s) for n, s in probes.items() if not s["up"]]
+    up = len(probes) - len(bad)
+    return f"{up} up" + (f", {len(bad)} DOWN: " + ", ".join(bad) if bad else "")
+
+
+def format_status(st: dict, all_probes: bool = False) -> str:
     lines = [f"lab {st['lab']}  ({st['topology']})", "", f"{'NODE':<10} {'CONTAINER':<28} STATE"]
     lines += [f"{n['node']:<10} {n['container']:<28} {n['state']}" for n in st["nodes"]] or ["(no containers)"]
     if st.get("managers"):
@@ -426,12 +441,10 @@ def format_status(st: dict) -> str:
         lines += [f"{m:<10} {d or '-'}{'  (drained)' if m in st.get('drained', []) else ''}"
                   for m, d in st["mux_tables"].items()]
     if st.get("probes"):
-        lines += ["", f"{'VM':<8} {'HOST':<8} PROBES (in rotation?)"]
+        lines += ["", f"{'VM':<8} {'HOST':<8} PROBES (in rotation?{'' if all_probes else ' --probes: each one'})"]
         for vm, p in st["probes"].items():
             host = p["host"] + ("" if p["host_alive"] else " DEAD")
-            probes_txt = ", ".join(f"{n}: {'up' if s['up'] else 'DOWN (' + (s['last_error'] or '?') + ')'}"
-                                   for n, s in p["probes"].items()) or "-"
-            lines.append(f"{vm:<8} {host:<8} {probes_txt}")
+            lines.append(f"{vm:<8} {host:<8} {probes_line(p['probes'], all_probes)}")
     if st.get("faults"):
         lines += ["", "injected faults (muxlab heal NODE): " + ", ".join(st["faults"])]
     return "\n".join(lines)

@@ -91,7 +91,7 @@ def cmd_status(a) -> None:
     from . import lab
     ref = lab.resolve(a.topology, a.name)
     st = lab.status(ref)
-    print(json.dumps(st, indent=2) if a.json else lab.format_status(st))
+    print(json.dumps(st, indent=2) if a.json else lab.format_status(st, a.probes))
 
 
 def cmd_apply(a) -> None:
@@ -306,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="nodes, BGP sessions and ECMP next hops")
     _lab_args(p)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--probes", action="store_true", help="every probe of every VM (default: counts, and the down ones)")
     p.set_defaults(fn=cmd_status)
     p = sub.add_parser("apply", help="show the difference, then create or replace the file's load balancers live")
     p.add_argument("file", help="load balancers: YAML or JSON (muxlab's loadBalancers file, one LB, or an ARM template)")

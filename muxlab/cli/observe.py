@@ -18,13 +18,20 @@ def sh(ref: LabRef, node: str, cmd: str, timeout: float = 60, check: bool = True
 
 def start_tcpdump(ref: LabRef, node: str, pcap: str, filt: str, iface: str = "any", timeout: float = 60,
                   extra: str = "") -> None:
-    """tcpdump in the background inside `node`, writing `pcap`; returns once the file exists."""
-    sh(ref, node, f"rm -f {pcap}; (timeout {int(timeout)} tcpdump -U --immediate-mode {extra} -i {iface} -n -w {pcap} "
-                  f"'{filt}' >/dev/null 2>&1 &) ; for i in $(seq 50); do [ -e {pcap} ] && break; sleep 0.1; done")
+    """tcpdump in the background inside `node`, writing `pcap`; returns once it says it is
+    listening (it attaches to the interfaces after creating the file), at most 10 s."""
+    sh(ref, node, f"rm -f {pcap} {pcap}.log; timeout {int(timeout)} tcpdump -U --immediate-mode {extra} -i {iface} -n "
+                  f"-w {pcap} '{filt}' >/dev/null 2>{pcap}.log & echo $! > {pcap}.pid; "
+                  f"for i in $(seq 200); do grep -q 'listening on' {pcap}.log && exit 0; sleep 0.05; done; "
+                  f"echo 'tcpdump did not start:' >&2; cat {pcap}.log >&2; exit 1")
 
 
-def stop_tcpdump(ref: LabRef, node: str) -> None:
-    sh(ref, node, "pkill -INT tcpdump; sleep 0.3", check=False)
+def stop_tcpdump(ref: LabRef, node: str, pcap: str) -> None:
+    """Stop the tcpdump start_tcpdump started for `pcap` (only that one: a learner's own
+    capture goes on) and wait until it wrote its last packets, at most 5 s."""
+    sh(ref, node, f"p=$(cat {pcap}.pid 2>/dev/null) && kill -INT $p 2>/dev/null; "
+                  f"for i in $(seq 100); do kill -0 $p 2>/dev/null || break; sleep 0.05; done; rm -f {pcap}.pid {pcap}.log",
+       check=False)
 
 
 def capture(ref: LabRef, nodes: str | list[str], filt: str, during: Callable[[], Any], iface: str = "any",
@@ -35,13 +42,12 @@ def capture(ref: LabRef, nodes: str | list[str], filt: str, during: Callable[[],
     pcap = f"/tmp/cap-{time.monotonic_ns()}.pcap"
     for node in nodes:
         start_tcpdump(ref, node, pcap, filt, iface, timeout)
-    time.sleep(1.0)  # tcpdump attaches after it creates the file
     try:
         result = during()
-        time.sleep(0.5)
+        time.sleep(0.5)   # the last replies are still on their way when `during` returns
     finally:
         for node in nodes:
-            stop_tcpdump(ref, node)
+            stop_tcpdump(ref, node, pcap)
     packets = {node: json.loads(sh(ref, node, f"python -m muxlab.node.capture {pcap}; rm -f {pcap}", timeout=120).stdout)
                for node in nodes}
     return result, packets

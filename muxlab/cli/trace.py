@@ -36,8 +36,8 @@ def start(ref: LabRef, nodes: list[str], sport: int, tag: str) -> None:
     for n in nodes:
         observe.start_tcpdump(ref, n, f"{tag}.pcap", filt, timeout=60)
         observe.sh(ref, n, f"cat > {tag}.nft <<'EOF'\n{rules}EOF\nnft -f {tag}.nft && "
-                           f"(timeout 60 nft monitor trace > {tag}.trace 2>&1 &)")
-    time.sleep(1.0)
+                           f"(timeout 60 nft monitor trace > {tag}.trace 2>&1 & echo $! > {tag}.monitor)")
+    time.sleep(0.2)   # nft monitor prints nothing when it is ready: a moment for it to subscribe
 
 
 def collect(ref: LabRef, nodes: list[str], tag: str) -> tuple[dict, dict]:
@@ -46,8 +46,8 @@ def collect(ref: LabRef, nodes: list[str], tag: str) -> tuple[dict, dict]:
     from .capture import interfaces
     records, traces = {}, {}
     for n in nodes:
-        observe.sh(ref, n, f"pkill -INT tcpdump; pkill -f 'nft monitor trace'; nft delete table ip {TRACE_TABLE}; sleep 0.2",
-                   check=False)
+        observe.stop_tcpdump(ref, n, f"{tag}.pcap")   # only the capture this trace started
+        observe.sh(ref, n, f"kill $(cat {tag}.monitor) 2>/dev/null; nft delete table ip {TRACE_TABLE}", check=False)
     with tempfile.TemporaryDirectory() as tmp:
         for n in nodes:
             local = f"{tmp}/{n}.pcap"

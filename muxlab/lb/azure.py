@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..fabric import yamldoc
 from ..fabric.lab import ModelError
 
 # Azure resource names: 1-80 characters, letters, digits, '_', '.', '-'; start with a letter
@@ -476,46 +477,14 @@ def load_document(path: str | Path) -> dict[str, LoadBalancer]:
 
 # ------------------------------------------------------------------ duplicate keys
 
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
 
 def load_yaml_unique(text: str) -> Any:
     """yaml.safe_load, refusing a key given twice in one mapping (ModelError: the mapping's
-    path, the key, both lines). Merge keys (`<<: *base`) may still be overridden."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        problems: list[tuple[str, Any, str]] = []
-        _yaml_duplicates(node, "", problems, set())
-        if problems:
-            raise ModelError(problems, "load balancers")
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def _yaml_duplicates(node: yaml.Node, path: str, problems: list, seen_nodes: set) -> None:
-    if id(node) in seen_nodes:   # an alias: checked where it was defined
-        return
-    seen_nodes.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        first: dict[tuple[str, str], int] = {}
-        for key, value in node.value:
-            label = key.value if isinstance(key, yaml.ScalarNode) else None
-            if label is not None and key.tag != _MERGE_TAG:
-                line = key.start_mark.line + 1
-                if (key.tag, label) in first:
-                    problems.append((path or "(document)", label,
-                                     f"duplicate key {label!r} (line {line}; first at line {first[key.tag, label]})"))
-                else:
-                    first[key.tag, label] = line
-            child = f"{path}.{label}" if path else str(label)
-            _yaml_duplicates(value, child, problems, seen_nodes)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _yaml_duplicates(item, f"{path}[{i}]", problems, seen_nodes)
+    path, the key, both lines; muxlab.fabric.yamldoc)."""
+    doc, problems = yamldoc.load_unique(text)
+    if problems:
+        raise ModelError(problems, "load balancers")
+    return doc
 
 
 class _Pairs(dict):

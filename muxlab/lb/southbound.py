@@ -124,64 +124,41 @@ def facts_of(rows: Rows) -> tuple[Facts, list[str]]:
     the others."""
     problems: list[str] = []
 
-    def each(table: str):
-        for key, cols in sorted(rows.get(table, {}).items(), key=lambda kv: tuple(map(str, kv[0]))):
-            yield key, cols
+    def converted(table: str, build: Callable[[dict], Any]) -> list:
+        """build(columns) of each row of `table`, in key order; a row it raises on is named."""
+        out = []
+        for key, c in sorted(rows.get(table, {}).items(), key=lambda kv: tuple(map(str, kv[0]))):
+            try:
+                out.append(build(c))
+            except Exception as exc:
+                problems.append(f"{table} {'/'.join(map(str, key))}: {type(exc).__name__}: {exc}")
+        return out
 
-    def bad(table: str, key: tuple, exc: Exception) -> None:
-        problems.append(f"{table} {'/'.join(map(str, key))}: {type(exc).__name__}: {exc}")
-
-    probes: dict[str, Probe] = {}
-    for key, c in each("Probe"):
-        try:
-            probes[c["name"]] = Probe(c["name"], c["protocol"], int(c["port"]), c["path"], float(c["interval"]),
-                                      float(c["timeout"]), int(c["unhealthy_threshold"]), int(c["healthy_threshold"]))
-        except Exception as exc:
-            bad("Probe", key, exc)
+    probes = {p.key: p for p in converted("Probe", lambda c: Probe(
+        c["name"], c["protocol"], int(c["port"]), c["path"], float(c["interval"]), float(c["timeout"]),
+        int(c["unhealthy_threshold"]), int(c["healthy_threshold"])))}
     pools: dict[str, list[tuple[int, Backend]]] = {}
-    for key, c in each("Backend"):
-        try:
-            address(c["ip"])
-            pools.setdefault(c["pool"], []).append((int(c["position"]), Backend(c["vm"], c["ip"], c["admin"])))
-        except Exception as exc:
-            bad("Backend", key, exc)
-    rules: list[Rule] = []
-    for key, c in each("Rule"):
-        try:
-            if c["probe"] and c["probe"] not in probes:
-                raise LookupError(f"probe {c['probe']!r} has no Probe row")
-            backends = tuple(b for _, b in sorted(pools.get(c["pool"], ()), key=lambda pb: pb[0]))
-            rules.append(Rule(c["lb"], c["name"], address(c["vip"]), c["protocol"], int(c["port"]), int(c["backend_port"]),
-                              c["pool"], backends, bool(c["floating_ip"]), probes.get(c["probe"]) if c["probe"] else None,
-                              c["distribution"], int(c["idle_s"]), bool(c["tcp_reset"])))
-        except Exception as exc:
-            bad("Rule", key, exc)
-    nat: list[NatPort] = []
-    for key, c in each("Nat_Port"):
-        try:
-            address(c["ip"])
-            nat.append(NatPort(c["lb"], c["rule"], address(c["vip"]), c["protocol"], int(c["port"]), c["vm"], c["ip"],
-                               int(c["backend_port"]), bool(c["floating_ip"]), int(c["idle_s"]), bool(c["tcp_reset"])))
-        except Exception as exc:
-            bad("Nat_Port", key, exc)
-    snat: list[Snat] = []
-    for key, c in each("Snat_Range"):
-        try:
-            address(c["ip"])
-            snat.append(Snat(c["lb"], c["rule"], address(c["vip"]), tuple(sorted(c["protocols"])), c["vm"], c["ip"],
-                             int(c["lo"]), int(c["hi"]), int(c["idle_s"]), bool(c["tcp_reset"])))
-        except Exception as exc:
-            bad("Snat_Range", key, exc)
-    vips, hairpin = [], []
-    for key, c in each("Frontend"):
-        try:
-            a = address(c["address"])
-        except Exception as exc:
-            bad("Frontend", key, exc)
-            continue
-        vips.append(a)
-        if c["hairpin_snat"]:
-            hairpin.append(a)
+    for pool, position, b in converted("Backend", lambda c: (c["pool"], int(c["position"]),
+                                                             Backend(c["vm"], str(address(c["ip"])), c["admin"]))):
+        pools.setdefault(pool, []).append((position, b))
+
+    def rule(c: dict) -> Rule:
+        if c["probe"] and c["probe"] not in probes:
+            raise LookupError(f"probe {c['probe']!r} has no Probe row")
+        backends = tuple(b for _, b in sorted(pools.get(c["pool"], ()), key=lambda pb: pb[0]))
+        return Rule(c["lb"], c["name"], address(c["vip"]), c["protocol"], int(c["port"]), int(c["backend_port"]),
+                    c["pool"], backends, bool(c["floating_ip"]), probes.get(c["probe"]) if c["probe"] else None,
+                    c["distribution"], int(c["idle_s"]), bool(c["tcp_reset"]))
+    rules = converted("Rule", rule)
+    nat = converted("Nat_Port", lambda c: NatPort(
+        c["lb"], c["rule"], address(c["vip"]), c["protocol"], int(c["port"]), c["vm"], str(address(c["ip"])),
+        int(c["backend_port"]), bool(c["floating_ip"]), int(c["idle_s"]), bool(c["tcp_reset"])))
+    snat = converted("Snat_Range", lambda c: Snat(
+        c["lb"], c["rule"], address(c["vip"]), tuple(sorted(c["protocols"])), c["vm"], str(address(c["ip"])),
+        int(c["lo"]), int(c["hi"]), int(c["idle_s"]), bool(c["tcp_reset"])))
+    frontends = converted("Frontend", lambda c: (address(c["address"]), bool(c["hairpin_snat"])))
+    vips = [a for a, _ in frontends]
+    hairpin = [a for a, h in frontends if h]
     order = lambda a: (a.version, a)   # noqa: E731 - IPv4 before IPv6, each by value
     rules.sort(key=lambda r: (r.lb, r.name))
     nat.sort(key=lambda n: (n.lb, n.rule, n.vm, n.protocol, n.port))

@@ -26,6 +26,10 @@ import ovs.vlog
 
 from muxlab.datapath.conventions import CA_CERT, NODE_CERT, NODE_KEY, OVSDB_PORT, PKI_DIR
 
+from . import fastjson
+
+fastjson.install()   # the library's own parser is pure Python (see muxlab/node/fastjson.py)
+
 SCHEMA = Path(__file__).resolve().parent.parent / "muxlab.ovsschema"
 DB_NAME = "Muxlab"
 # The management subnet and manager addresses: `muxlab up` sets the subnet per lab; manager

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..fabric.lab import NAME_RE, NAME_RULE
+from ..fabric.yamldoc import load_unique
 
 
 class ExerciseError(ValueError):
@@ -118,7 +119,16 @@ def load_exercises(root: Path) -> list[Exercise]:
         if not (folder / "README.md").is_file():
             raise ExerciseError(f"{folder}: no README.md")
         try:
-            ex = Exercise.model_validate(yaml.safe_load(path.read_text()))
+            raw, problems = load_unique(path.read_text())
+        except yaml.YAMLError as exc:   # the file, the line and what is wrong; no traceback
+            mark = getattr(exc, "problem_mark", None)
+            line = f"line {mark.line + 1}: " if mark else ""
+            raise ExerciseError(f"{path}: {line}not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+        if problems:
+            where, key, msg = problems[0]
+            raise ExerciseError(f"{path}: {where}: {msg}")
+        try:
+            ex = Exercise.model_validate(raw)
         except ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"])

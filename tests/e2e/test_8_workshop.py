@@ -4,12 +4,15 @@ import json
 import subprocess
 import threading
 
+import pytest
+
 from muxlab.cli import capture as capmod
 from muxlab.cli import faults
 
 from .conftest import E2E_LAB, cli
 
 
+@pytest.mark.timeout(3000)   # the session default (900 s, pyproject.toml) would cut the CLI's own 3000 s short
 def test_every_exercise_starts_solves_checks_and_resets(L):
     proc = cli("workshop", "check", "--all", "--solve", "--name", E2E_LAB, check=False, timeout=3000)
     print(proc.stdout[-6000:])

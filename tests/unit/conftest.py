@@ -34,3 +34,14 @@ def default_lbs():
 def default_facts(lbs=None):
     from muxlab.lb.compiler import compile_facts
     return compile_facts(lbs if lbs is not None else default_lbs(), fabric())
+
+
+@pytest.fixture
+def lab():
+    """Throwaway network namespaces wired as a small lab (tests.unit.test_boundary.Lab)."""
+    from tests.unit.test_boundary import Lab
+    L = Lab()
+    try:
+        yield L
+    finally:
+        L.close()

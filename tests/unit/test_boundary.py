@@ -93,13 +93,6 @@ def _quote(s: str) -> str:
     return "'" + s.replace("'", "'\\''") + "'"
 
 
-@pytest.fixture
-def lab():
-    L = Lab()
-    try:
-        yield L
-    finally:
-        L.close()
 
 
 SEND = """

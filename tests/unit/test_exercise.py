@@ -67,6 +67,17 @@ def test_a_malformed_exercise_names_file_and_field(tmp_path):
         load_exercises(tmp_path)
 
 
+def test_an_exercise_that_is_not_yaml_or_has_a_key_twice_names_file_and_line(tmp_path):
+    (tmp_path / "01-bad").mkdir()
+    (tmp_path / "01-bad" / "README.md").write_text("x")
+    (tmp_path / "01-bad" / "exercise.yml").write_text("title: t\nseed: [s\nminutes: 1\n")
+    with pytest.raises(ExerciseError, match=r"01-bad/exercise.yml: line \d+: not valid YAML"):
+        load_exercises(tmp_path)
+    (tmp_path / "01-bad" / "exercise.yml").write_text("title: t\nseed: s\ntitle: u\nminutes: 1\n")
+    with pytest.raises(ExerciseError, match=r"01-bad/exercise.yml: \(document\): duplicate key 'title' \(line 3; first at line 1\)"):
+        load_exercises(tmp_path)
+
+
 def test_a_step_is_exactly_one_action():
     with pytest.raises(ValueError, match="exactly one"):
         Exercise.model_validate({"title": "t", "seed": "s", "minutes": 1, "hints": ["h"], "start": [{"wait": 1, "muxlab": "x"}],

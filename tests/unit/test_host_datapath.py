@@ -20,7 +20,7 @@ from muxlab.datapath import nfttable
 from muxlab.datapath.conventions import HOST_TABLE, OVERLAY_TABLE
 from muxlab.lb.facts import Backend, NatPort
 from tests.unit.conftest import default_facts, fabric
-from tests.unit.test_boundary import GOT, Lab, _netns_ok, send, settle
+from tests.unit.test_boundary import GOT, _netns_ok, send, settle
 from tests.unit.test_datapath import needs_nft
 from tests.unit.test_nfttable import canonical
 
@@ -207,13 +207,6 @@ def test_the_kernel_ends_where_a_whole_load_would(change, tmp_path):
 # ---------------------------------------------------------------- packets
 
 
-@pytest.fixture
-def lab():
-    L = Lab()
-    try:
-        yield L
-    finally:
-        L.close()
 
 
 def snat_of(facts, ports: int):

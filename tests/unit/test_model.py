@@ -139,3 +139,12 @@ def test_helpers():
     assert str(peer_of(ipaddress.IPv4Interface("10.0.1.2/30"))) == "10.0.1.1"
     assert dip_mac(ipaddress.IPv4Address("10.1.3.16")) == "02:00:0a:01:03:10"
     assert smallest_prime_at_least(600) == 601
+
+
+def test_a_fabric_with_a_key_twice_is_refused_naming_key_and_lines(tmp_path):
+    """YAML keeps the last of two values silently; the fabric file refuses it instead."""
+    text = DEFAULT_MODEL.read_text()
+    twice = tmp_path / "lab.yml"
+    twice.write_text(text.replace("\nmuxes:", "\nname: other\nmuxes:", 1) if "\nname:" in text else "name: a\nname: b\n")
+    with pytest.raises(ModelError, match=r"duplicate key 'name' \(line \d+; first at line \d+\)"):
+        load_lab(twice)

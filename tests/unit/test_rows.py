@@ -205,3 +205,14 @@ def test_format_status_prints_the_invalid_rows():
           "invalid": [{"name": "bad", "reason": "spec is not JSON: Expecting value"}]}
     text = format_status(st)
     assert "INVALID stored load balancer 'bad'" in text and "spec is not JSON: Expecting value" in text
+
+
+def test_status_summarises_a_vms_probes_and_lists_them_on_request():
+    from muxlab.cli.lab import format_status
+    probes = {f"lb{i}/http": {"up": i != 7, "last_error": "connection refused" if i == 7 else ""} for i in range(40)}
+    st = {"lab": "muxlab", "topology": "t.yml", "nodes": [], "bgp": {}, "vips": {}, "load_balancers": ["web"],
+          "nb_cfg": 3, "managers": {}, "probes": {"vm1": {"host": "host1", "host_alive": True, "probes": probes}}}
+    line = next(x for x in format_status(st).splitlines() if x.startswith("vm1"))
+    assert "39 up, 1 DOWN: lb7/http (connection refused)" in line and "lb3/http" not in line
+    full = next(x for x in format_status(st, all_probes=True).splitlines() if x.startswith("vm1"))
+    assert full.count(": up") == 39 and "lb7/http: DOWN (connection refused)" in full
