@@ -35,9 +35,13 @@ def start(ref: LabRef, nodes: list[str], sport: int, tag: str) -> None:
     rules = pathwalk.trace_ruleset(sport, TRACE_TABLE)
     for n in nodes:
         observe.start_tcpdump(ref, n, f"{tag}.pcap", filt, timeout=60)
-        observe.sh(ref, n, f"cat > {tag}.nft <<'EOF'\n{rules}EOF\nnft -f {tag}.nft && "
-                           f"(timeout 60 nft monitor trace > {tag}.trace 2>&1 & echo $! > {tag}.monitor)")
-    time.sleep(0.2)   # nft monitor prints nothing when it is ready: a moment for it to subscribe
+        # `nft monitor` prints nothing when it is ready: it is once it reports a table made for the
+        # purpose (then the trace rules go in, so no traced packet comes before it listens)
+        ready = f"{TRACE_TABLE}_ready"
+        observe.sh(ref, n, f"cat > {tag}.nft <<'EOF'\n{rules}EOF\n"
+                           f"(timeout 60 nft monitor > {tag}.trace 2>&1 & echo $! > {tag}.monitor); "
+                           f"for i in $(seq 200); do nft add table ip {ready}; nft delete table ip {ready}; "
+                           f"grep -q 'table ip {ready}' {tag}.trace && break; sleep 0.05; done; nft -f {tag}.nft")
 
 
 def collect(ref: LabRef, nodes: list[str], tag: str) -> tuple[dict, dict]:
