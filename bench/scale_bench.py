@@ -160,6 +160,9 @@ def main() -> None:
             try:
                 points.append(one(*size))
                 print(json.dumps(points[-1]), flush=True)
+                # each point on disk as soon as it is measured: a run cut short keeps what it measured
+                save("scale", {"points": points, "stopped_at": None, "sizes_tried": [list(x) for x in sizes],
+                               "failover_limit_s": FAILOVER_S, "complete": False})
             except Exception as exc:   # the largest lab is the one before what fails, and why it failed
                 stopped = {"size": list(size), "error": str(exc)[-2000:], "machine_mem_available_mib": available_mib()}
                 break
@@ -170,7 +173,7 @@ def main() -> None:
         subprocess.run(["python", "-m", "muxlab", "down", "-t", str(FOLDER / "muxlab.clab.yml"), "--name", NAME],
                        capture_output=True, timeout=600)
     save("scale", {"points": points, "stopped_at": stopped, "sizes_tried": [list(x) for x in sizes],
-                   "failover_limit_s": FAILOVER_S})
+                   "failover_limit_s": FAILOVER_S, "complete": True})
     if points:
         plot(points, RESULTS / "scale.png")
 

@@ -30,6 +30,15 @@ offloads && echo "muxlab-router: offloads switched on"
 mkdir -p /var/log/frr /var/run/frr && chown frr:frr /var/log/frr /var/run/frr
 touch /var/log/frr/frr.log && chown frr:frr /var/log/frr/frr.log
 /usr/lib/frr/frrinit.sh start
+# Under a heavy start (hundreds of containers deploying at once) watchfrr's "restart all"
+# can be killed after 20 s before vtysh loaded frr.conf: the daemons then run without any
+# configuration ("BGP instance not found"). Load it again until bgpd has its instance.
+for _ in $(seq 1 60); do
+  vtysh -c 'show running-config' 2>/dev/null | grep -q '^router bgp' && break
+  echo "muxlab-router: FRR runs without its configuration; loading frr.conf again"
+  vtysh -b >/dev/null 2>&1
+  sleep 2
+done
 trap '/usr/lib/frr/frrinit.sh stop; exit 0' TERM INT
 tail -n +1 -F /var/log/frr/frr.log &
 wait
