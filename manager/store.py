@@ -33,8 +33,9 @@ from muxlab.lb.azure import LoadBalancer, canonical
 from muxlab.lb.check import allocate_public_ips, check, frontend_addresses
 from muxlab.lb.compiler import compile_each
 from muxlab.lb.facts import Facts
-from muxlab.lb.rows import RowReader, Rows
+from muxlab.lb.rows import RowReader, Rows, row_key
 
+from muxlab.node.desired import FactsReader
 from muxlab.node.ovsdb import Db
 
 from .cluster import SOCK
@@ -63,7 +64,8 @@ class Store:
         self.fabric = fabric
         self.rows = RowReader(fabric)   # the row rule (muxlab.lb.rows)
         self.uncompiled: dict[str, str] = {}   # valid rows that do not compile: name -> reason
-        self._read_back: tuple[int, Facts] | None = None   # (nb_cfg, the southbound rows read back)
+        self.reader = FactsReader()   # the southbound rows read back, as the agents read them
+        self._digested: tuple[tuple, str] = ((), nb_digest(()))   # (row key, its digest): hashed once per change
         # This manager's own ovsdb-server, on its unix socket: no RBAC role there (full
         # access), while the agents' ssl: remotes only let a node write its own rows. A
         # follower forwards writes to the leader (the nb_cfg verify in _change_once keeps
@@ -135,11 +137,8 @@ class Store:
 
     def facts(self, db: Db) -> Facts:
         """The southbound rows as the agents read them (what the health, SNAT and port-mapping
-        answers report), read again only when nb_cfg moved."""
-        cfg = db.rows("Global")[0].nb_cfg if db.rows("Global") else 0
-        if self._read_back is None or self._read_back[0] != cfg:
-            self._read_back = (cfg, southbound.facts_of(southbound.read(db.rows))[0])
-        return self._read_back[1]
+        answers report): the agents' own reader."""
+        return self.reader.read(db)
 
     # ------------------------------------------------------------ southbound (DB thread)
 
@@ -173,7 +172,9 @@ class Store:
         if not (db.synced and g and g[0].seeded):
             return
         rows = self.read_rows(db)
-        digest = nb_digest(rows.key)
+        if self._digested[0] is not rows.key:   # every update lands here: hash the table only when it changed
+            self._digested = (rows.key, nb_digest(rows.key))
+        digest = self._digested[1]
         if g[0].southbound_digest == digest:
             return
         want = self._southbound(dict(rows.lbs), dict(rows.allocations))
@@ -304,7 +305,7 @@ class Store:
                 if name not in final:
                     row.delete()
             self._write_southbound(db, txn, want)
-            glob.southbound_digest = nb_digest(tuple(sorted(final.values(), key=lambda r: str(r[0]))))
+            glob.southbound_digest = nb_digest(row_key(final.values()))
             return cfg, {n: after[n] for n in updates if n in after}
 
         return db.transact(build)

@@ -77,9 +77,15 @@ def _owner(path: str, names: list[str]) -> str | None:
     return None
 
 
+def row_key(rows: Iterable[tuple[Any, Any, Any]]) -> tuple:
+    """The table's contents as one value, (name, spec, allocations) of every row by name:
+    what a reader compares to know a row changed, and what the managers digest."""
+    return tuple(sorted(rows, key=lambda r: str(r[0])))
+
+
 def read_rows(rows: Iterable[tuple[Any, Any, Any]], fabric: Lab | None = None) -> Rows:
     """(name, spec, allocations) of every row -> Rows (see the module's rule)."""
-    key = tuple(sorted(rows, key=lambda r: str(r[0])))
+    key = row_key(rows)
     lbs: dict[str, LoadBalancer] = {}
     allocations: dict[str, dict] = {}
     invalid: dict[str, str] = {}
@@ -117,7 +123,7 @@ class RowReader:
         self.last = Rows()
 
     def read(self, rows: Iterable[Any]) -> Rows:
-        key = tuple(sorted(((r.name, r.spec, r.allocations) for r in rows), key=lambda r: str(r[0])))
+        key = row_key((r.name, r.spec, r.allocations) for r in rows)
         if key != self.last.key:
             self.last = read_rows(key, self.fabric)
         return self.last

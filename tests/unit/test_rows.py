@@ -9,6 +9,7 @@ import pytest
 from muxlab.lb import southbound
 from muxlab.lb.azure import NAME_RULE, canonical
 from muxlab.lb.rows import RowReader, parse_row, read_rows
+from muxlab.node.desired import FactsReader
 from tests.unit.conftest import default_lbs, fabric
 
 
@@ -133,10 +134,22 @@ class Txn:
         self.db = db
 
     def insert(self, table):
+        table = table.name
         r = StoreRow(self.db, table, **({"name": None, "spec": None, "allocations": None, "frontends": []}
                                         if table == "Load_Balancer" else {}))
         self.db.tables.setdefault(table, []).append(r)
         return r
+
+
+class IdlTable:
+    """What the store and the agents' reader use of an IDL table: its name, its rows."""
+
+    def __init__(self, db, name):
+        self.db, self.name = db, name
+
+    @property
+    def rows(self):
+        return dict(enumerate(self.db.tables.get(self.name, [])))
 
 
 class StoreRow(SimpleNamespace):
@@ -157,7 +170,7 @@ class StoreDb(FakeDb):
     def __init__(self, rows):
         super().__init__([StoreRow(self, "Load_Balancer", **vars(r)) for r in rows])
         self.tables["Global"] = [StoreRow(self, "Global", nb_cfg=4, seeded=True, mtu_remedies=[], southbound_digest="")]
-        self.idl = SimpleNamespace(tables={t: t for t in ("Load_Balancer", *southbound.TABLES)})
+        self.idl = SimpleNamespace(tables={t: IdlTable(self, t) for t in ("Load_Balancer", *southbound.TABLES)})
 
     def transact(self, build):
         return "success", build(Txn(self))
@@ -169,7 +182,7 @@ def poisoned_store():
     store = Store.__new__(Store)   # no OVSDB: the DB thread's work runs inline on a fake IDL
     store.fabric = fabric()
     store.rows = RowReader(store.fabric)
-    store.uncompiled, store._read_back = {}, None
+    store.uncompiled, store.reader = {}, FactsReader(log=lambda line: None)
     db = StoreDb([row(*r) for r in good_rows()] + [row("bad", '{"properties": 1}', "not json")])
     store.call = lambda fn, timeout=15.0: fn(db)
     store.wait_synced = lambda timeout=10.0: None
