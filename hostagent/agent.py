@@ -17,18 +17,18 @@ import time
 
 from pyroute2 import IPRoute
 
-from muxlab.datapath.conventions import HOST_BRIDGE, HOST_TABLE, MGMT_IF, RULE_PRIORITY, dip_mark, vxlan_ifname
+from muxlab.datapath.conventions import HOST_BRIDGE, HOST_TABLE, MGMT_IF, RULE_PRIORITY, dip_mac, dip_mark, vxlan_ifname
 from muxlab.fabric.lab import Lab, load_lab
 from muxlab.fabric.render import node_plan
 from muxlab.lb.facts import Facts
 from muxlab.node.desired import FACT_COLUMNS, FactsReader, mtu_remedies, nb_cfg, own_rows, watch
 from muxlab.node.liveness import Beacon
 from muxlab.node.kernel import (PolicyRoute, ensure_bridge_ports, ensure_vxlan, interface_networks, nft_converge,
-                                reconcile_policy_routes)
+                                reconcile_fdb, reconcile_policy_routes)
 from muxlab.node.ovsdb import Db, managers_remote
 from muxlab.node.runtime import FABRIC_PATH
 
-from . import datapath, imds
+from . import datapath, fastpath, imds
 from .usage import nft_counters, snat_ports_in_use
 from .probes import Prober, probe_targets
 
@@ -43,7 +43,11 @@ def desired(fabric: Lab, facts: Facts, me: str, remedies: frozenset[str], manage
     host = fabric.host(me)
     dev = vxlan_ifname(fabric.vni)
     routes = tuple(PolicyRoute(dip_mark(vm.ip), str(vm.ip), HOST_BRIDGE, dev) for vm in fabric.vms_on(me))
-    return ((dev, fabric.vni, str(host.address), fabric.overlay_mtu), routes,
+    # Fastpath puts a flow on the overlay to the other end's host by its DIP MAC: every other
+    # host's VM is in the FDB, as on a MUX
+    peers = tuple(sorted((dip_mac(vm.ip), str(fabric.host(vm.host).address)) for vm in fabric.vms
+                         if vm.host != me)) if fabric.fastpath else ()
+    return ((dev, fabric.vni, str(host.address), fabric.overlay_mtu), routes, peers,
             datapath.tables(fabric, facts, me, remedies, management))
 
 
@@ -56,11 +60,12 @@ def management_networks() -> tuple[str, ...]:
 def apply(state: tuple, before: tuple | None) -> str:
     """Make the kernel hold `state`, knowing it holds `before` (None: unknown, as after a
     restart): each nft table by its difference (or whole), as the MUX does. Says how."""
-    (dev, vni, local, mtu), routes, tables = state
-    old_tables = before[2] if before else (None,) * len(tables)
+    (dev, vni, local, mtu), routes, peers, tables = state
+    old_tables = before[3] if before else (None,) * len(tables)
     with IPRoute() as ipr:
         ensure_vxlan(ipr, dev, vni, local, mtu)
         reconcile_policy_routes(ipr, list(routes), RULE_PRIORITY)
+        reconcile_fdb(ipr, dev, dict(peers), dict(before[2]) if before else None)
     log = lambda line: print(f"[host-agent] {line}", flush=True)   # noqa: E731
     return "; ".join(f"{t.name}: {nft_converge(t, old, log)}" for t, old in zip(tables, old_tables))
 
@@ -81,8 +86,9 @@ def reason(st) -> str:
 
 
 class HostAgent:
-    def __init__(self, me: str, fabric: Lab, db: Db):
+    def __init__(self, me: str, fabric: Lab, db: Db, redirects: "fastpath.Receiver | None" = None):
         self.me, self.fabric, self.db = me, fabric, db
+        self.redirects = redirects
         self.reader = FactsReader()
         self.prober = Prober()
         self.targets: dict = {}
@@ -114,6 +120,8 @@ class HostAgent:
                 print(f"[host-agent {self.me}] hairpin SNAT on for {sorted(newly)}: self-mapped flows forgotten", flush=True)
             print(f"[host-agent {self.me}] data path programmed ({len(datapath.local_rules(self.fabric, facts, self.me))} "
                   f"local rule bindings; {how})", flush=True)
+        if self.redirects and facts is not self.facts:
+            self.redirects.update(facts)
         self.targets = probe_targets(self.fabric, facts, self.me)
         self.prober.sync(self.targets)
         self.facts = facts
@@ -207,7 +215,9 @@ def main() -> None:
             conditions={"Chassis": [["name", "==", me]], "Backend_Health": [["host", "==", me]], **own_rows(me)})
     # alive for the MUXes whatever the managers do: beacons on the underlay, from the VTEP
     Beacon(me, str(fabric.host(me).address), [str(m.address) for m in fabric.muxes]).start()
-    agent = HostAgent(me, fabric, db)
+    # Fastpath: the MUXes' redirects, installed in the kernel once per flow
+    redirects = fastpath.Receiver(fabric, me).start() if fabric.fastpath else None
+    agent = HostAgent(me, fabric, db, redirects)
     imds.serve(agent.metadata)   # its address is on the bridge: the node's network plan (render.NodePlan.platform)
     print(f"[host-agent {me}] IMDS on {imds.IMDS_ADDRESS}:{imds.IMDS_PORT}", flush=True)
     print(f"[host-agent {me}] watching the managers' OVSDB", flush=True)

@@ -39,8 +39,8 @@ import re
 from dataclasses import dataclass
 
 from muxlab.datapath import nfttable
-from muxlab.datapath.conventions import (HOST_BRIDGE, HOST_TABLE, LIVENESS_PORT, MGMT_IF, OVERLAY_TABLE, UPLINK_IF, VXLAN_PORT,
-                                         ct_timeout_object, dip_mac, dip_mark, vxlan_ifname)
+from muxlab.datapath.conventions import (FASTPATH_PORT, HOST_BRIDGE, HOST_TABLE, LIVENESS_PORT, MGMT_IF, OVERLAY_TABLE,
+                                         UPLINK_IF, VXLAN_PORT, ct_timeout_object, dip_mac, dip_mark, vxlan_ifname)
 from muxlab.fabric.lab import Lab
 from muxlab.lb.facts import Facts
 
@@ -50,6 +50,23 @@ def _ident(vm: str) -> str:
 
 
 SNAT_NEW = "snat_new"   # connections source-NATed (a NAT chain sees each one's first packet only)
+FASTPATH_PACKETS = "fastpath_packets"   # packets this host sent straight to another host (Fastpath)
+FORGED_REDIRECT = "forged_redirect"     # Fastpath redirects from anything but a MUX, dropped
+
+
+def fastpath_map(idle_s: int) -> str:
+    """The map of redirected flows whose idle timeout is idle_s: a packet of one refreshes its
+    element for that long (nft refreshes an element by the timeout of the rule that updates it,
+    not its own, hence a map per timeout)."""
+    return f"fastpath_{idle_s}"
+
+
+def fastpath_classes(facts: Facts) -> list[int]:
+    """The idle timeouts of the TCP load-balancing rules: a redirect names its rule's."""
+    return sorted({r.idle_s for r in facts.rules if r.protocol == "tcp"})
+
+
+FLOW_KEY = "ip saddr . tcp sport . ip daddr . tcp dport"   # a redirected flow as this host sends it
 
 
 def counter_name(vm: str) -> str:
@@ -108,7 +125,7 @@ def tables(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | None
     MTU remedies the forward chain's).
 
     `management`: the host's management addresses or networks (eth0's), which no VM may reach."""
-    return overlay_table(fabric, host), host_table(fabric, facts, host, remedies, management)
+    return overlay_table(fabric, host, facts), host_table(fabric, facts, host, remedies, management)
 
 
 def render_nft(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | None = None,
@@ -117,15 +134,29 @@ def render_nft(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | 
     return "".join(t.render() for t in tables(fabric, facts, host, remedies, management))
 
 
-def overlay_table(fabric: Lab, host: str) -> nfttable.Table:
-    """The inner destination MAC names the DIP the MUX chose: it becomes the packet mark."""
+def overlay_table(fabric: Lab, host: str, facts: Facts = Facts()) -> nfttable.Table:
+    """The inner destination MAC names the DIP the MUX chose: it becomes the packet mark.
+
+    Fastpath (egress of the uplink, after routing and NAT): a packet of a redirected flow is
+    not sent to the edge but put on the overlay to the other end's host, its inner MAC the
+    other end's DIP MAC (the VXLAN FDB holds every VM's host), as a MUX would have sent it.
+    The elements are the host agent's, one per redirect (muxlab.node.fastpath), never in this
+    desired state: an update of the table leaves them be."""
     dev = vxlan_ifname(fabric.vni)
     macs = {dip_mac(vm.ip): f"{dip_mark(vm.ip):#010x}" for vm in fabric.vms_on(host)}
-    return nfttable.Table("netdev", OVERLAY_TABLE, {"counter unknown_dip": "counter unknown_dip {}"},
-                          {"dip_by_mac": nfttable.Set("map", "type ether_addr : mark;", macs)},
-                          {"ingress": nfttable.Chain(f'type filter hook ingress device "{dev}" priority filter; policy accept;', (
-                              "meta mark set ether daddr map @dip_by_mac meta pkttype set host accept",
-                              "counter name unknown_dip drop"))})
+    objects = {f"counter {c}": f"counter {c} {{}}" for c in ("unknown_dip", FASTPATH_PACKETS)}
+    sets = {"dip_by_mac": nfttable.Set("map", "type ether_addr : mark;", macs)}
+    chains = {"ingress": nfttable.Chain(f'type filter hook ingress device "{dev}" priority filter; policy accept;', (
+        "meta mark set ether daddr map @dip_by_mac meta pkttype set host accept",
+        "counter name unknown_dip drop"))}
+    if fabric.fastpath:
+        classes = fastpath_classes(facts)
+        sets |= {fastpath_map(c): nfttable.Set("map", f"typeof {FLOW_KEY} : ether daddr; flags timeout;") for c in classes}
+        chains["fastpath"] = nfttable.Chain(f'type filter hook egress device "{UPLINK_IF}" priority filter; policy accept;', tuple(
+            f"ether daddr set {FLOW_KEY} map @{fastpath_map(c)} "
+            f"update @{fastpath_map(c)} {{ {FLOW_KEY} timeout {c}s : ether daddr }} counter name {FASTPATH_PACKETS} fwd to \"{dev}\""
+            for c in classes))
+    return nfttable.Table("netdev", OVERLAY_TABLE, objects, sets, chains)
 
 
 def timeout_chain(proto: str, idle_s: int) -> str:
@@ -167,11 +198,14 @@ def host_table(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | 
 
     addr_tuple = "type ipv4_addr . inet_proto . inet_service;"
     objects = {f"counter {c}": f"counter {c} {{}}" for c in (
-        "spoofed_vxlan", "no_rule", "idle_reset", "idle_drop", "to_management", "forged_beacon", SNAT_NEW)}
+        "spoofed_vxlan", "no_rule", "idle_reset", "idle_drop", "to_management", "forged_beacon", SNAT_NEW, FORGED_REDIRECT)}
     objects |= {f"ct timeout idle_{p}_{idle}": ct_timeout_object(p, idle).strip() for p, idle in classes}
     objects |= {f"counter {counter_name(x.vm)}": f"counter {counter_name(x.vm)} {{}}" for x in snats}
     sets = {
         "muxes": nfttable.Set("set", "type ipv4_addr;", members(str(m.address) for m in fabric.muxes)),
+        # the other hosts: with Fastpath they send VXLAN here too
+        "peer_hosts": nfttable.Set("set", "type ipv4_addr;", members(
+            str(h.address) for h in fabric.hosts if h.name != host and fabric.fastpath)),
         "nat_rules": nfttable.Set("map", "type mark . ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service;",
                                   {f"{m:#010x} . {vip} . {p} . {port}": f"{dip} . {bport}"
                                    for m, vip, p, port, dip, bport, fip in rules if not fip}),
@@ -179,7 +213,8 @@ def host_table(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | 
                                        members(f"{m:#010x} . {vip} . {p} . {port}"
                                                for m, vip, p, port, dip, bport, fip in rules if fip)),
         "vips": nfttable.Set("set", "type ipv4_addr;", members(str(v) for v in facts.vips)),
-        "lab_space": nfttable.Set("set", "type ipv4_addr; flags interval;", members([str(fabric.vnet), str(fabric.public_vips)])),
+        # (VM, protocol) with an outbound identity: its connections to public frontends are source-NATed
+        "snat_sources": nfttable.Set("set", "type ipv4_addr . inet_proto;", members(f"{x.ip} . {p}" for x in snats for p in x.protocols)),
         "backend_ends": nfttable.Set("set", addr_tuple, members(sorted(every_end))),
         "reset_ends": nfttable.Set("set", addr_tuple, members(sorted(reset_end))),
         "hairpin_vips": nfttable.Set("set", "type ipv4_addr;", members(str(v) for v in facts.hairpin_snat_vips)),
@@ -204,23 +239,36 @@ def host_table(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | 
               f"tcp option maxseg size set {mss}",) if "mss-clamp" in remedies else ())
     expired = "ct state new tcp flags & (syn | rst) == 0"
     gateway = fabric.host(host).vm_gateway.ip
+    vnet = str(fabric.vnet)
+    # a VM's call to a public frontend leaves with its outbound identity, as one to the
+    # internet does (Azure: only the internal load balancer keeps the caller's DIP)
+    outside = f"ip daddr != {vnet}"
+    fastpath_back = (
+        # a VIP's reply to such a call, sent by the serving host straight here (Fastpath)
+        f'iifname "{dev}" ip saddr @vips ip daddr {vnet} notrack return',) if fabric.fastpath else ()
     chains = {
-        # A VM calling a VIP: its packet leaves through this host and may come back through
-        # a MUX to a VM here. Tracked on the way out, the return (same tuple) would match that
-        # entry and skip the NAT; so it is tracked, and NATed, only on the way back.
+        # A VM calling an internal frontend (or a public one with no outbound identity to
+        # leave with) keeps its DIP: its packet leaves through this host and may come back
+        # through a MUX to a VM here. Tracked on the way out, the return (same tuple) would
+        # match that entry and skip the NAT; so it is tracked, and NATed, only on the way back.
         "raw": nfttable.Chain("type filter hook prerouting priority raw; policy accept;", (
-            f'iifname "{HOST_BRIDGE}" ip daddr @vips notrack return',
+            f'iifname "{HOST_BRIDGE}" ip daddr @vips ip daddr {vnet} notrack return',
+            f'iifname "{HOST_BRIDGE}" ip daddr @vips ip saddr . meta l4proto != @snat_sources notrack return',
             # The replies to such a call come straight from the serving host (DSR), source VIP.
             # Tracked, each would leave an entry VIP:80 -> VM:port behind, whose reply direction
             # is the VM's next call from that port: that call's SYN would then skip its NAT.
-            f'iifname "{UPLINK_IF}" ip saddr @vips notrack return')),
+            f'iifname "{UPLINK_IF}" ip saddr @vips notrack return',
+            *fastpath_back)),
         # idle timeouts attach to a new entry before it is confirmed: after conntrack made it
         # (priority -200), which is why they are not in the raw chain above
         "timeouts": nfttable.Chain("type filter hook prerouting priority mangle; policy accept;", (
             f'iifname "{dev}" ip daddr . meta l4proto . th dport vmap @idle_rules',
-            f'iifname "{HOST_BRIDGE}" ip daddr != @lab_space ip saddr . meta l4proto vmap @snat_idle')),
+            f'iifname "{HOST_BRIDGE}" {outside} ip saddr . meta l4proto vmap @snat_idle')),
         "input": nfttable.Chain("type filter hook input priority filter; policy accept;", (
-            f"udp dport {VXLAN_PORT} ip saddr != @muxes counter name spoofed_vxlan drop",
+            f"udp dport {VXLAN_PORT} ip saddr != @muxes ip saddr != @peer_hosts counter name spoofed_vxlan drop",
+            # Fastpath redirects come from a MUX's underlay address, never from a VM or the internet
+            f'iifname "{HOST_BRIDGE}" udp dport {FASTPATH_PORT} counter name {FORGED_REDIRECT} drop',
+            f"udp dport {FASTPATH_PORT} ip saddr != @muxes counter name {FORGED_REDIRECT} drop",
             f'iifname "{HOST_BRIDGE}" ip daddr @management counter name to_management drop')),
         "prerouting": nfttable.Chain("type nat hook prerouting priority dstnat; policy accept;", (
             f'iifname "{dev}" dnat ip to meta mark . ip daddr . meta l4proto . th dport map @nat_rules',)),
@@ -230,6 +278,7 @@ def host_table(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | 
             f'iifname "{HOST_BRIDGE}" ip daddr @management counter name to_management drop',
             # host liveness is the hosts' own word to the MUXes (muxlab.node.liveness): no VM may forge it
             f'iifname "{HOST_BRIDGE}" udp dport {LIVENESS_PORT} counter name forged_beacon drop',
+            f'iifname "{HOST_BRIDGE}" udp dport {FASTPATH_PORT} counter name {FORGED_REDIRECT} drop',
             # a packet of a flow whose state expired (idle timeout): a reset, or nothing
             f'iifname "{dev}" {expired} ip daddr . meta l4proto . th dport @reset_ends counter name idle_reset reject with tcp reset',
             f'iifname "{dev}" {expired} counter name idle_drop drop',
@@ -239,14 +288,15 @@ def host_table(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | 
             f'iifname "{dev}" ct status dnat accept',
             f'iifname "{dev}" ct direction reply ct status snat accept',
             f'iifname "{dev}" meta mark . ip daddr . meta l4proto . th dport @floating_rules accept',
+            *((f'iifname "{dev}" ct state untracked ip saddr @vips accept',) if fabric.fastpath else ()),
             f'iifname "{dev}" counter name no_rule drop',
             # the last rule: a VM's new outbound connection, checked in its own chain
-            f'iifname "{HOST_BRIDGE}" oifname "{UPLINK_IF}" ip daddr != @lab_space ct state new ip saddr vmap @snat_limits')),
+            f'iifname "{HOST_BRIDGE}" oifname "{UPLINK_IF}" {outside} ct state new ip saddr vmap @snat_limits')),
         "postrouting": nfttable.Chain("type nat hook postrouting priority srcnat; policy accept;", (
             # hairpin fix 2 (hairpinSnat): a flow mapped back to the VM that sent it leaves this
             # host with the host's address as source, so the VM answers through the host
             f'oifname "{HOST_BRIDGE}" ct original ip daddr @hairpin_vips ip saddr . ip daddr @self_pairs snat ip to {gateway}',
-            f'oifname "{UPLINK_IF}" ip daddr != @lab_space meta l4proto {{ tcp, udp }} counter name {SNAT_NEW} snat ip to ip saddr . meta l4proto map @snat_ranges')),
+            f'oifname "{UPLINK_IF}" {outside} meta l4proto {{ tcp, udp }} counter name {SNAT_NEW} snat ip to ip saddr . meta l4proto map @snat_ranges')),
     }
     chains |= {timeout_chain(p, idle): nfttable.Chain("", (f'ct timeout set "idle_{p}_{idle}"',)) for p, idle in classes}
     for x in snats:

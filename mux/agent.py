@@ -24,7 +24,7 @@ from muxlab.node.liveness import Listener
 from muxlab.node.ovsdb import Db, managers_remote, ok
 from muxlab.node.runtime import FABRIC_PATH, run_path, write_atomic
 
-from . import datapath
+from . import datapath, fastpath
 
 ANNOUNCE_PATH = run_path(ANNOUNCE_FILE)
 TABLES_PATH = run_path(MAGLEV_TABLES_FILE)   # where the operator's tools read it
@@ -75,8 +75,10 @@ def tables_report(tables: list[datapath.RuleTable], before: dict | None) -> dict
 
 
 class MuxAgent:
-    def __init__(self, me: str, fabric: Lab, db: Db, liveness: Listener):
+    def __init__(self, me: str, fabric: Lab, db: Db, liveness: Listener, redirector: "fastpath.Redirector | None" = None):
         self.me, self.fabric, self.db = me, fabric, db
+        self.redirector = redirector
+        self.facts: Facts | None = None
         self.reader = FactsReader()
         self.liveness = liveness
         self.inputs = None            # what the last computation was made from
@@ -96,6 +98,9 @@ class MuxAgent:
         if self.db.connected_since is None:
             return   # never had the facts: program nothing rather than an empty data path
         facts = self.reader.read(self.db)
+        if self.redirector and facts is not self.facts:
+            self.redirector.update(facts)   # withdraws the redirects these facts no longer back
+        self.facts = facts
         health = self.health()
         remedies = mtu_remedies(self.db, self.fabric)
         inputs = (self.reader.key, tuple(sorted(health.probes.items())), health.dead_hosts, health.drained, remedies)
@@ -137,7 +142,8 @@ def main() -> None:
     db = Db(managers_remote(len(fabric.managers)), TABLES, quiet=QUIET)
     mux = next(m for m in fabric.muxes if m.name == me)
     liveness = Listener(str(mux.address), {h.name: str(h.address) for h in fabric.hosts}).start()
-    agent = MuxAgent(me, fabric, db, liveness)
+    redirector = fastpath.Redirector(fabric, str(mux.address)).start() if fabric.fastpath else None
+    agent = MuxAgent(me, fabric, db, liveness, redirector)
     print(f"[mux-agent {me}] watching the managers' OVSDB and the hosts' liveness beacons", flush=True)
     # with no manager synced, keep forwarding with the facts we have, and still follow liveness
     watch(db, agent.step, lambda: None, (liveness.fileno(),))

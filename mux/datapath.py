@@ -25,9 +25,11 @@ import hashlib
 from dataclasses import dataclass, field
 
 from muxlab.datapath import maglev, nfttable
-from muxlab.datapath.conventions import MUX_TABLE, ct_timeout_object, dip_mac, dip_mark, vxlan_ifname
+from muxlab.datapath.conventions import FASTPATH_NFLOG_GROUP, MUX_TABLE, ct_timeout_object, dip_mac, dip_mark, vxlan_ifname
 from muxlab.fabric.lab import Lab
 from muxlab.lb.facts import Backend, Facts, Rule
+
+FASTPATH_LOGGED = "fastpath_logged"   # handshakes of VMs' connections handed to the agent for a redirect
 
 HASH_FIELDS = {
     "Default": "ip saddr . th sport . ip daddr . th dport",
@@ -128,7 +130,7 @@ def ruleset(fabric: Lab, facts: Facts, tables: list[RuleTable], remedies: frozen
     classes = idle_classes(tables)
     objects = {f"counter {c}": f"counter {c} {{}}" for c in (
         "vip_packets", "no_service", "no_backend", "nat_port_packets", "snat_return_packets", "icmp_frag_needed_suppressed",
-        "ilb_not_vnet")}
+        "ilb_not_vnet", FASTPATH_LOGGED)}
     objects |= {f"ct timeout idle_{proto}_{idle}": ct_timeout_object(proto, idle).strip() for proto, idle in classes}
     sets = {
         "vips": nfttable.Set("set", "type ipv4_addr;", {str(v): None for v in facts.vips}),
@@ -177,7 +179,16 @@ def ruleset(fabric: Lab, facts: Facts, tables: list[RuleTable], remedies: frozen
     # a SYN may not promise more than the overlay carries (the SYN-ACK's clamp is on the host)
     clamp = (f'oifname "{vxlan_ifname(fabric.vni)}" tcp flags syn tcp option maxseg size > {mss} '
              f'tcp option maxseg size set {mss}',) if "mss-clamp" in remedies else ()
-    chains["forward"] = nfttable.Chain("type filter hook forward priority filter; policy accept;", clamp)
+    # Fastpath (mux/fastpath.py): the first packet this MUX tracks of a VM's TCP connection is
+    # the one completing its handshake (a bare SYN is not tracked): log it, with the chosen
+    # DIP as its mark, for the agent to redirect. A VM's source is its DIP (an internal
+    # frontend) or a port of its outbound SNAT range (a public one).
+    dev = vxlan_ifname(fabric.vni)
+    log = f"counter name {FASTPATH_LOGGED} log group {FASTPATH_NFLOG_GROUP} queue-threshold 1"
+    fastpath = (f'oifname "{dev}" ct state new meta l4proto tcp ip saddr {fabric.vnet} {log}',
+                f'oifname "{dev}" ct state new meta l4proto tcp ip saddr . meta l4proto . th sport @snat_returns {log}',
+                ) if fabric.fastpath else ()
+    chains["forward"] = nfttable.Chain("type filter hook forward priority filter; policy accept;", clamp + fastpath)
     # the black hole of seed 004: the too-big packet dies here and nobody tells the client
     black_hole = () if "icmp" in remedies else (
         "icmp type destination-unreachable icmp code frag-needed counter name icmp_frag_needed_suppressed drop",)

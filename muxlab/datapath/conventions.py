@@ -38,6 +38,11 @@ API_PORT = 8080      # managers' northbound HTTPS API
 LIVENESS_PORT = 3799
 LIVENESS_INTERVAL_S = 0.2
 LIVENESS_DEAD_AFTER_S = 0.6
+# Fastpath (docs/datapath.md, muxlab/node/fastpath.py): the MUX that sees a VM's TCP handshake
+# complete logs the packet to NFLOG group FASTPATH_NFLOG_GROUP; its agent sends a redirect to
+# the two hosts' FASTPATH_PORT, from its underlay address (hosts take redirects from MUXes only).
+FASTPATH_PORT = 3800
+FASTPATH_NFLOG_GROUP = 38
 
 # Files in a node. CONFIG_DIR holds what the topology binds in read-only; RUN_DIR the node's own
 # runtime state (MUXLAB_RUN_DIR moves it in a node: muxlab.node.runtime.run_path).

@@ -133,6 +133,9 @@ class Lab:
     seconds_per_minute: int = 60     # lab time: what an Azure "minute" (idle timeouts) lasts here
     underlay_mtu: int = 9000         # links that carry VXLAN (edge <-> MUXes, hosts)
     mtu_remedies: frozenset[str] = frozenset(MTU_REMEDIES)   # what the MUXes do about too-big packets
+    # Ananta's Fastpath (docs/datapath.md): a VM's TCP connection to a VIP leaves the MUX tier
+    # once its handshake completes, host to host
+    fastpath: bool = True
 
     # indexes, built on first use: agents and the managers' compiler look VMs up per fact
     # (84000 linear scans for one write of 2000 load balancers)
@@ -284,7 +287,7 @@ class _Checker:
         return self._parsed(value, path, ipaddress.IPv4Network, "must be an IPv4 network like 10.1.1.0/24 (host bits zero)")
 
 
-TOP_FIELDS = {"name", "bgp", "bfd", "overlay", "hashing", "addressing", "managers", "muxes", "hosts", "vms", "clients",
+TOP_FIELDS = {"name", "bgp", "bfd", "overlay", "fastpath", "hashing", "addressing", "managers", "muxes", "hosts", "vms", "clients",
               "timing", "mtu"}
 
 
@@ -353,6 +356,8 @@ def parse_lab(raw: Any) -> Lab:
     if not isinstance(remedies, list) or any(r not in MTU_REMEDIES for r in remedies):
         c.bad("mtu.remedies", remedies, f"must be a list of: {', '.join(MTU_REMEDIES)} (or [] for none)")
         remedies = []
+
+    fastpath = c.boolean(top.get("fastpath", True), "fastpath")
 
     # managers: a count; they are named manager1..N (an odd number keeps a Raft majority)
     n_managers = c.integer(top.get("managers", 3), "managers", 1, 7)
@@ -479,7 +484,7 @@ def parse_lab(raw: Any) -> Lab:
         raise ModelError(c.problems)
     return Lab(name, edge_asn, mux_asn, keepalive, hold, router_id, bfd_interval, bfd_mult, vni, seed, table_size,
                managers, tuple(muxes), tuple(hosts), tuple(vms), tuple(clients), public_vips, vnet, spm, underlay_mtu,
-               frozenset(remedies))
+               frozenset(remedies), fastpath)
 
 
 def _items(c: _Checker, raw: Any, path: str):

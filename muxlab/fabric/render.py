@@ -231,7 +231,8 @@ GROUP_SYSCTLS = {
     "edge": {"net.ipv4.ip_forward": 1, "net.ipv4.fib_multipath_hash_policy": 1,
              "net.ipv4.conf.all.rp_filter": 2, "net.ipv4.conf.default.rp_filter": 2},
     # MUX: forward; conntrack sees only client->VIP packets (no replies), so be liberal.
-    "mux": {"net.ipv4.ip_forward": 1, "net.netfilter.nf_conntrack_tcp_be_liberal": 1,
+    # Accounting: a flow's packets through this MUX are on its conntrack entry (Fastpath's proof).
+    "mux": {"net.ipv4.ip_forward": 1, "net.netfilter.nf_conntrack_tcp_be_liberal": 1, "net.netfilter.nf_conntrack_acct": 1,
             "net.ipv4.conf.all.rp_filter": 0, "net.ipv4.conf.default.rp_filter": 0},
     # host: a router for its VMs. Decapsulated packets arrive on the address-less VXLAN
     # device from any client, and replies leave by the underlay: reverse-path filtering

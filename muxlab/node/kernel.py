@@ -126,6 +126,23 @@ def reconcile_policy_routes(ipr: IPRoute, wanted: list[PolicyRoute], priority: i
             ipr.rule("add", family=2, priority=priority, fwmark=p.mark, fwmask=0xFFFFFFFF, table=p.mark, iifname=p.iif)
 
 
+def reconcile_fdb(ipr: IPRoute, dev: str, wanted: dict[str, str], before: dict[str, str] | None) -> None:
+    """The VXLAN device's static entries, MAC -> remote VTEP: `wanted` replaced, those only
+    `before` held deleted (after a restart, `before` is unknown: nothing is deleted)."""
+    idx = ifindex(ipr, dev)
+    if idx is None:
+        raise KernelError(f"device {dev} missing")
+    for mac, vtep in wanted.items():
+        if (before or {}).get(mac) != vtep:
+            ipr.fdb("replace", ifindex=idx, lladdr=mac, dst=vtep, state=NUD_PERMANENT, flags=NTF_SELF)
+    for mac, vtep in (before or {}).items():
+        if mac not in wanted:
+            try:
+                ipr.fdb("del", ifindex=idx, lladdr=mac, dst=vtep, flags=NTF_SELF)
+            except Exception:
+                pass
+
+
 def reconcile_blackholes(ipr: IPRoute, prefixes: list[str], table: int = 254) -> None:
     have = set()
     for r in ipr.get_routes(family=2, table=table):

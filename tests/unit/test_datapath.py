@@ -107,7 +107,7 @@ def test_host_ruleset_only_local_rules():
     assert "0x0a01010b . 203.0.113.10 . tcp . 80 : 10.1.1.11 . 8080" in text
     assert "10.1.2.13" not in text
     assert "0x0a01010c . 203.0.113.20 . tcp . 7000" in text  # vm2 floating IP
-    assert "udp dport 4789 ip saddr != @muxes counter name spoofed_vxlan drop" in text
+    assert "udp dport 4789 ip saddr != @muxes ip saddr != @peer_hosts counter name spoofed_vxlan drop" in text
     assert "elements = { 10.0.1.1, 10.0.1.3, 10.0.1.5 }" in text
 
 
