@@ -37,14 +37,14 @@ class View:
     """What this host's facts say about its VMs' ends of a flow."""
     vnet: ipaddress.IPv4Network = ipaddress.IPv4Network("10.1.0.0/16")
     local: frozenset[str] = frozenset()                     # local VMs' DIPs
-    serves: dict = field(default_factory=dict)              # (vip, port) -> local DIP, TCP bindings
+    serves: frozenset = frozenset()                         # (vip, port, local DIP) of TCP bindings
     snat: dict = field(default_factory=dict)                # local DIP -> [(vip, lo, hi)] for TCP
     classes: frozenset[int] = frozenset()                   # idle timeouts with a Fastpath map
 
 
 def view(fabric: Lab, facts: Facts, host: str) -> View:
     local = frozenset(str(vm.ip) for vm in fabric.vms_on(host))
-    serves = {(b.vip, b.port): b.dip for b in datapath.local_bindings(fabric, facts, host) if b.protocol == "tcp"}
+    serves = frozenset((b.vip, b.port, b.dip) for b in datapath.local_bindings(fabric, facts, host) if b.protocol == "tcp")
     snat: dict = {}
     for x in facts.snat:
         if x.ip in local and "tcp" in x.protocols:
@@ -74,7 +74,7 @@ def entries(v: View, r: Redirect) -> dict[str, tuple[str, str]]:
             ours = any(vip == r.src and lo <= r.sport <= hi for vip, lo, hi in v.snat.get(r.src_dip, ()))
         if ours:
             out[source_key(r)] = (name, dip_mac(r.dst_dip))
-    if r.dst_dip in v.local and v.serves.get((r.vip, r.port)) == r.dst_dip:
+    if (r.vip, r.port, r.dst_dip) in v.serves:
         out[reply_key(r)] = (name, dip_mac(r.src_dip))
     return out
 
