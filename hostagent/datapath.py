@@ -279,6 +279,9 @@ def host_table(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | 
             # host liveness is the hosts' own word to the MUXes (muxlab.node.liveness): no VM may forge it
             f'iifname "{HOST_BRIDGE}" udp dport {LIVENESS_PORT} counter name forged_beacon drop',
             f'iifname "{HOST_BRIDGE}" udp dport {FASTPATH_PORT} counter name {FORGED_REDIRECT} drop',
+            # nor VXLAN in the name of a MUX or a host (which other hosts accept it from)
+            f'iifname "{HOST_BRIDGE}" udp dport {VXLAN_PORT} ip saddr @muxes counter name spoofed_vxlan drop',
+            f'iifname "{HOST_BRIDGE}" udp dport {VXLAN_PORT} ip saddr @peer_hosts counter name spoofed_vxlan drop',
             # a packet of a flow whose state expired (idle timeout): a reset, or nothing
             f'iifname "{dev}" {expired} ip daddr . meta l4proto . th dport @reset_ends counter name idle_reset reject with tcp reset',
             f'iifname "{dev}" {expired} counter name idle_drop drop',

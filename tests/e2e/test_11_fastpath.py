@@ -199,6 +199,21 @@ def test_a_backend_leaving_its_pool_keeps_its_fastpath_flow_and_gets_no_new_ones
         L.synced(api)
 
 
+def test_fastpath_carries_a_call_to_the_internal_frontend(L):
+    """Internal frontend: the caller's DIP is the flow's source, the same redirect applies."""
+    names = apply_example(L, "ilb-hairpin.yml")
+    try:
+        sent = fastpath_sent(L)
+        fetch = Fetch(L.ref.container(CALLER), vip=ILB_VIP, rate=RATE * 4)
+        server_host = L.ref.lab.vm(fetch.start["served_by"]).host
+        got = fetch.result()
+        after = fastpath_sent(L)
+        assert got["got"] == SIZE and not got["error"], got
+        assert after[CALLER_HOST] > sent[CALLER_HOST] and after[server_host] > sent[server_host], (sent, after)
+    finally:
+        delete(L, *names)
+
+
 FORGED = {"op": "redirect", "src": OUT, "sport": 4444, "vip": WEB, "port": 80,
           "src_dip": "10.1.2.13", "dst_dip": "10.1.1.11", "idle_s": 16}
 
