@@ -10,9 +10,13 @@ Per inbound packet (see docs/datapath.md):
 Replies from the VM are un-NATed by conntrack (source becomes the VIP) and routed to the
 edge by the host's default route: Direct Server Return, never through a MUX.
 
-Outbound (a VM's own connections to the internet): source-NAT to its VIP and port range
+Outbound (a VM's own connections to the internet and to public frontends, its own
+included: anything outside the VNet): source-NAT to its VIP and port range
 (muxlab.lb.allocation); a connection beyond the range's room towards one destination is
-refused and counted per VM (snat_exhausted_<vm>). Replies come back through any MUX.
+refused and counted per VM (snat_exhausted_<vm>). Replies come back through any MUX. A call
+to an internal frontend keeps the VM's DIP (Azure's ILB does no source NAT).
+Fastpath (overlay table, egress of the uplink; hostagent/fastpath.py installs the elements):
+a redirected flow's packets go on the overlay straight to the other end's host.
 The management interface (eth0, Docker's) is the platform's, never the tenants': nothing
 from a VM is forwarded out of it or delivered to the host's management addresses (counted:
 to_management). What a VM may reach on its host is its gateway and the platform addresses

@@ -12,6 +12,7 @@ import pytest
 
 from muxlab.cli import lab as labmod
 from muxlab.datapath.conventions import FASTPATH_PORT, HOST_TABLE, OVERLAY_TABLE, dip_mac
+from muxlab.observe import flowcount
 from tests.e2e.conftest import REPO
 from tests.e2e.test_6_seed_behaviour import ILB_VIP, apply_example, delete
 
@@ -33,34 +34,14 @@ def fastpath_sent(L, ref=None):
     return {h.name: counter(L, h.name, "netdev", OVERLAY_TABLE, "fastpath_packets", ref) for h in hosts}
 
 
-FLOW_COUNTERS = """table ip muxlab_test
-delete table ip muxlab_test
-table ip muxlab_test {{
-  counter there {{}}
-  counter back {{}}
-  chain pre {{
-    type filter hook prerouting priority -400; policy accept;
-    ip saddr {src} ip daddr {vip} tcp dport {port} counter name there
-    ip saddr {vip} ip daddr {src} tcp sport {port} counter name back
-  }}
-}}
-"""
-
-
 def count_flows(run, muxes, src, vip, port):
-    """A test's own counters on each MUX, before anything of the lab's: packets of the
-    source's connections to the VIP, both ways."""
-    script = FLOW_COUNTERS.format(src=src, vip=vip, port=port)
+    """Counters of the source's connections to the VIP, both ways, on each MUX, ahead of the lab's tables."""
     for m in muxes:
-        run(m, f"nft -f - <<'EOF'\n{script}EOF")
+        run(m, f"nft -f - <<'EOF'\n{flowcount.script(src, vip, port)}EOF")
 
 
 def mux_packets(run, muxes) -> dict[str, int]:
-    out = {}
-    for m in muxes:
-        j = json.loads(run(m, "nft -j list table ip muxlab_test"))["nftables"]
-        out[m] = sum(x["counter"]["packets"] for x in j if "counter" in x)
-    return out
+    return {m: flowcount.packets(run(m, flowcount.LIST)) for m in muxes}
 
 
 class Fetch:
@@ -87,7 +68,7 @@ def muxes_counted(L):
     count_flows(run, muxes, OUT, WEB, 80)
     yield lambda: mux_packets(run, muxes)
     for m in muxes:
-        L.sh(m, "nft delete table ip muxlab_test", check=False)
+        L.sh(m, flowcount.REMOVE, check=False)
 
 
 # ---------------------------------------------------------------- outbound SNAT towards public frontends
