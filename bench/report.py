@@ -197,6 +197,22 @@ def main() -> None:
                 "| role | containers | mean | busiest |", "|---|---|---|---|"]
         out += [f"| {role} | {r['containers']} | {r['mean']} | {r['max']} |" for role, r in idle.items() if role != "all"]
         out += [f"| **every container** | {idle['all']['containers']} | **{idle['all']['mean']}** | {idle['all']['max']} |", ""]
+    fp = load("fastpath")
+    if fp:
+        on, off = fp["fastpath_on"], fp["fastpath_off"]
+        out += [*heading("Fastpath: a VM's traffic to a VIP", "fastpath_bench", fp),
+                "From vm3 (host2), medians of the runs: TCP throughput to the bench VIP (pool: vm1, host1) and to vm1's DIP",
+                "directly; new connections per second to web (six backends) and to vm1's DIP; packets the MUX tier carried",
+                "per connection, both directions, counted on every MUX. Two labs in one run: `fastpath: true` (default), false.", "",
+                "| | Fastpath on | Fastpath off | direct to the DIP (on / off lab) |", "|---|---|---|---|",
+                f"| TCP throughput | {on['vip_gbit_s']['median']} Gbit/s | {off['vip_gbit_s']['median']} Gbit/s | "
+                f"{on['dip_gbit_s']['median']} / {off['dip_gbit_s']['median']} Gbit/s |",
+                f"| new connections | {on['vip_conns_per_s']['median']}/s | {off['vip_conns_per_s']['median']}/s | "
+                f"{on['dip_conns_per_s']['median']} / {off['dip_conns_per_s']['median']}/s |",
+                f"| MUX packets per iperf3 connection ({fp['params']['seconds']} s) | {on['vip_mux_packets_per_iperf_flow']['median']} | "
+                f"{off['vip_mux_packets_per_iperf_flow']['median']} | {on['dip_mux_packets']['median']} |",
+                f"| MUX packets per short connection | {on['vip_mux_packets_per_conn']['median']} | "
+                f"{off['vip_mux_packets_per_conn']['median']} | 0 |", ""]
     sc = load("scale")
     if sc:
         out += [*heading("Scale curve", "scale_bench", sc),
