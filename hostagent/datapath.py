@@ -14,7 +14,8 @@ Outbound (a VM's own connections to the internet and to public frontends, its ow
 included: anything outside the VNet): source-NAT to its VIP and port range
 (muxlab.lb.allocation); a connection beyond the range's room towards one destination is
 refused and counted per VM (snat_exhausted_<vm>). Replies come back through any MUX. A call
-to an internal frontend keeps the VM's DIP (Azure's ILB does no source NAT).
+to an internal frontend keeps the VM's DIP (Azure's ILB does no source NAT). A VM with no
+outbound identity has no connection out of the VNet: dropped and counted (no_outbound).
 Fastpath (overlay table, egress of the uplink; hostagent/fastpath.py installs the elements):
 a redirected flow's packets go on the overlay straight to the other end's host.
 The management interface (eth0, Docker's) is the platform's, never the tenants': nothing
@@ -56,6 +57,7 @@ def _ident(vm: str) -> str:
 SNAT_NEW = "snat_new"   # connections source-NATed (a NAT chain sees each one's first packet only)
 FASTPATH_PACKETS = "fastpath_packets"   # packets this host sent straight to another host (Fastpath)
 FORGED_REDIRECT = "forged_redirect"     # Fastpath redirects from anything but a MUX, dropped
+NO_OUTBOUND = "no_outbound"             # connections out of the VNet from a VM with no outbound identity
 
 
 def fastpath_map(idle_s: int) -> str:
@@ -202,7 +204,7 @@ def host_table(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | 
 
     addr_tuple = "type ipv4_addr . inet_proto . inet_service;"
     objects = {f"counter {c}": f"counter {c} {{}}" for c in (
-        "spoofed_vxlan", "no_rule", "idle_reset", "idle_drop", "to_management", "forged_beacon", SNAT_NEW, FORGED_REDIRECT)}
+        "spoofed_vxlan", "no_rule", "idle_reset", "idle_drop", "to_management", "forged_beacon", SNAT_NEW, FORGED_REDIRECT, NO_OUTBOUND)}
     objects |= {f"ct timeout idle_{p}_{idle}": ct_timeout_object(p, idle).strip() for p, idle in classes}
     objects |= {f"counter {counter_name(x.vm)}": f"counter {counter_name(x.vm)} {{}}" for x in snats}
     sets = {
@@ -251,13 +253,11 @@ def host_table(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | 
         # a VIP's reply to such a call, sent by the serving host straight here (Fastpath)
         f'iifname "{dev}" ip saddr @vips ip daddr {vnet} notrack return',) if fabric.fastpath else ()
     chains = {
-        # A VM calling an internal frontend (or a public one with no outbound identity to
-        # leave with) keeps its DIP: its packet leaves through this host and may come back
-        # through a MUX to a VM here. Tracked on the way out, the return (same tuple) would
+        # A VM calling an internal frontend keeps its DIP: its packet leaves through this host
+        # and may come back through a MUX to a VM here. Tracked on the way out, the return (same tuple) would
         # match that entry and skip the NAT; so it is tracked, and NATed, only on the way back.
         "raw": nfttable.Chain("type filter hook prerouting priority raw; policy accept;", (
             f'iifname "{HOST_BRIDGE}" ip daddr @vips ip daddr {vnet} notrack return',
-            f'iifname "{HOST_BRIDGE}" ip daddr @vips ip saddr . meta l4proto != @snat_sources notrack return',
             # The replies to such a call come straight from the serving host (DSR), source VIP.
             # Tracked, each would leave an entry VIP:80 -> VM:port behind, whose reply direction
             # is the VM's next call from that port: that call's SYN would then skip its NAT.
@@ -297,6 +297,10 @@ def host_table(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | 
             f'iifname "{dev}" meta mark . ip daddr . meta l4proto . th dport @floating_rules accept',
             *((f'iifname "{dev}" ct state untracked ip saddr @vips accept',) if fabric.fastpath else ()),
             f'iifname "{dev}" counter name no_rule drop',
+            # a VM with no outbound identity has no way out of the VNet (Azure: no outbound
+            # connectivity), to the internet or to a public frontend
+            f'iifname "{HOST_BRIDGE}" oifname "{UPLINK_IF}" {outside} ct state new meta l4proto {{ tcp, udp }} '
+            f'ip saddr . meta l4proto != @snat_sources counter name {NO_OUTBOUND} drop',
             # the last rule: a VM's new outbound connection, checked in its own chain
             f'iifname "{HOST_BRIDGE}" oifname "{UPLINK_IF}" {outside} ct state new ip saddr vmap @snat_limits')),
         "postrouting": nfttable.Chain("type nat hook postrouting priority srcnat; policy accept;", (

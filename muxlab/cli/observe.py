@@ -4,6 +4,8 @@ workshop checks, the pytest plugin and `muxlab trace`/`capture`."""
 from __future__ import annotations
 
 import json
+import os
+import select
 import subprocess
 import time
 from typing import Any, Callable
@@ -61,17 +63,40 @@ class Hold:
                  every: float = 0.02):
         argv = ["docker", "exec", ref.container(source), "python", "-m", "muxlab.node.holdclient", "--vip", vip,
                 "--port", str(port), "--conns", str(conns), "--duration", str(duration), "--every", str(every)]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stderr.readline()
+        # unbuffered: its stderr's lines (READY, STEADY) are waited for with select
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+        self._err = b""
+        self.duration = duration
+        line = self._line(60)
         if not line.startswith("READY"):
             self.proc.kill()
-            raise MuxlabError(f"holdclient did not start: {line}{self.proc.stderr.read()}")
-        self.duration = duration
+            raise MuxlabError(f"holdclient did not start: {line}{self.proc.stderr.read().decode(errors='replace')}")
+
+    def _line(self, timeout: float) -> str:
+        """holdclient's next stderr line, or '' when none comes within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._err:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.proc.stderr], [], [], left)[0]:
+                return ""
+            chunk = os.read(self.proc.stderr.fileno(), 4096)
+            if not chunk:
+                break
+            self._err += chunk
+        line, _, self._err = self._err.partition(b"\n")
+        return line.decode(errors="replace")
+
+    def steady(self, timeout: float | None = None) -> None:
+        """Wait, at most `timeout` seconds (the run's duration), until the connections have a
+        baseline: each held one answered a few pings, new ones were served (holdclient's STEADY)."""
+        line = self._line(self.duration if timeout is None else timeout)
+        if not line.startswith("STEADY"):
+            raise MuxlabError(f"holdclient found no steady baseline: {line or 'nothing within the bound'}")
 
     def result(self) -> dict:
         out, err = self.proc.communicate(timeout=self.duration + 60)
         if self.proc.returncode != 0:
-            raise MuxlabError(f"holdclient failed: {err[-2000:]}")
+            raise MuxlabError(f"holdclient failed: {(self._err + err).decode(errors='replace')[-2000:]}")
         return json.loads(out)
 
 

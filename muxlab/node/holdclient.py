@@ -5,7 +5,9 @@ It opens N long-lived TCP connections through the VIP and pings each every `--pi
 seconds (a connection is broken when a ping fails or a different VM answers), while it
 opens a new short connection every `--every` seconds (answered within `--new-timeout`, or
 it counts as not served). When all N are open it prints `READY` on stderr, so a caller
-knows when to inject its fault; after D seconds it prints one JSON document.
+knows when to start; `STEADY` once every held connection has answered a few pings and new
+connections are being served (the baseline a fault is measured against); after D seconds it
+prints one JSON document.
 """
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+
+STEADY_PINGS, STEADY_SERVED = 5, 20
 
 
 def connect(vip: str, port: int, timeout: float) -> tuple[socket.socket, str]:
@@ -72,6 +77,15 @@ def main() -> None:
         except OSError as exc:
             attempts.append([t0, False, round(time.time() - t0, 4), type(exc).__name__])
 
+    def steady():
+        # the baseline: every held connection answered, new ones served, before any fault
+        while time.monotonic() < stop:
+            if all(c["pings"] >= STEADY_PINGS for c in held) and sum(1 for x in attempts if x[1]) >= STEADY_SERVED:
+                print("STEADY", time.time(), file=sys.stderr, flush=True)
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=steady, daemon=True).start()
     with ThreadPoolExecutor(max_workers=64) as pool:
         nxt = time.monotonic()
         while time.monotonic() < stop:

@@ -18,7 +18,7 @@ def fault(L, node, mode):
 @pytest.mark.parametrize("mode", ["kill", "pause", "link-down", "crash-bgp"])
 def test_mux_failure_breaks_no_connection(L, mode):
     hold = L.hold(conns=24, duration=10)
-    time.sleep(2)
+    hold.steady()   # a baseline before the fault
     if mode == "crash-bgp":  # the BGP speaker process dies; the supervisor restarts it
         t = fault(L, "mux2", "crash")
     else:
@@ -40,7 +40,7 @@ def test_mux_failure_breaks_no_connection(L, mode):
 
 def test_drain_is_graceful(L):
     hold = L.hold(conns=24, duration=6)
-    time.sleep(1.5)
+    hold.steady()   # a baseline before the fault
     t = time.time()
     faults.drain(L.ref, "mux1", True)
     L.wait_for("mux1 withdrawn", lambda: all(h == ["mux2", "mux3"] for h in vip_nexthops(L.ref).values()))
@@ -53,7 +53,7 @@ def test_drain_is_graceful(L):
 def test_stopped_vm_service_leaves_rotation_and_returns(L):
     probe = L.facts().probes()["web/http-health"]
     hold = L.hold(conns=24, duration=10)
-    time.sleep(1)
+    hold.steady()   # a baseline before the fault
     fault(L, "vm3", "stop-service")
     try:
         # out of rotation after interval x unhealthy threshold (+ a probe timeout and the

@@ -1,14 +1,22 @@
 """Workshop scenarios from the seeds, reproduced for real."""
+from tests.e2e.test_6_seed_behaviour import ILB_VIP, apply_example, delete
 
 
 def test_backend_calling_its_own_vip_fails_only_when_mapped_back_to_itself(L):
-    """Seeds 000/001: a backend that calls the load balancer it sits behind fails when the
-    hash maps the flow back to itself: after NAT the packet has its own address as source
-    and destination (no SNAT), and the VM drops it. Every other mapping works."""
-    res, caps = L.capture("vm1", "tcp port 8080", lambda: L.flows("vm1", "web", 80, 300))
-    assert "vm1" not in res["by_dip"] and set(res["by_dip"]) == {"vm2", "vm3", "vm4", "vm5", "vm6"}
-    assert 0.05 < res["failures"] / res["flows"] < 0.35, res  # about 1/6: the flows that hashed to vm1
-    mapped_back = [p for p in caps["vm1"] if p["src"] == p["dst"] == "10.1.1.11"]
-    assert mapped_back, "the self-mapped SYN should reach vm1 with src == dst"
-    # a client outside the pool never has that problem
+    """Seeds 000/001: a backend that calls the internal load balancer it sits behind fails
+    when the hash maps the flow back to itself: after NAT the packet has its own address as
+    source and destination (an ILB does no source NAT), and the VM drops it. Every other
+    mapping works; so does the same call to a public frontend, which leaves through the VM's
+    outbound SNAT (test_11)."""
+    names = apply_example(L, "ilb-hairpin.yml")
+    try:
+        res, caps = L.capture("vm1", "tcp port 8080", lambda: L.flows("vm1", ILB_VIP, 80, 300))
+        assert "vm1" not in res["by_dip"] and set(res["by_dip"]) == {"vm2", "vm3", "vm4", "vm5", "vm6"}
+        assert 0.05 < res["failures"] / res["flows"] < 0.35, res  # about 1/6: the flows that hashed to vm1
+        mapped_back = [p for p in caps["vm1"] if p["src"] == p["dst"] == "10.1.1.11"]
+        assert mapped_back, "the self-mapped SYN should reach vm1 with src == dst"
+    finally:
+        delete(L, *names)
+    # a client outside the pool never has that problem, nor vm1 calling the public frontend
     assert L.flows("client1", "web", 80, 300)["failures"] == 0
+    assert L.flows("vm1", "web", 80, 300)["failures"] == 0

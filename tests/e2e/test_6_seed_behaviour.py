@@ -132,7 +132,7 @@ def test_outbound_snat_uses_the_vip_and_each_vms_own_port_range(L):
 
 def test_a_mux_killed_during_outbound_traffic_breaks_no_connection(L):
     hold = L.hold(vip=PEER, port=PEER_PORT, conns=24, duration=10, source="vm4")
-    time.sleep(2)
+    hold.steady()   # a baseline before the fault
     t = time.time()
     faults.fail(L.ref, "mux2", "kill")
     try:

@@ -168,3 +168,13 @@ def test_the_fastpath_tables_load_and_take_a_redirect_in_the_kernel(tmp_path):
                            f" && nft list map netdev {overlay.name} {name}"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert f"{OUT} . {r.sport} . {WEB} . 80" in proc.stdout and dip_mac("10.1.1.11") in proc.stdout
+
+
+def test_a_vm_with_no_outbound_identity_has_no_way_out_but_its_replies_are_tracked():
+    """The drop is for new connections out of the VNet; nothing in raw leaves a VM's packets
+    to a SNAT address (a VIP) untracked, so a backend that lost its identity still un-NATs
+    the replies of the flows it serves."""
+    host = host_dp.tables(fabric(), default_facts(), "host1")[1]
+    drops = [r for r in host.chains["forward"].rules if host_dp.NO_OUTBOUND in r]
+    assert len(drops) == 1 and "ct state new" in drops[0] and "!= @snat_sources" in drops[0]
+    assert not any("snat_sources" in r for r in host.chains["raw"].rules)
