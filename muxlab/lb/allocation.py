@@ -5,7 +5,8 @@ outbound identity, a frontend address (the VIP) and a range of source ports on i
 its alone, so a MUX can send return traffic to the right host by the destination port
 alone, statelessly. Which identity: the first explicit outbound rule covering the VM (by
 load balancer name, then rule order; two explicit rules for one VM are refused), else the
-first load-balancing rule without `disableOutboundSnat`. Ports come in blocks of 8 from
+first load-balancing rule on a public frontend without `disableOutboundSnat` (an internal
+frontend is never one: Azure's internal load balancer does no outbound NAT). Ports come in blocks of 8 from
 1024-65535, less the blocks holding a frontend port of an inbound rule on that address.
 `allocatedOutboundPorts: 0` takes Azure's default by pool size (muxlab.lb.check.DEFAULT_SNAT_PORTS).
 A backend's range is one contiguous run of blocks: the kernel's SNAT takes one range per rule.
@@ -77,7 +78,9 @@ def outbound_claims(lbs: dict[str, LoadBalancer], fabric: Lab) -> tuple[dict[str
         pools = pool_members(lbs[lb_name], fabric)
         for i, r in enumerate(P.loadBalancingRules):
             rp = r.properties
-            if rp.disableOutboundSnat:
+            fe = next((f for f in P.frontendIPConfigurations if f.name == rp.frontendIPConfiguration.name), None)
+            # an internal frontend is never an outbound identity (Azure's ILB does no outbound NAT)
+            if rp.disableOutboundSnat or fe is None or fe.internal:
                 continue
             vms = pools.get(rp.pool.name, [])
             for vm in vms:

@@ -193,7 +193,12 @@ def _check_one(name: str, lb: LoadBalancer, fabric: Lab, before: LoadBalancer | 
         rp = f"{root}.outboundRules[{i}].properties"
         o = out.properties
         for j, ref in enumerate(o.frontendIPConfigurations):
-            resolve(ref, "frontendIPConfigurations", f"{rp}.frontendIPConfigurations[{j}]")
+            k = resolve(ref, "frontendIPConfigurations", f"{rp}.frontendIPConfigurations[{j}]")
+            if k is not None and P.frontendIPConfigurations[k].internal:
+                # Azure: an internal load balancer does no outbound NAT; outbound rules take public frontends
+                bad.append((f"{rp}.frontendIPConfigurations[{j}].id", ref.id,
+                            "is an internal frontend: outbound rules need a public one (an internal load balancer "
+                            "is no outbound identity)"))
         resolve(o.backendAddressPool, "backendAddressPools", f"{rp}.backendAddressPool")
         # ports per backend x backends against the frontends' room: muxlab.lb.allocation
     return bad

@@ -156,6 +156,10 @@ BAD = [
          "frontendIPConfiguration": {"id": "x/frontendIPConfigurations/direct-fe"}, "backendAddressPool": {"id": "x/backendAddressPools/direct"},
          "protocol": "Tcp", "frontendPort": 8080, "backendPort": 8080, "enableFloatingIP": True}}),
      f"{C}.loadBalancingRules[0].properties.enableFloatingIP", "could not tell the two apart"),
+    ("outbound rule on an internal frontend", lambda r: web(r)["frontendIPConfigurations"].append(
+        {"name": "inside", "properties": {"privateIPAddress": "10.1.0.50"}}) or add_outbound(
+        r, frontendIPConfigurations=[ref("frontendIPConfigurations", "inside")]),
+     f"{C}.outboundRules[0].properties.frontendIPConfigurations[0].id", "outbound rules need a public one"),
     ("outbound ports beyond the frontend", lambda r: add_outbound(r, allocatedOutboundPorts=16000),
      f"{C}.outboundRules[0].properties.allocatedOutboundPorts", "6 backends x 16000 ports = 96000 is more than the 64512 SNAT ports"),
 ]
@@ -302,3 +306,15 @@ def test_committed_openapi_document_is_current():
     assert {"/loadBalancers", "/loadBalancers/{name}", "/loadBalancers/{name}/backendAddressPools/{pool}",
             "/loadBalancers/{name}/inboundNatRules/{rule}", "/loadBalancers/{name}/loadBalancingRules/{rule}/health",
             "/swapFrontends"} <= paths
+
+
+def test_an_internal_frontend_is_never_an_outbound_identity(raw_lbs):
+    """An internal load balancer's rule without disableOutboundSnat gives its pool no SNAT
+    (Azure's ILB does no outbound NAT): the VMs keep the identity their public one gives."""
+    from muxlab.lb.allocation import outbound_claims
+    raw_lbs["web"]["properties"].pop("outboundRules")
+    web(raw_lbs)["frontendIPConfigurations"][0]["properties"] = {"privateIPAddress": "10.1.0.60"}
+    for rule in raw_lbs["web"]["properties"]["loadBalancingRules"]:
+        rule["properties"]["disableOutboundSnat"] = False
+    claims, problems = outbound_claims(parse_document({"loadBalancers": raw_lbs}), fabric())
+    assert not problems and not any(c.lb == "web" for c in claims.values()), claims
