@@ -195,6 +195,66 @@ def test_fastpath_carries_a_call_to_the_internal_frontend(L):
         delete(L, *names)
 
 
+def send_redirect(L, mux, redirect: dict, hosts: list[str]):
+    """A redirect sent from a MUX's own underlay address, as its agent would."""
+    addr = str(next(m.address for m in L.ref.lab.muxes if m.name == mux))
+    code = (f"import socket,sys; s=socket.socket(2,2); s.bind(('{addr}',0)); "
+            f"[s.sendto(sys.argv[1].encode(), (a, {FASTPATH_PORT})) for a in sys.argv[2:]]")
+    L.sh(mux, f"python -c \"{code}\" '{json.dumps(redirect)}' {' '.join(hosts)}")
+
+
+def test_a_lost_redirect_leaves_the_flow_on_the_mux_path(L, muxes_counted):
+    """Redirects to vm3's host dropped on the way: the download completes, every packet on a MUX."""
+    L.sh(CALLER_HOST, f"nft add table ip muxlab_test; nft add chain ip muxlab_test in '{{ type filter hook input "
+                      f"priority -400; }}'; nft add rule ip muxlab_test in udp dport {FASTPATH_PORT} drop")
+    try:
+        sent = fastpath_sent(L)
+        start = muxes_counted()
+        fetch = Fetch(L.ref.container(CALLER), rate=RATE * 4)
+        got = fetch.result()
+        carried = sum(muxes_counted().values()) - sum(start.values())
+    finally:
+        L.sh(CALLER_HOST, "nft delete table ip muxlab_test", check=False)
+    assert got["got"] == SIZE and not got["error"], got
+    assert fastpath_sent(L)[CALLER_HOST] == sent[CALLER_HOST]
+    # hundreds of (offload-merged) packets, where a redirected download leaves about 20 on the MUXes
+    assert carried > 100, carried
+
+
+def test_a_duplicate_redirect_changes_nothing_and_one_for_a_backend_outside_the_pool_is_not_installed(L):
+    facts = L.facts()
+    idle = next(r.idle_s for r in facts.rules if r.key == "web/http")
+    fetch = Fetch(L.ref.container(CALLER))
+    served = fetch.start["served_by"]
+    server_host = L.ref.lab.vm(served).host
+    time.sleep(0.5)
+    maps = lambda host: L.sh(host, f"nft list table netdev {OVERLAY_TABLE}").stdout   # noqa: E731
+    held = [line for line in maps(CALLER_HOST).split("elements = {")[-1].split(",") if f"{WEB} . 80" in line]
+    assert held, maps(CALLER_HOST)
+    # the same redirect again, from a MUX, for the flow in progress (its SNAT port from the element)
+    sport = int(held[0].split(" . ")[1])
+    again = {"op": "redirect", "src": OUT, "sport": sport, "vip": WEB, "port": 80, "src_dip": "10.1.2.13",
+             "dst_dip": str(L.ref.lab.vm(served).ip), "idle_s": idle}
+    hosts = [str(L.ref.lab.host(h).address) for h in (CALLER_HOST, server_host)]
+    send_redirect(L, "mux1", again, hosts)
+    got = fetch.result()
+    assert got["got"] == SIZE and not got["error"], got
+    # vm5 is no backend of the bench VIP (its pool is vm1): vm5's host does not install its end
+    # (the source's host cannot tell: it sees its own VMs' rows only; a MUX never sends one)
+    bench = next(r for r in facts.rules if r.key == "bench/iperf")
+    assert "vm5" not in {b.vm for b in bench.backends}
+    stray = dict(again, sport=sport + 1, vip=str(bench.vip), port=bench.port, dst_dip=str(L.ref.lab.vm("vm5").ip),
+                 idle_s=bench.idle_s)
+    send_redirect(L, "mux1", stray, [str(L.ref.lab.host("host3").address)])
+    time.sleep(0.5)
+    assert f"{bench.vip} . {bench.port} . {OUT} . {sport + 1}" not in maps("host3")
+    # the refusal is the host's, not the wire's: a well-formed one for vm5's own rule is taken
+    taken = dict(stray, vip=WEB, port=80, idle_s=idle)
+    send_redirect(L, "mux1", taken, [str(L.ref.lab.host("host3").address)])
+    L.wait_for("host3 to take a redirect for its own backend",
+               lambda: f"{WEB} . 80 . {OUT} . {sport + 1}" in maps("host3"), timeout=5)
+
+
 FORGED = {"op": "redirect", "src": OUT, "sport": 4444, "vip": WEB, "port": 80,
           "src_dip": "10.1.2.13", "dst_dip": "10.1.1.11", "idle_s": 16}
 
