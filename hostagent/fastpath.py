@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from muxlab.datapath.conventions import FASTPATH_PORT, OVERLAY_TABLE, dip_mac
 from muxlab.fabric.lab import Lab
 from muxlab.lb.facts import Facts
-from muxlab.node.fastpath import REDIRECT, BadMessage, Redirect, decode
+from muxlab.node.fastpath import REDIRECT, BadMessage, Redirect, decode, snat_holders, source_dip
 from muxlab.node.libnft import Nft
 
 from . import datapath
@@ -38,17 +38,14 @@ class View:
     vnet: ipaddress.IPv4Network = ipaddress.IPv4Network("10.1.0.0/16")
     local: frozenset[str] = frozenset()                     # local VMs' DIPs
     serves: frozenset = frozenset()                         # (vip, port, local DIP) of TCP bindings
-    snat: dict = field(default_factory=dict)                # local DIP -> [(vip, lo, hi)] for TCP
+    snat: dict = field(default_factory=dict)                # local VMs' TCP SNAT ranges: muxlab.node.fastpath.snat_holders
     classes: frozenset[int] = frozenset()                   # idle timeouts with a Fastpath map
 
 
 def view(fabric: Lab, facts: Facts, host: str) -> View:
     local = frozenset(str(vm.ip) for vm in fabric.vms_on(host))
     serves = frozenset((b.vip, b.port, b.dip) for b in datapath.local_bindings(fabric, facts, host) if b.protocol == "tcp")
-    snat: dict = {}
-    for x in facts.snat:
-        if x.ip in local and "tcp" in x.protocols:
-            snat.setdefault(x.ip, []).append((str(x.vip), x.lo, x.hi))
+    snat = snat_holders(x for x in facts.snat if x.ip in local)
     return View(fabric.vnet, local, serves, snat, frozenset(datapath.fastpath_classes(facts)))
 
 
@@ -67,13 +64,8 @@ def entries(v: View, r: Redirect) -> dict[str, tuple[str, str]]:
         return {}
     out = {}
     name = datapath.fastpath_map(r.idle_s)
-    if r.src_dip in v.local:
-        if ipaddress.IPv4Address(r.src) in v.vnet:
-            ours = r.src == r.src_dip
-        else:
-            ours = any(vip == r.src and lo <= r.sport <= hi for vip, lo, hi in v.snat.get(r.src_dip, ()))
-        if ours:
-            out[source_key(r)] = (name, dip_mac(r.dst_dip))
+    if r.src_dip in v.local and source_dip(v.vnet, v.snat, r.src, r.sport) == r.src_dip:
+        out[source_key(r)] = (name, dip_mac(r.dst_dip))
     if (r.vip, r.port, r.dst_dip) in v.serves:
         out[reply_key(r)] = (name, dip_mac(r.src_dip))
     return out
@@ -91,35 +83,27 @@ class Receiver:
         self.host = host
         self.installed: OrderedDict[str, tuple[str, str, Redirect]] = OrderedDict()   # key -> (map, value, redirect)
         self.lock = threading.Lock()
-        self.counts = {"installed": 0, "refused": 0, "withdrawn": 0}
 
     def update(self, facts: Facts) -> None:
         """New facts: the elements whose end here they no longer confirm go."""
         v = view(self.fabric, facts, self.host)
         with self.lock:
             self.view = v
-            gone = [k for k, (_, _, r) in self.installed.items() if k not in entries(v, r)]
-            self._delete(gone)
+            _nft(self._forget([k for k, (_, _, r) in self.installed.items() if k not in entries(v, r)]))
 
-    def _delete(self, keys: list[str]) -> None:
-        lines = []
-        for k in keys:
-            name, _, _ = self.installed.pop(k)
-            lines.append(f"delete element netdev {OVERLAY_TABLE} {name} {{ {k} }}")
-        self.counts["withdrawn"] += len(lines)
-        _nft(lines)   # an element the kernel already timed out is no error worth more
+    def _forget(self, keys: list[str]) -> list[str]:
+        """The nft lines deleting these elements (one the kernel already timed out makes
+        its line fail, which _nft takes care of)."""
+        return [f"delete element netdev {OVERLAY_TABLE} {self.installed.pop(k)[0]} {{ {k} }}" for k in keys]
 
     def take(self, batch: list[Redirect]) -> None:
         with self.lock:
             lines = []
             for r in batch:
                 if r.op != REDIRECT:
-                    self._delete([k for k in (source_key(r), reply_key(r)) if k in self.installed])
+                    lines += self._forget([k for k in (source_key(r), reply_key(r)) if k in self.installed])
                     continue
-                want = entries(self.view, r)
-                if not want:
-                    self.counts["refused"] += 1
-                for k, (name, value) in want.items():
+                for k, (name, value) in entries(self.view, r).items():
                     held = self.installed.get(k)
                     if held and held[:2] == (name, value):
                         continue   # a duplicate: the element is there
@@ -128,7 +112,6 @@ class Receiver:
                     lines.append(f"add element netdev {OVERLAY_TABLE} {name} {{ {k} timeout {r.idle_s}s : {value} }}")
                     self.installed[k] = (name, value, r)
                     self.installed.move_to_end(k)
-                    self.counts["installed"] += 1
             while len(self.installed) > REMEMBERED:
                 self.installed.popitem(last=False)
             _nft(lines)
@@ -151,12 +134,10 @@ class Receiver:
             redirects = []
             for data, peer in self.receive():
                 if peer[0] not in self.muxes:
-                    self.counts["refused"] += 1
                     continue
                 try:
                     redirects.append(decode(data))
                 except BadMessage as e:
-                    self.counts["refused"] += 1
                     print(f"[host-agent] Fastpath: a bad redirect from {peer[0]}: {e}", flush=True)
             try:
                 self.take(redirects)

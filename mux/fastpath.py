@@ -17,9 +17,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from muxlab.datapath.conventions import FASTPATH_NFLOG_GROUP, FASTPATH_PORT
-from muxlab.fabric.lab import Lab
+from muxlab.fabric.lab import VM, Lab
 from muxlab.lb.facts import Facts
-from muxlab.node.fastpath import REDIRECT, Redirect
+from muxlab.node.fastpath import REDIRECT, Redirect, snat_holders, source_dip
 from muxlab.node.nflog import Logged, Subscriber
 
 REMEMBERED = 65536   # redirects kept to withdraw later; the oldest are forgotten first
@@ -30,25 +30,18 @@ TCP = 6
 class Index:
     """The facts as a redirect needs them: a TCP rule by (VIP, port), and who holds a SNAT port."""
     rules: dict = field(default_factory=dict)     # (vip, port) -> (idle_s, frozenset of backend VM names)
-    snat: dict = field(default_factory=dict)      # vip -> [(lo, hi, vm name)]
+    snat: dict = field(default_factory=dict)      # vip -> [(lo, hi, DIP)]: muxlab.node.fastpath.snat_holders
 
 
 def index(facts: Facts) -> Index:
     rules = {(str(r.vip), r.port): (r.idle_s, frozenset(b.vm for b in r.backends)) for r in facts.rules if r.protocol == "tcp"}
-    snat: dict = {}
-    for x in facts.snat:
-        if "tcp" in x.protocols:
-            snat.setdefault(str(x.vip), []).append((x.lo, x.hi, x.vm))
-    return Index(rules, snat)
+    return Index(rules, snat_holders(facts.snat))
 
 
-def source_vm(fabric: Lab, idx: Index, src: str, sport: int) -> str | None:
-    """The VM behind a connection's source: a DIP in the VNet (a call to an internal
-    frontend), or the SNAT address and port its outbound identity gave it."""
-    if ipaddress.IPv4Address(src) in fabric.vnet:
-        vm = fabric.vm_by_ip(src)
-        return vm.name if vm else None
-    return next((vm for lo, hi, vm in idx.snat.get(src, ()) if lo <= sport <= hi), None)
+def source_vm(fabric: Lab, idx: Index, src: str, sport: int) -> VM | None:
+    """The VM behind a connection's source (muxlab.node.fastpath.source_dip)."""
+    dip = source_dip(fabric.vnet, idx.snat, src, sport)
+    return fabric.vm_by_ip(dip) if dip else None
 
 
 def decide(fabric: Lab, idx: Index, p: Logged) -> tuple[Redirect, str, str] | str:
@@ -61,10 +54,9 @@ def decide(fabric: Lab, idx: Index, p: Logged) -> tuple[Redirect, str, str] | st
     dst = fabric.vm_by_ip(ipaddress.IPv4Address(p.mark)) if p.mark else None
     if dst is None or dst.name not in rule[1]:
         return "the backend is not in the rule's pool"
-    src = source_vm(fabric, idx, p.src, p.sport)
-    if src is None:
+    src_vm = source_vm(fabric, idx, p.src, p.sport)
+    if src_vm is None:
         return f"{p.src}:{p.sport} is no VM's"
-    src_vm = fabric.vm(src)
     if src_vm.host == dst.host:
         return "both ends on one host"
     return (Redirect(REDIRECT, p.src, p.sport, p.dst, p.dport, str(src_vm.ip), str(dst.ip), rule[0]),
@@ -75,7 +67,7 @@ def still_valid(fabric: Lab, idx: Index, r: Redirect) -> bool:
     rule = idx.rules.get((r.vip, r.port))
     dst = fabric.vm_by_ip(r.dst_dip)
     src = source_vm(fabric, idx, r.src, r.sport)
-    return bool(rule and dst and dst.name in rule[1] and src and str(fabric.vm(src).ip) == r.src_dip)
+    return bool(rule and dst and dst.name in rule[1] and src and str(src.ip) == r.src_dip)
 
 
 class Redirector:
@@ -88,7 +80,6 @@ class Redirector:
         self.idx = Index()
         self.sent: OrderedDict[tuple, tuple[Redirect, tuple[str, str]]] = OrderedDict()
         self.lock = threading.Lock()
-        self.counts = {"redirected": 0, "withdrawn": 0, "skipped": 0}
 
     def _send(self, r: Redirect, hosts: tuple[str, ...]) -> None:
         data = r.encode()
@@ -106,20 +97,17 @@ class Redirector:
             for k in gone:
                 r, hosts = self.sent.pop(k)
                 self._send(r.withdrawal(), hosts)
-            self.counts["withdrawn"] += len(gone)
 
     def handle(self, p: Logged) -> Redirect | None:
         with self.lock:
             got = decide(self.fabric, self.idx, p)
             if isinstance(got, str):
-                self.counts["skipped"] += 1
                 return None
             r, s, d = got
             self.sent[r.flow] = (r, (s, d))
             self.sent.move_to_end(r.flow)
             while len(self.sent) > REMEMBERED:
                 self.sent.popitem(last=False)
-            self.counts["redirected"] += 1
         self._send(r, (s, d))
         return r
 

@@ -43,6 +43,24 @@ class Redirect:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
 
+def snat_holders(snats) -> dict[str, list[tuple[int, int, str]]]:
+    """TCP SNAT ranges by address: VIP -> [(lo, hi, the DIP of the VM that holds it)]."""
+    out: dict[str, list[tuple[int, int, str]]] = {}
+    for x in snats:
+        if "tcp" in x.protocols:
+            out.setdefault(str(x.vip), []).append((x.lo, x.hi, str(x.ip)))
+    return out
+
+
+def source_dip(vnet: ipaddress.IPv4Network, holders: dict, src: str, sport: int) -> str | None:
+    """The DIP behind a connection's source as the MUX saw it: the source itself when in the
+    VNet (a call to an internal frontend), else whose SNAT range holds the port (a public one).
+    The MUX uses it to find a redirect's source VM, the source's host to confirm it."""
+    if ipaddress.IPv4Address(src) in vnet:
+        return src
+    return next((dip for lo, hi, dip in holders.get(src, ()) if lo <= sport <= hi), None)
+
+
 def decode(data: bytes) -> Redirect:
     """A datagram as a Redirect, every field checked: BadMessage names the one that is not."""
     try:
