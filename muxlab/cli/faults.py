@@ -10,6 +10,10 @@ so a node a learner stopped with docker by hand comes back too. Modes:
   stop-service  hold the node's service down: a VM's application, a MUX's BGP speaker,
                 a host's agent (heal: let it run again)
   crash         kill -9 the service process once; the node's supervisor restarts it
+  rp-filter-strict  the edge only: strict reverse-path filtering on every interface (seed 004:
+                the security measure DSR needs relaxed). A DSR reply's source is a VIP, which
+                the edge routes to the MUXes, so a reply arriving from a host is dropped and
+                counted (TcpExtIPReversePathFilter). heal: back to loose (2), the edge's setting
 """
 from __future__ import annotations
 
@@ -21,7 +25,14 @@ from ..fabric.render import links
 from ..node.runtime import write_atomic
 from .lab import LabRef, containers, docker_exec, run
 
-MODES = ("kill", "pause", "link-down", "stop-service", "crash")
+MODES = ("kill", "pause", "link-down", "stop-service", "crash", "rp-filter-strict")
+EDGE_MODES = ("pause", "rp-filter-strict")
+# The edge's reverse-path filter: loose in its topology (render.GROUP_SYSCTLS), strict as a fault.
+RP_LOOSE, RP_STRICT = 2, 1
+# /proc/sys is read-only in the container; a private mount namespace (the edge has SYS_ADMIN) may write it
+RP_SET = ("unshare --mount sh -c 'mount -o remount,rw /proc/sys && "
+          "for f in /proc/sys/net/ipv4/conf/*/rp_filter; do case $f in */lo/*) ;; *) echo {value} > $f;; esac; done'")
+RP_SHOW = "grep -H . /proc/sys/net/ipv4/conf/*/rp_filter | grep -v /lo/"
 SERVICE = {"vm": "vm-service", "mux": "exabgp", "host": "host-agent", "manager": "ovsdb-server"}
 
 
@@ -33,9 +44,11 @@ def fail(ref: LabRef, node: str, mode: str) -> str:
     role = ref.lab.role_of(node)  # KeyError names a node that does not exist
     if mode not in MODES:
         raise MuxlabError(f"--mode {mode}: one of {', '.join(MODES)}")
-    if node == "edge" and mode != "pause":
-        raise MuxlabError("the edge takes only --mode pause; to cut an edge link, fail the node at its far end "
-                          "with --mode link-down")
+    if node == "edge" and mode not in EDGE_MODES:
+        raise MuxlabError(f"the edge takes only --mode {' or '.join(EDGE_MODES)}; to cut an edge link, fail the node "
+                          "at its far end with --mode link-down")
+    if mode == "rp-filter-strict" and node != "edge":
+        raise MuxlabError(f"--mode rp-filter-strict: only the edge filters the replies' path ({node} is a {role})")
     if mode in ("stop-service", "crash") and role not in SERVICE:
         raise MuxlabError(f"--mode {mode}: a {role} runs no service (services: vm, mux, host)")
     state = {c["node"]: c["state"] for c in containers(ref.name)}
@@ -54,6 +67,11 @@ def fail(ref: LabRef, node: str, mode: str) -> str:
     elif mode == "link-down":
         docker_exec(ref, node, ["ip", "link", "set", UPLINK_IF, "down"])
         did, undo = f"set {node}'s {UPLINK_IF} down (its uplink)", f"muxlab heal {node}   (ip link set {UPLINK_IF} up)"
+    elif mode == "rp-filter-strict":
+        docker_exec(ref, node, ["sh", "-c", RP_SET.format(value=RP_STRICT)])
+        did, undo = (f"set strict reverse-path filtering (rp_filter={RP_STRICT}) on every interface of {node}: DSR "
+                     f"replies from hosts (source: a VIP) are dropped; count them with `docker exec {c} nstat -az "
+                     f"TcpExtIPReversePathFilter`"), f"muxlab heal {node}   (loose again, rp_filter={RP_LOOSE})"
     elif mode == "stop-service":
         svc = SERVICE[role]
         docker_exec(ref, node, ["touch", f"{STOPPED_DIR}/{svc}"])
@@ -109,6 +127,11 @@ def heal(ref: LabRef, node: str) -> str:
             if n == node and _link_down(ref, n, i):
                 docker_exec(ref, n, ["ip", "link", "set", i, "up"])
                 did.append(f"set {i} up")
+    if role == "edge":
+        shown = docker_exec(ref, node, ["sh", "-c", RP_SHOW], check=False).stdout.split()
+        if any(not line.endswith(f":{RP_LOOSE}") for line in shown):
+            docker_exec(ref, node, ["sh", "-c", RP_SET.format(value=RP_LOOSE)])
+            did.append(f"set reverse-path filtering back to loose (rp_filter={RP_LOOSE})")
     if role in SERVICE:
         held = docker_exec(ref, node, ["sh", "-c", f"ls {STOPPED_DIR}/ 2>/dev/null"], check=False).stdout.split()
         if held:

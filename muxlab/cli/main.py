@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     _lab_args(p)
     p.set_defaults(fn=cmd_mtu)
     from .faults import MODES
-    p = sub.add_parser("fail", help="inject a fault: kill, pause, link-down, stop-service or crash a node")
+    p = sub.add_parser("fail", help="inject a fault: kill, pause, link-down, stop-service or crash a node; strict rp_filter on the edge")
     p.add_argument("node")
     p.add_argument("--mode", required=True, choices=MODES)
     _lab_args(p)

@@ -20,3 +20,26 @@ def test_backend_calling_its_own_vip_fails_only_when_mapped_back_to_itself(L):
     # a client outside the pool never has that problem, nor vm1 calling the public frontend
     assert L.flows("client1", "web", 80, 300)["failures"] == 0
     assert L.flows("vm1", "web", 80, 300)["failures"] == 0
+
+
+def rp_filter_drops(L) -> int:
+    """The edge kernel's count of packets its reverse-path filter dropped."""
+    out = L.sh("edge", "nstat -az TcpExtIPReversePathFilter").stdout
+    return int(out.split("TcpExtIPReversePathFilter")[1].split()[0])
+
+
+def test_strict_reverse_path_filter_drops_dsr_replies_and_loose_heals(L):
+    """Seed 004: DSR needs reverse-path filtering relaxed. A reply leaves the host with the
+    VIP as source and reaches the edge on the host's link, while the edge routes the VIP to
+    the MUXes: strict filtering drops every reply (counted by the kernel), loose lets them by."""
+    assert L.flows("client1", "web", 80, 20)["failures"] == 0
+    before = rp_filter_drops(L)
+    L.fail("edge", "rp-filter-strict")
+    try:
+        res = L.flows("client1", "web", 80, 10)
+        assert res["failures"] == res["flows"] == 10, res
+        assert rp_filter_drops(L) >= before + 10   # at least each connection's SYN-ACK
+    finally:
+        L.heal("edge")
+    assert "2" == L.sh("edge", "cat /proc/sys/net/ipv4/conf/eth4/rp_filter").stdout.strip()
+    assert L.flows("client1", "web", 80, 20)["failures"] == 0
