@@ -28,7 +28,7 @@ from muxlab.node.kernel import (PolicyRoute, ensure_bridge_ports, ensure_vxlan, 
 from muxlab.node.ovsdb import Db, managers_remote
 from muxlab.node.runtime import FABRIC_PATH
 
-from . import datapath, fastpath, imds
+from . import datapath, fastpath, imds, wireserver
 from .usage import nft_counters, snat_ports_in_use
 from .probes import Prober, probe_targets
 
@@ -90,7 +90,8 @@ class HostAgent:
         self.me, self.fabric, self.db = me, fabric, db
         self.redirects = redirects
         self.reader = FactsReader()
-        self.prober = Prober()
+        self.reports = wireserver.Reports(fabric, me)   # its VMs' own health reports (the guest agent probe)
+        self.prober = Prober(self.reports.answer)
         self.targets: dict = {}
         self.applied = None
         self.facts: Facts | None = None
@@ -219,7 +220,9 @@ def main() -> None:
     redirects = fastpath.Receiver(fabric, me).start() if fabric.fastpath else None
     agent = HostAgent(me, fabric, db, redirects)
     imds.serve(agent.metadata)   # its address is on the bridge: the node's network plan (render.NodePlan.platform)
-    print(f"[host-agent {me}] IMDS on {imds.IMDS_ADDRESS}:{imds.IMDS_PORT}", flush=True)
+    wireserver.serve(agent.reports)
+    print(f"[host-agent {me}] IMDS on {imds.IMDS_ADDRESS}:{imds.IMDS_PORT}, WireServer on "
+          f"{wireserver.PLATFORM_ADDRESS}:{wireserver.WIRESERVER_PORT}", flush=True)
     print(f"[host-agent {me}] watching the managers' OVSDB", flush=True)
     watch(db, lambda: agent.step(time.monotonic()), lambda: agent.next_wakeup(time.monotonic()))
 

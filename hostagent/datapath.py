@@ -21,7 +21,10 @@ a redirected flow's packets go on the overlay straight to the other end's host.
 The management interface (eth0, Docker's) is the platform's, never the tenants': nothing
 from a VM is forwarded out of it or delivered to the host's management addresses (counted:
 to_management). What a VM may reach on its host is its gateway and the platform addresses
-(IMDS 169.254.169.254, 168.63.129.16).
+(IMDS 169.254.169.254, 168.63.129.16: the WireServer, where it reports its health).
+A classic cloud service's internal endpoint is opened only by the service's own instances
+(internal_endpoints, internal_peers; the others are dropped and counted: internal_denied).
+Routed traffic only: two VMs of one host's subnet meet on its bridge, unfiltered.
 Idle flows: each rule's conntrack timeout is its idleTimeoutInMinutes; a packet of a flow
 whose state expired is answered with a TCP reset (enableTcpReset) or dropped, on both sides.
 
@@ -58,6 +61,7 @@ SNAT_NEW = "snat_new"   # connections source-NATed (a NAT chain sees each one's 
 FASTPATH_PACKETS = "fastpath_packets"   # packets this host sent straight to another host (Fastpath)
 FORGED_REDIRECT = "forged_redirect"     # Fastpath redirects from anything but a MUX, dropped
 NO_OUTBOUND = "no_outbound"             # connections out of the VNet from a VM with no outbound identity
+INTERNAL_DENIED = "internal_denied"     # a classic service's internal endpoint opened from outside the service
 
 
 def fastpath_map(idle_s: int) -> str:
@@ -204,7 +208,8 @@ def host_table(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | 
 
     addr_tuple = "type ipv4_addr . inet_proto . inet_service;"
     objects = {f"counter {c}": f"counter {c} {{}}" for c in (
-        "spoofed_vxlan", "no_rule", "idle_reset", "idle_drop", "to_management", "forged_beacon", SNAT_NEW, FORGED_REDIRECT, NO_OUTBOUND)}
+        "spoofed_vxlan", "no_rule", "idle_reset", "idle_drop", "to_management", "forged_beacon", SNAT_NEW, FORGED_REDIRECT, NO_OUTBOUND,
+        INTERNAL_DENIED)}
     objects |= {f"ct timeout idle_{p}_{idle}": ct_timeout_object(p, idle).strip() for p, idle in classes}
     objects |= {f"counter {counter_name(x.vm)}": f"counter {counter_name(x.vm)} {{}}" for x in snats}
     sets = {
@@ -235,6 +240,11 @@ def host_table(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | 
         # (VM, protocol) -> its outbound identity, VIP . LO-HI
         "snat_ranges": nfttable.Set("map", "type ipv4_addr . inet_proto : interval ipv4_addr . inet_service;",
                                     {f"{x.ip} . {p}": f"{x.vip} . {x.lo}-{x.hi}" for x in snats for p in x.protocols}),
+        # a classic service's internal endpoints here (DIP . proto . port), and who may open them
+        "internal_endpoints": nfttable.Set("set", addr_tuple, members(
+            f"{e.ip} . {e.protocol} . {e.port}" for e in facts.internal if e.vm in local_names)),
+        "internal_peers": nfttable.Set("set", "type ipv4_addr . ipv4_addr . inet_proto . inet_service;", members(
+            f"{peer} . {e.ip} . {e.protocol} . {e.port}" for e in facts.internal if e.vm in local_names for peer in e.peers)),
     }
     # as many concurrent connections to one destination as the range has ports: each VM its
     # own set of them (each as big as it was), counted per destination
@@ -286,6 +296,10 @@ def host_table(fabric: Lab, facts: Facts, host: str, remedies: frozenset[str] | 
             # nor VXLAN in the name of a MUX or a host (which other hosts accept it from)
             f'iifname "{HOST_BRIDGE}" udp dport {VXLAN_PORT} ip saddr @muxes counter name spoofed_vxlan drop',
             f'iifname "{HOST_BRIDGE}" udp dport {VXLAN_PORT} ip saddr @peer_hosts counter name spoofed_vxlan drop',
+            # a classic service's internal endpoint: its own instances only (an instance input
+            # endpoint NATed to the same port is the load balancer's, and passes)
+            f'oifname "{HOST_BRIDGE}" ip daddr . meta l4proto . th dport @internal_endpoints ct status & dnat == 0 '
+            f'ip saddr . ip daddr . meta l4proto . th dport != @internal_peers counter name {INTERNAL_DENIED} drop',
             # a packet of a flow whose state expired (idle timeout): a reset, or nothing
             f'iifname "{dev}" {expired} ip daddr . meta l4proto . th dport @reset_ends counter name idle_reset reject with tcp reset',
             f'iifname "{dev}" {expired} counter name idle_drop drop',

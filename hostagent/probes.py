@@ -2,20 +2,34 @@
 host the VM runs on), from 168.63.129.16 as Azure's (conventions.PLATFORM_ADDRESS, on the
 host's bridge: the VM answers through its default gateway, the host). TCP: a connection must
 open. HTTP: GET path must answer 200; any other status takes the VM out of rotation.
+Guest (a classic cloud service's rules without a probe): the VM's last health report to the
+host's WireServer (hostagent/wireserver.py) must be fresh and say Ready.
 
-`ProbeState.step` is the pure threshold logic: `unhealthy_threshold` consecutive failures
-take a backend out, `healthy_threshold` consecutive successes bring it back.
+Two pure state machines turn answers into rotation (Probe.semantics):
+- `ProbeState` ("threshold", Azure Load Balancer's probeThreshold): `unhealthy_threshold`
+  consecutive failures take a backend out, `healthy_threshold` consecutive successes bring it back.
+- `ClassicState` ("classic", seed 003's cloud services): a definite refusal (an HTTP status
+  other than 200, a guest reporting itself busy) takes the instance out at once; no positive
+  answer for `down_after` seconds (timeoutInSeconds) takes it out; the first positive answer
+  puts it back right away, unless it flaps: an instance that went out FLAP_OUTAGES times
+  within FLAP_WINDOW_PROBES probe intervals comes back only after FLAP_HEALTHY_PROBES positive
+  answers in a row.
 """
 from __future__ import annotations
 
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 from muxlab.datapath.conventions import PLATFORM_ADDRESS
 from muxlab.fabric.lab import Lab
-from muxlab.lb.facts import Facts, Probe
+from muxlab.lb.facts import GUEST_PROTOCOL, Facts, Probe
+
+FLAP_OUTAGES = 3           # outages ...
+FLAP_WINDOW_PROBES = 30    # ... within this many probe intervals: the instance flaps
+FLAP_HEALTHY_PROBES = 5    # a flapping instance returns after this many positive answers in a row
 
 
 @dataclass
@@ -26,7 +40,7 @@ class ProbeState:
     since: float = 0.0       # when `up` last changed
     last_error: str = ""
 
-    def step(self, ok: bool, probe: Probe, now: float, error: str = "") -> bool:
+    def step(self, ok: bool, probe: Probe, now: float, error: str = "", definite: bool = False) -> bool:
         """Record one probe result; True when the backend went in or out of rotation."""
         if ok:
             self.ok_streak, self.fail_streak, self.last_error = self.ok_streak + 1, 0, ""
@@ -44,29 +58,76 @@ class ProbeState:
         return asdict(self)
 
 
-def check(probe: Probe, address: str, source: str | None = PLATFORM_ADDRESS) -> tuple[bool, str]:
-    """Run one probe against address, from `source` (None: whatever the route picks); (ok, error)."""
+@dataclass
+class ClassicState:
+    up: bool = True          # an instance starts in rotation, and has down_after to answer
+    since: float = 0.0       # when `up` last changed
+    last_ok: float = 0.0     # the last positive answer (at start: `since`)
+    ok_streak: int = 0
+    outages: list[float] = field(default_factory=list)   # when it went out, within the flap window
+    last_error: str = ""
+
+    def flapping(self, probe: Probe, now: float) -> bool:
+        return sum(now - t < FLAP_WINDOW_PROBES * probe.interval for t in self.outages) >= FLAP_OUTAGES
+
+    def step(self, ok: bool, probe: Probe, now: float, error: str = "", definite: bool = False) -> bool:
+        """Record one answer; True when the instance went in or out of rotation. `definite`:
+        the answer was a refusal (HTTP 503, a busy guest), not a silence."""
+        if ok:
+            self.last_ok, self.ok_streak = now, self.ok_streak + 1
+            if self.up:
+                self.last_error = ""
+                return False
+            if self.flapping(probe, now) and self.ok_streak < FLAP_HEALTHY_PROBES:
+                self.last_error = (f"flapping ({FLAP_OUTAGES} outages in {FLAP_WINDOW_PROBES} probes): held out until "
+                                   f"{FLAP_HEALTHY_PROBES} positive answers in a row ({self.ok_streak} so far)")
+                return False
+            self.up, self.since, self.last_error = True, now, ""
+            return True
+        self.ok_streak, self.last_error = 0, error
+        if self.up and (definite or now - self.last_ok >= probe.down_after):
+            self.up, self.since = False, now
+            self.outages = [t for t in self.outages if now - t < FLAP_WINDOW_PROBES * probe.interval] + [now]
+            if not definite:
+                self.last_error = f"no positive answer for {probe.down_after:g} s ({error})"
+            return True
+        return False
+
+    def report(self) -> dict:
+        return asdict(self)
+
+
+def new_state(probe: Probe, now: float) -> ProbeState | ClassicState:
+    if probe.semantics == "classic":
+        return ClassicState(since=now, last_ok=now)
+    return ProbeState(since=now)
+
+
+def check(probe: Probe, address: str, source: str | None = PLATFORM_ADDRESS) -> tuple[bool, str, bool]:
+    """Run one probe against address, from `source` (None: whatever the route picks);
+    (ok, error, definite): definite when the VM answered no (an HTTP status other than 200)."""
     try:
         with socket.create_connection((address, probe.port), timeout=probe.timeout,
                                       source_address=(source, 0) if source else None) as s:
             if probe.protocol == "tcp":
-                return True, ""
+                return True, "", False
             s.settimeout(probe.timeout)
             s.sendall(f"GET {probe.path} HTTP/1.0\r\nHost: {address}\r\nUser-Agent: muxlab-probe\r\n\r\n".encode())
             head = s.recv(128).split(b"\r\n", 1)[0].split()
             if len(head) >= 2 and head[1] == b"200":
-                return True, ""
-            return False, f"HTTP {head[1].decode() if len(head) >= 2 else '?'}"
+                return True, "", False
+            return False, f"HTTP {head[1].decode() if len(head) >= 2 else '?'}", len(head) >= 2
     except OSError as exc:
-        return False, type(exc).__name__
+        return False, type(exc).__name__, False
 
 
 class Prober:
     """Probes every (VM, probe) pair of one host on their own intervals; the checks that are
     due run side by side, so one dead VM's timeouts do not delay the others."""
 
-    def __init__(self):
-        self.states: dict[tuple[str, str], ProbeState] = {}
+    def __init__(self, guest: Callable[[str, Probe], tuple[bool, str, bool]] | None = None):
+        self.guest = guest   # (vm, probe) -> the guest probe's answer (hostagent.wireserver.Reports.answer)
+        self.states: dict[tuple[str, str], ProbeState | ClassicState] = {}
         self.due: dict[tuple[str, str], float] = {}
         self.pool = ThreadPoolExecutor(max_workers=16)
 
@@ -75,9 +136,9 @@ class Prober:
         for key in list(self.states):
             if key not in targets:
                 del self.states[key], self.due[key]
-        for key in targets:
+        for key, (probe, _) in targets.items():
             if key not in self.states:
-                self.states[key] = ProbeState(since=time.time())
+                self.states[key] = new_state(probe, time.time())
                 self.due[key] = 0.0
 
     def run_due(self, targets: dict[tuple[str, str], tuple[Probe, str]]) -> bool:
@@ -86,11 +147,16 @@ class Prober:
         due = [key for key in targets if now >= self.due.get(key, 0.0)]
         for key in due:
             self.due[key] = now + targets[key][0].interval
-        results = self.pool.map(lambda key: check(*targets[key]), due)
+        results = self.pool.map(lambda key: self.answer(key, *targets[key]), due)
         changed = False
-        for key, (ok, err) in zip(due, results):
-            changed |= self.states[key].step(ok, targets[key][0], time.time(), err)
+        for key, (ok, err, definite) in zip(due, results):
+            changed |= self.states[key].step(ok, targets[key][0], time.time(), err, definite)
         return changed
+
+    def answer(self, key: tuple[str, str], probe: Probe, address: str) -> tuple[bool, str, bool]:
+        if probe.protocol == GUEST_PROTOCOL:
+            return self.guest(key[0], probe) if self.guest else (False, "no WireServer", False)
+        return check(probe, address)
 
     def report(self) -> dict[str, dict[str, dict]]:
         out: dict[str, dict[str, dict]] = {}

@@ -8,6 +8,7 @@ PYYAML = "6.0.2"
 PYDANTIC = "2.14.3"
 FASTAPI = "0.165.0"
 UVICORN = "0.54.0"
+DEFUSEDXML = "0.7.1"  # ServiceDefinitions and the guest agent's health reports are XML from users/tenants
 OVS_PYTHON = "4.0.0"    # the OVSDB IDL; the server is Debian bookworm's openvswitch-common (3.1)
 # FRR comes from Debian bookworm; the apt version glob pins the 8.4 series.
 FRR_APT = "8.4.*"
@@ -26,6 +27,7 @@ NODE_PYTHON_REQUIREMENTS = [
     f"fastapi=={FASTAPI}",
     f"uvicorn=={UVICORN}",
     f"ovs=={OVS_PYTHON}",
+    f"defusedxml=={DEFUSEDXML}",
     # builds the project wheel offline in the last image layer
     "wheel==0.45.1",
 ]

@@ -69,6 +69,12 @@ OPERATOR = "operator"               # the operator's own certificate (CN), for o
 IMDS_ADDRESS = "169.254.169.254"    # Instance Metadata Service (HTTP, header Metadata: true)
 IMDS_PORT = 80
 PLATFORM_ADDRESS = "168.63.129.16"  # Azure's AzureLoadBalancer / WireServer: health probes come from it
+# The WireServer on the platform address: a guest reports its role instance's health there
+# (Azure's wire protocol, `POST /machine?comp=health`), and a classic service's guest agent
+# probe follows it (hostagent/wireserver.py).
+WIRESERVER_PORT = 80
+HEALTH_REPORT_PATH = "/machine?comp=health"
+GUEST_HEARTBEAT_S = 1.0             # how often a VM reports (Azure's guest agent: seconds to a minute)
 
 
 def dip_mark(ip: ipaddress.IPv4Address | str) -> int:

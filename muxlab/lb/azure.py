@@ -200,6 +200,9 @@ class ProbeProperties(ReadOnly):
     intervalInSeconds: int = Field(15, ge=LAB_MIN_PROBE_INTERVAL, le=2147483647)
     probeThreshold: int = Field(1, ge=1, le=100)
     numberOfProbes: int | None = Field(None, ge=1, le=100)   # Azure's older name: consecutive failures out
+    timeoutInSeconds: int | None = Field(None, ge=1, le=2147483647, description=(
+        "classic cloud services only (a load balancer with cloudService): no positive answer for this long takes "
+        "the instance out (seed 003; docs/manager.md, classic probes)"))
     loadBalancingRules: list[Ref] | None = None
 
     @model_validator(mode="after")
@@ -324,6 +327,28 @@ class OutboundRule(Child):
 # ------------------------------------------------------------------ the load balancer
 
 
+# ------------------------------------------------------------------ classic cloud services (seed 003)
+
+
+class InternalEndpoint(Strict):
+    """A role's endpoint that is not load balanced: the role's instances serve it on their DIP,
+    and only the cloud service's own instances may reach it."""
+    name: Name
+    role: Name                       # the backendAddressPool that holds the role's instances
+    protocol: Literal["Tcp", "Udp"]
+    port: Port | None = None         # None: the lab allocates one (muxlab.lb.allocation)
+
+
+class CloudService(Strict):
+    """muxlab extension: this load balancer is a classic cloud service's (a ServiceDefinition,
+    `muxlab apply FILE.csdef`). Its probes follow the classic semantics (timeoutInSeconds; an
+    HTTP answer other than 200 takes an instance out at once; the first positive answer puts it
+    back unless it flaps), and a load-balancing rule with no probe follows the instance's own
+    status, reported through its host's platform address (the guest agent probe)."""
+    name: Name
+    internalEndpoints: list[InternalEndpoint] = []
+
+
 class LoadBalancerProperties(ReadOnly):
     frontendIPConfigurations: list[FrontendIPConfiguration] = Field(min_length=1)
     backendAddressPools: list[BackendAddressPool] = []
@@ -337,6 +362,9 @@ class LoadBalancerProperties(ReadOnly):
     hairpinSnat: bool = Field(False, description=(
         "muxlab extension (not in Azure): the host source-NATs a flow that the load balancer maps back to the VM "
         "that sent it, so a backend can reach its own load balancer (hairpin fix 2, docs/scenarios.md)"))
+    cloudService: CloudService | None = Field(None, description=(
+        "muxlab extension (Azure's classic cloud services): probe semantics, guest agent probe and internal "
+        "endpoints of a ServiceDefinition (seed 003)"))
 
 
 class LoadBalancer(Strict):

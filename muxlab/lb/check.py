@@ -201,6 +201,24 @@ def _check_one(name: str, lb: LoadBalancer, fabric: Lab, before: LoadBalancer | 
                             "is no outbound identity)"))
         resolve(o.backendAddressPool, "backendAddressPools", f"{rp}.backendAddressPool")
         # ports per backend x backends against the frontends' room: muxlab.lb.allocation
+
+    if P.cloudService is not None:
+        pools = _names(lb, "backendAddressPools")
+        seen_eps: dict[tuple[str, str], str] = {}
+        for i, e in enumerate(P.cloudService.internalEndpoints):
+            ep = f"{root}.cloudService.internalEndpoints[{i}]"
+            if e.role not in pools:
+                bad.append((f"{ep}.role", e.role, f"a role is a backendAddressPool of this load balancer "
+                                                  f"(pools: {', '.join(pools) or 'none'})"))
+            if (e.role, e.name) in seen_eps:
+                bad.append((f"{ep}.name", e.name, f"role {e.role} already has an internal endpoint of this name"))
+            seen_eps[(e.role, e.name)] = ep
+            if e.port is not None:
+                same = [x for x in P.cloudService.internalEndpoints[:i]
+                        if x.role == e.role and x.protocol == e.protocol and x.port == e.port]
+                if same:
+                    bad.append((f"{ep}.port", e.port, f"role {e.role}'s internal endpoint {same[0].name} has "
+                                                      f"{e.protocol.lower()}/{e.port} already"))
     return bad
 
 

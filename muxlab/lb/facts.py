@@ -11,6 +11,15 @@ from dataclasses import dataclass
 
 
 DISTRIBUTIONS = ("Default", "SourceIP", "SourceIPProtocol")
+# How a probe's answers move a backend (hostagent/probes.py has both state machines):
+# "threshold": Azure Load Balancer's probeThreshold (consecutive answers, either way);
+# "classic": a classic cloud service's (seed 003): timeoutInSeconds without a positive answer,
+# or one definite refusal, takes it out; the first positive answer brings it back unless it flaps.
+SEMANTICS = ("threshold", "classic")
+# A classic service's rules without a probe follow the instance's own reported status: this
+# probe's protocol, and its name under the load balancer (not an Azure name: it cannot clash).
+GUEST_PROTOCOL = "guest"
+GUEST_PROBE = "(guest agent)"
 
 
 @dataclass(frozen=True)
@@ -23,6 +32,8 @@ class Probe:
     timeout: float
     unhealthy_threshold: int
     healthy_threshold: int
+    semantics: str = "threshold"   # SEMANTICS
+    down_after: float = 0.0        # classic: seconds without a positive answer that take a backend out
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,20 @@ class Snat:
 
 
 @dataclass(frozen=True)
+class InternalEndpoint:
+    """A classic cloud service's internal endpoint on one instance: only the service's own
+    instances (`peers`, their DIPs) may open it; nothing outside the service reaches it."""
+    service: str          # the load balancer (the cloud service)
+    role: str
+    name: str
+    vm: str
+    ip: str
+    protocol: str         # tcp | udp
+    port: int
+    peers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Facts:
     """Everything the agents act on: the whole lab's for MUXes and managers, a host reads its own VMs' part."""
     rules: tuple[Rule, ...] = ()
@@ -96,6 +121,7 @@ class Facts:
     nat_ports: tuple[NatPort, ...] = ()
     snat: tuple[Snat, ...] = ()
     hairpin_snat_vips: tuple[ipaddress.IPv4Address, ...] = ()   # LBs with hairpinSnat: their frontends
+    internal: tuple[InternalEndpoint, ...] = ()   # classic cloud services' internal endpoints, per instance
 
     def probes(self) -> dict[str, Probe]:
         return {r.probe.key: r.probe for r in self.rules if r.probe}
@@ -108,7 +134,7 @@ def guest_config(facts: Facts, vm: str) -> tuple[set[int], set[int], list[str]]:
     for r in facts.rules:
         if any(b.vm == vm for b in r.backends):
             (tcp if r.protocol == "tcp" else udp).add(r.backend_port)
-            if r.probe:
+            if r.probe and r.probe.protocol != GUEST_PROTOCOL:
                 tcp.add(r.probe.port)
             if r.floating_ip:
                 fips.add(str(r.vip))
@@ -117,4 +143,7 @@ def guest_config(facts: Facts, vm: str) -> tuple[set[int], set[int], list[str]]:
             (tcp if n.protocol == "tcp" else udp).add(n.backend_port)
             if n.floating_ip:
                 fips.add(str(n.vip))
+    for e in facts.internal:
+        if e.vm == vm:
+            (tcp if e.protocol == "tcp" else udp).add(e.port)
     return tcp, udp, sorted(fips, key=ipaddress.IPv4Address)

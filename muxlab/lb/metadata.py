@@ -18,7 +18,9 @@ A host answers for its own VMs only and knows them by the source address of the 
   what it is sent: per inbound rule `internal` (true: an internal frontend, a VNet address;
   Azure lists internal frontends the same way), `enableFloatingIP`, `loadBalancer`, `name`
   and `probe` (null, or its protocol, port and requestPath); per outbound rule `protocols`
-  and `frontendPortRange` (the VM's SNAT ports).
+  and `frontendPortRange` (the VM's SNAT ports); and `internalEndpoints`, a classic cloud
+  service instance's own internal endpoints (service, role, name, protocol, port: what its
+  RoleEnvironment would list), which only the service's instances may open.
 
 `guest_config` turns a loadbalancer document into what the VM application serves, exactly
 what muxlab.lb.facts.guest_config computes from the facts themselves.
@@ -30,7 +32,7 @@ import uuid
 
 from ..datapath.conventions import dip_mac
 from ..fabric.lab import VM, Lab
-from .facts import Facts
+from .facts import GUEST_PROTOCOL, Facts
 
 LOADBALANCER_MIN_VERSION = "2020-10-01"
 INSTANCE_MIN_VERSION = "2017-03-01"
@@ -119,6 +121,8 @@ def loadbalancer_document(fabric: Lab, facts: Facts, vm_name: str) -> dict:
     for n in facts.nat_ports:
         if n.vm == vm_name:
             add(n, n.ip, n.rule, None)
+    internal_eps = [{"service": e.service, "role": e.role, "name": e.name, "protocol": e.protocol, "port": e.port,
+                     "privateIpAddress": e.ip} for e in facts.internal if e.vm == vm_name]
     outbound = []
     for s in facts.snat:
         if s.vm != vm_name:
@@ -130,19 +134,25 @@ def loadbalancer_document(fabric: Lab, facts: Facts, vm_name: str) -> dict:
     inbound.sort(key=lambda x: (ipaddress.IPv4Address(x["frontendIpAddress"]), x["protocol"], x["frontendPort"]))
     public = [{"frontendIpAddress": f, "privateIpAddress": p}
               for f, p in sorted(frontends, key=lambda x: (ipaddress.IPv4Address(x[0]), x[1])) if not internal(f)]
-    return {"loadbalancer": {"publicIpAddresses": public, "inboundRules": inbound, "outboundRules": outbound}}
+    lb = {"publicIpAddresses": public, "inboundRules": inbound, "outboundRules": outbound}
+    if internal_eps:
+        lb["internalEndpoints"] = internal_eps
+    return {"loadbalancer": lb}
 
 
 def guest_config(document: dict) -> tuple[set[int], set[int], list[str]]:
     """What a VM serves, from its loadbalancer document: TCP ports (backend and probe ports),
     UDP ports, and the floating-IP frontends it holds on its loopback."""
     tcp, udp, fips = set(), set(), set()
-    for r in document.get("loadbalancer", {}).get("inboundRules", []):
+    lb = document.get("loadbalancer", {})
+    for r in lb.get("inboundRules", []):
         (tcp if r["protocol"] == "tcp" else udp).add(int(r["backendPort"]))
-        if r.get("probe"):
+        if r.get("probe") and r["probe"]["protocol"] != GUEST_PROTOCOL:
             tcp.add(int(r["probe"]["port"]))
         if r.get("enableFloatingIP"):
             fips.add(r["frontendIpAddress"])
+    for e in lb.get("internalEndpoints", []):
+        (tcp if e["protocol"] == "tcp" else udp).add(int(e["port"]))
     return tcp, udp, sorted(fips, key=ipaddress.IPv4Address)
 
 

@@ -15,22 +15,24 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from .facts import Backend, Facts, NatPort, Probe, Rule, Snat
+from .facts import Backend, Facts, InternalEndpoint, NatPort, Probe, Rule, Snat
 
 # table -> (its key columns, every column); the key is the table's index in the schema
 TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "Frontend": (("address",), ("address", "hairpin_snat")),
     "Probe": (("name",), ("name", "protocol", "port", "path", "interval", "timeout", "unhealthy_threshold",
-                          "healthy_threshold")),
+                          "healthy_threshold", "semantics", "down_after")),
     "Rule": (("lb", "name"), ("lb", "name", "vip", "protocol", "port", "backend_port", "pool", "floating_ip", "probe",
                               "distribution", "idle_s", "tcp_reset")),
     "Backend": (("pool", "position"), ("pool", "position", "vm", "ip", "host", "admin")),
     "Nat_Port": (("vip", "protocol", "port"), ("lb", "rule", "vip", "protocol", "port", "vm", "ip", "host",
                                               "backend_port", "floating_ip", "idle_s", "tcp_reset")),
     "Snat_Range": (("vm",), ("lb", "rule", "vip", "protocols", "vm", "ip", "host", "lo", "hi", "idle_s", "tcp_reset")),
+    "Internal_Endpoint": (("ip", "protocol", "port"), ("service", "role", "name", "vm", "ip", "host", "protocol", "port",
+                                                       "peers")),
 }
 # rows that belong to one VM: a host agent monitors only those whose host is itself
-PER_HOST = ("Backend", "Nat_Port", "Snat_Range")
+PER_HOST = ("Backend", "Nat_Port", "Snat_Range", "Internal_Endpoint")
 
 Rows = dict[str, dict[tuple, dict[str, Any]]]   # table -> key -> column -> value
 
@@ -57,7 +59,8 @@ def rows_of(facts: Facts, host_of: Callable[[str], str]) -> Rows:
         if r.probe:
             p = r.probe
             put("Probe", name=p.key, protocol=p.protocol, port=p.port, path=p.path, interval=float(p.interval),
-                timeout=float(p.timeout), unhealthy_threshold=p.unhealthy_threshold, healthy_threshold=p.healthy_threshold)
+                timeout=float(p.timeout), unhealthy_threshold=p.unhealthy_threshold, healthy_threshold=p.healthy_threshold,
+                semantics=p.semantics, down_after=float(p.down_after))
         put("Rule", lb=r.lb, name=r.name, vip=str(r.vip), protocol=r.protocol, port=r.port, backend_port=r.backend_port,
             pool=r.pool, floating_ip=r.floating_ip, probe=r.probe.key if r.probe else "", distribution=r.distribution,
             idle_s=r.idle_s, tcp_reset=r.tcp_reset)
@@ -71,6 +74,9 @@ def rows_of(facts: Facts, host_of: Callable[[str], str]) -> Rows:
     for s in facts.snat:
         put("Snat_Range", lb=s.lb, rule=s.rule, vip=str(s.vip), protocols=sorted(s.protocols), vm=s.vm, ip=s.ip,
             host=host_of(s.vm), lo=s.lo, hi=s.hi, idle_s=s.idle_s, tcp_reset=s.tcp_reset)
+    for e in facts.internal:
+        put("Internal_Endpoint", service=e.service, role=e.role, name=e.name, vm=e.vm, ip=e.ip, host=host_of(e.vm),
+            protocol=e.protocol, port=e.port, peers=sorted(e.peers))
     return out
 
 
@@ -136,7 +142,7 @@ def facts_of(rows: Rows) -> tuple[Facts, list[str]]:
 
     probes = {p.key: p for p in converted("Probe", lambda c: Probe(
         c["name"], c["protocol"], int(c["port"]), c["path"], float(c["interval"]), float(c["timeout"]),
-        int(c["unhealthy_threshold"]), int(c["healthy_threshold"])))}
+        int(c["unhealthy_threshold"]), int(c["healthy_threshold"]), c["semantics"], float(c["down_after"])))}
     pools: dict[str, list[tuple[int, Backend]]] = {}
     for pool, position, b in converted("Backend", lambda c: (c["pool"], int(c["position"]),
                                                              Backend(c["vm"], str(address(c["ip"])), c["admin"]))):
@@ -156,6 +162,9 @@ def facts_of(rows: Rows) -> tuple[Facts, list[str]]:
     snat = converted("Snat_Range", lambda c: Snat(
         c["lb"], c["rule"], address(c["vip"]), tuple(sorted(c["protocols"])), c["vm"], str(address(c["ip"])),
         int(c["lo"]), int(c["hi"]), int(c["idle_s"]), bool(c["tcp_reset"])))
+    internal = converted("Internal_Endpoint", lambda c: InternalEndpoint(
+        c["service"], c["role"], c["name"], c["vm"], str(address(c["ip"])), c["protocol"], int(c["port"]),
+        tuple(sorted(str(address(p)) for p in c["peers"]))))
     frontends = converted("Frontend", lambda c: (address(c["address"]), bool(c["hairpin_snat"])))
     vips = [a for a, _ in frontends]
     hairpin = [a for a, h in frontends if h]
@@ -163,6 +172,7 @@ def facts_of(rows: Rows) -> tuple[Facts, list[str]]:
     rules.sort(key=lambda r: (r.lb, r.name))
     nat.sort(key=lambda n: (n.lb, n.rule, n.vm, n.protocol, n.port))
     snat.sort(key=lambda s: (s.lb, s.vm))
+    internal.sort(key=lambda e: (e.ip, e.protocol, e.port))
     return (Facts(tuple(rules), tuple(sorted(vips, key=order)), tuple(nat), tuple(snat),
-                     tuple(sorted(hairpin, key=order))), problems)
+                  tuple(sorted(hairpin, key=order)), tuple(internal)), problems)
 

@@ -2,7 +2,8 @@
 see which DIP served them.
 
 TCP, on every backend and probe port the model gives this VM:
-  - an HTTP request gets `200 <name>` (`GET /health` gets 503 while RUN_DIR/unhealthy exists);
+  - an HTTP request gets `200 <name>` (a probe's path, anything but `/`, gets 503 while
+    RUN_DIR/unhealthy exists);
   - `SINK <n>\\n` then n bytes: answers `<name> got <n>` (full-size transfers towards the VM);
   - `SEND <n>\\n`: answers with n bytes (full-size transfers towards the client);
   - anything else: each chunk is answered with `<name>\\n` (long-lived flows ping through it).
@@ -15,6 +16,10 @@ Metadata: true; held by the host until the document changes: hostagent/imds.py's
 extension, WAIT_S at a time), and opens and closes ports and adds or removes
 floating-IP VIPs on lo as the answer changes (muxlab.lb.metadata.guest_config). While
 IMDS does not answer, the VM keeps serving what it last learnt.
+
+It is the VM's guest agent too: every GUEST_HEARTBEAT_S it reports its role instance's health
+to the WireServer on its host's platform address (hostagent/wireserver.py): Ready, or NotReady
+(Busy) while RUN_DIR/busy exists, as a classic role's StatusCheck handler sets it busy (seed 003).
 
 UDP sockets are bound per address (the DIP and every floating-IP VIP on lo), never to
 0.0.0.0: an unconnected wildcard socket answers from the primary address, so a floating-IP
@@ -31,7 +36,8 @@ import time
 import urllib.error
 import urllib.request
 
-from muxlab.datapath.conventions import IMDS_ADDRESS, IMDS_PORT
+from muxlab.datapath.conventions import (GUEST_HEARTBEAT_S, HEALTH_REPORT_PATH, IMDS_ADDRESS, IMDS_PORT, PLATFORM_ADDRESS,
+                                         WIRESERVER_PORT)
 from muxlab.fabric.lab import load_lab
 from muxlab.lb.metadata import LOADBALANCER_MIN_VERSION, guest_config
 
@@ -43,6 +49,30 @@ WAIT_S = 20.0   # how long the host may hold a request for a change (at most its
 RETRY_S = 0.25  # after a failed request
 IMDS_TIMEOUT_S = 2.0
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # built once
+HEALTH_URL = f"http://{PLATFORM_ADDRESS}:{WIRESERVER_PORT}{HEALTH_REPORT_PATH}"
+WIRE_VERSION = "2012-11-30"   # the wire protocol version Azure's guest agents send
+
+
+def health_report(name: str, busy: bool) -> bytes:
+    """Azure's wire protocol Health document for one role instance."""
+    state, sub = ("NotReady", "<Details><SubStatus>Busy</SubStatus><Description>StatusCheck: busy</Description></Details>"
+                  ) if busy else ("Ready", "")
+    return (f'<?xml version="1.0" encoding="utf-8"?><Health><GoalStateIncarnation>1</GoalStateIncarnation>'
+            f"<Container><ContainerId>{name}</ContainerId><RoleInstanceList><Role><InstanceId>{name}</InstanceId>"
+            f"<Health><State>{state}</State>{sub}</Health></Role></RoleInstanceList></Container></Health>").encode()
+
+
+def report_health(name: str) -> None:
+    """The guest agent's heartbeat, for ever; a report that fails is simply the next one's to make."""
+    while True:
+        body = health_report(name, (RUN_DIR / "busy").exists())
+        req = urllib.request.Request(HEALTH_URL, data=body, method="POST", headers={
+            "Content-Type": "text/xml; charset=utf-8", "x-ms-version": WIRE_VERSION})
+        try:
+            NO_PROXY.open(req, timeout=GUEST_HEARTBEAT_S).close()
+        except (OSError, http.client.HTTPException):
+            pass
+        time.sleep(GUEST_HEARTBEAT_S)
 
 
 def fetch_loadbalancer(url: str = IMDS_URL, timeout: float = IMDS_TIMEOUT_S, tag: str | None = None,
@@ -76,7 +106,7 @@ def make_handlers(name: str):
                 data = sock.recv(65536)
                 if data[:4] in (b"GET ", b"HEAD"):
                     path = data.split(b" ", 2)[1] if b" " in data else b"/"
-                    sick = path == b"/health" and (RUN_DIR / "unhealthy").exists()
+                    sick = path != b"/" and (RUN_DIR / "unhealthy").exists()
                     status = b"503 Service Unavailable" if sick else b"200 OK"
                     body = reply
                     sock.sendall(b"HTTP/1.0 " + status + b"\r\nContent-Type: text/plain\r\nContent-Length: "
@@ -180,6 +210,7 @@ def main() -> None:
     name = socket.gethostname()
     fabric = load_lab(FABRIC_PATH)
     guest = Guest(name, str(fabric.vm(name).ip))
+    threading.Thread(target=report_health, args=(name,), name="guest-agent", daemon=True).start()
     applied, failing, tag = None, "", None
     while True:
         try:

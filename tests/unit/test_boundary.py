@@ -289,7 +289,7 @@ def test_health_probes_come_from_the_platform_address(lab, proto):
     host, vm, _ = host_with_vm(L)
     server = L.background(vm, ACCEPT_ONE, "8080")
     time.sleep(0.3)
-    assert L.python(host, PROBE, proto, "8080").strip() == "(True, '')"
+    assert L.python(host, PROBE, proto, "8080").strip() == "(True, '', False)"
     out, _ = server.communicate(timeout=10)
     assert out.strip() == PLATFORM_ADDRESS
 

@@ -241,6 +241,8 @@ def test_a_host_cannot_write_a_southbound_fact(host1):
     valid["Nat_Port"] = {(): {"lb": "web", "rule": "ssh", "vip": "203.0.113.10", "protocol": "tcp", "port": 2222,
                               "vm": "vm1", "ip": "10.1.1.11", "host": "host1", "backend_port": 22, "floating_ip": False,
                               "idle_s": 60, "tcp_reset": False}}
+    valid["Internal_Endpoint"] = {(): {"service": "svc", "role": "BERole", "name": "ep", "vm": "vm1", "ip": "10.1.1.11",
+                                       "host": "host1", "protocol": "tcp", "port": 20000, "peers": ["10.1.1.11"]}}
     for table in southbound.TABLES:
         def build(txn, table=table):
             r = txn.insert(host1.idl.tables[table])
