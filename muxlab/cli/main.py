@@ -96,7 +96,12 @@ def cmd_status(a) -> None:
 
 def cmd_apply(a) -> None:
     from . import lab, tenant
-    print(tenant.apply(lab.resolve(a.topology, a.name), a.file, a.yes, a.prune, timeout=a.timeout))
+    print(tenant.apply(lab.resolve(a.topology, a.name), a.file, a.yes, a.prune, timeout=a.timeout, roles=a.roles))
+
+
+def cmd_instance(a) -> None:
+    from . import lab, tenant
+    print(tenant.instance_status(lab.resolve(a.topology, a.name), a.vm, a.status == "busy"))
 
 
 def cmd_lb(a) -> None:
@@ -309,13 +314,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probes", action="store_true", help="every probe of every VM (default: counts, and the down ones)")
     p.set_defaults(fn=cmd_status)
     p = sub.add_parser("apply", help="show the difference, then create or replace the file's load balancers live")
-    p.add_argument("file", help="load balancers: YAML or JSON (muxlab's loadBalancers file, one LB, or an ARM template)")
+    p.add_argument("file", help="load balancers: YAML or JSON (muxlab's loadBalancers file, one LB, or an ARM template), "
+                                "or a classic cloud service's ServiceDefinition (.csdef)")
+    p.add_argument("--roles", help="a .csdef's roles file: its VIP and each role's VMs (default: NAME.roles.yml beside it)")
     p.add_argument("--yes", "-y", action="store_true", help="apply without asking (scripts)")
     p.add_argument("--prune", action="store_true", help="also delete load balancers the file does not name")
     p.add_argument("--timeout", type=float, default=120.0,
                    help="seconds to wait for the managers' answer and for every agent to apply it (default 120)")
     _lab_args(p)
     p.set_defaults(fn=cmd_apply)
+    p = sub.add_parser("instance", help="a classic role instance reports itself busy or ready (seed 003's StatusCheck)")
+    p.add_argument("vm")
+    p.add_argument("status", choices=("busy", "ready"))
+    _lab_args(p)
+    p.set_defaults(fn=cmd_instance)
     _verbs(sub, "lb", "list, show or delete load balancers", "lb_cmd", {"list": [], "show": ["lb"], "delete": ["lb"]}, cmd_lb)
     _verbs(sub, "pool", "scale a backend pool out (add) or in (remove)", "pool_cmd",
            dict.fromkeys(("add", "remove"), ["lb", "pool", ("vms", dict(nargs="+", metavar="VM", help="VM name or address"))]),

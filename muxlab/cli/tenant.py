@@ -1,22 +1,42 @@
 """The tenant's commands: load balancers through the managers' API (`muxlab apply`, `lb`,
-`pool`, `backend`, `swap`, `health`). Each is a few API calls; the managers validate."""
+`pool`, `backend`, `swap`, `health`, `instance`). Each is a few API calls; the managers validate."""
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from ..errors import MuxlabError
 from ..lb.azure import LoadBalancer, canonical, load_document
 from ..lb.check import allocate_public_ips
+from ..lb.csdef import load_csdef
 from ..lb.diff import diff
-from .lab import LabRef, frontends
+from ..node.vmservice import BUSY_FILE
+from .lab import LabRef, docker_exec, frontends
 
 def held(ref: LabRef) -> dict[str, LoadBalancer]:
     return {n: LoadBalancer.model_validate(lb) for n, lb in ref.api().load_balancers().items()}
 
 
-def apply(ref: LabRef, path: str, yes: bool, prune: bool, wait: bool = True, timeout: float = 120.0) -> str:
-    new = load_document(path)  # refuses a malformed file before talking to anybody
+def load_file(path: str, roles: str | None, fabric) -> dict[str, LoadBalancer]:
+    """The load balancers a file describes: Azure's shape (YAML, JSON, ARM), or a classic cloud
+    service's ServiceDefinition (.csdef) with its roles file (`--roles`; default: beside it,
+    NAME.roles.yml). Either is refused whole, naming the field, before anybody is asked."""
+    if Path(path).suffix.lower() != ".csdef":
+        if roles is not None:
+            raise MuxlabError(f"--roles {roles}: only a ServiceDefinition (.csdef) takes a roles file")
+        return load_document(path)
+    roles = roles or str(Path(path).with_suffix(".roles.yml"))
+    if not Path(roles).exists():
+        raise MuxlabError(f"--roles {roles}: no such file (a ServiceDefinition needs its roles: the VIP and each "
+                          "role's VMs, see examples/cloudservice/)")
+    name, lb = load_csdef(path, roles, fabric)
+    return {name: lb}
+
+
+def apply(ref: LabRef, path: str, yes: bool, prune: bool, wait: bool = True, timeout: float = 120.0,
+          roles: str | None = None) -> str:
+    new = load_file(path, roles, ref.lab)  # refuses a malformed file before talking to anybody
     # a bulk write (thousands of load balancers) is validated whole before it is stored:
     # give the manager time to answer, and the agents time to apply it
     api = ref.api(timeout=timeout)
@@ -158,3 +178,16 @@ def format_nat(m: dict) -> str:
         lines.append(f"  {x['frontendPort']:>13}  {x['backendAddress']['name']:8} {x['backendAddress']['ipAddress']:12} "
                      f"{x['backendPort']:>12}  {x['protocol']}")
     return "\n".join(lines)
+
+
+def instance_status(ref: LabRef, vm: str, busy: bool) -> str:
+    """A classic role instance's own status (seed 003's StatusCheck event): busy takes it out of
+    rotation for every endpoint without a probe of its own; the guest agent tells the host at
+    its next heartbeat (muxlab.node.vmservice)."""
+    if ref.lab.role_of(vm) != "vm":
+        raise MuxlabError(f"{vm} is a {ref.lab.role_of(vm)}: only a VM's guest reports a status")
+    docker_exec(ref, vm, ["sh", "-c", f"touch {BUSY_FILE}" if busy else f"rm -f {BUSY_FILE}"])
+    if busy:
+        return (f"{vm} reports itself Busy (NotReady) to its host's WireServer: it leaves rotation for endpoints the "
+                f"guest agent probe decides.\nundo: muxlab instance {vm} ready")
+    return f"{vm} reports itself Ready again"

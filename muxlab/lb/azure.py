@@ -45,6 +45,7 @@ def is_azure_name(name: Any) -> bool:
     """Azure's rule for resource names (the whole string: no trailing newline slips through)."""
     return isinstance(name, str) and re.fullmatch(AZURE_NAME, name) is not None
 Port = Annotated[int, Field(ge=1, le=65535)]
+PROBE_PATH = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%?]{1,1024}")   # an HTTP probe's path: URI characters
 IPv4 = ipaddress.IPv4Address
 
 # Ranges as Azure documents them.
@@ -212,6 +213,9 @@ class ProbeProperties(ReadOnly):
                 raise ValueError("an Http probe needs requestPath")
             if not self.requestPath.startswith("/"):
                 raise ValueError(f"requestPath {self.requestPath!r} must start with '/'")
+            if not PROBE_PATH.fullmatch(self.requestPath):
+                # it goes into the probe's request line: no space, no CR/LF, nothing a URI does not have
+                raise ValueError(f"requestPath {self.requestPath!r}: URI characters only, at most 1024")
         elif self.requestPath is not None:
             raise ValueError("only Http probes have a requestPath")
         return self

@@ -35,7 +35,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
+from muxlab.datapath import conventions
 from muxlab.datapath.conventions import (GUEST_HEARTBEAT_S, HEALTH_REPORT_PATH, IMDS_ADDRESS, IMDS_PORT, PLATFORM_ADDRESS,
                                          WIRESERVER_PORT)
 from muxlab.fabric.lab import load_lab
@@ -49,6 +51,7 @@ WAIT_S = 20.0   # how long the host may hold a request for a change (at most its
 RETRY_S = 0.25  # after a failed request
 IMDS_TIMEOUT_S = 2.0
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # built once
+BUSY_FILE = f"{conventions.RUN_DIR}/busy"   # while it exists the instance reports itself busy (`muxlab instance VM busy`)
 HEALTH_URL = f"http://{PLATFORM_ADDRESS}:{WIRESERVER_PORT}{HEALTH_REPORT_PATH}"
 WIRE_VERSION = "2012-11-30"   # the wire protocol version Azure's guest agents send
 
@@ -65,7 +68,7 @@ def health_report(name: str, busy: bool) -> bytes:
 def report_health(name: str) -> None:
     """The guest agent's heartbeat, for ever; a report that fails is simply the next one's to make."""
     while True:
-        body = health_report(name, (RUN_DIR / "busy").exists())
+        body = health_report(name, Path(BUSY_FILE).exists())
         req = urllib.request.Request(HEALTH_URL, data=body, method="POST", headers={
             "Content-Type": "text/xml; charset=utf-8", "x-ms-version": WIRE_VERSION})
         try:

@@ -217,3 +217,19 @@ def test_the_host_guards_internal_endpoints_in_the_kernel(tmp_path):
     assert "10.1.2.13 . 10.1.1.12 . tcp . 20000" in proc.stdout
     assert "10.1.3.15" not in proc.stdout.split("internal_peers")[1].split("}")[0]   # vm5 is no instance
     assert "internal_denied" in proc.stdout
+
+
+@pytest.mark.parametrize("path", ["/x\r\nHost: evil", "/a b", "/\x00"])
+def test_a_probe_path_that_would_break_its_request_line_is_refused(path):
+    from muxlab.fabric.lab import ModelError
+    lb = canonical_probe_lb(path)
+    with pytest.raises(ModelError) as exc:
+        parse_lb(lb)
+    assert any("requestPath" in p[2] and "URI characters" in p[2] for p in exc.value.problems), exc.value.problems
+
+
+def canonical_probe_lb(path):
+    return {"properties": {
+        "frontendIPConfigurations": [{"name": "fe", "properties": {"publicIPAddress": {
+            "id": "/publicIPAddresses/p", "properties": {"ipAddress": "203.0.113.40"}}}}],
+        "probes": [{"name": "p", "properties": {"protocol": "Http", "port": 80, "requestPath": path}}]}}
