@@ -9,6 +9,8 @@
     PUT    /loadBalancers/{lb}/inboundNatRules/{rule}
     DELETE /loadBalancers/{lb}/inboundNatRules/{rule}
     POST   /loadBalancers/{lb}/loadBalancingRules/{rule}/health   per backend: Up/Down and why
+    PUT    /cloudServices/{name}                           a classic ServiceDefinition (.csdef XML) and its roles:
+                                                           stored as the load balancer {name} (seed 003)
     POST   /swapFrontends                                  VIP swap between two load balancers
     POST   /applyLoadBalancers                             several at once, one transaction (`muxlab apply`)
     GET    /loadBalancers/{lb}/inboundNatRules/{rule}/portMappings   who has which frontend port
@@ -61,6 +63,7 @@ from pydantic import BaseModel, Field
 
 from muxlab.datapath.conventions import API_PORT, API_TOKEN, NODE_CERT, NODE_KEY, PKI_DIR, SEED_FILE
 from muxlab.fabric.lab import ModelError, load_lab
+from muxlab.lb.csdef import parse_csdef
 from muxlab.lb.azure import (AZURE_NAME, NAME_RULE, BackendAddressPool, InboundNatRule, LoadBalancer, Name,
                                   canonical, error_message, is_azure_name, json_duplicates,
                                   json_loads_pairs, load_document, loc_path)
@@ -417,6 +420,24 @@ def apply_lbs(req: ApplyRequest):
         return out
     cfg, stored = store().change(edit)
     return JSONResponse({"applied": sorted(stored), "nb_cfg": cfg}, headers={"X-Muxlab-Nb-Cfg": str(cfg)})
+
+
+class CloudServiceRequest(BaseModel):
+    serviceDefinition: str = Field(description="the ServiceDefinition (.csdef) XML, as written")
+    vip: str = Field(description="the service's public VIP")
+    roles: dict[str, list[str]] = Field(description="each role's instances: VM names, instance 0, 1, ... in order")
+
+
+@app.put("/cloudServices/{name}", status_code=200)
+def put_cloud_service(name: LbName, req: CloudServiceRequest):
+    """A classic cloud service (seed 003): its ServiceDefinition becomes the load balancer
+    `name` (muxlab.lb.csdef), with the classic probes, the guest agent probe and internal
+    endpoints; any problem is answered 400, naming the element, the attribute and the value."""
+    service, lb = parse_csdef(req.serviceDefinition, {"vip": req.vip, "roles": req.roles}, store().fabric)
+    if service != name:
+        raise ModelError([("serviceDefinition.ServiceDefinition/@name", service,
+                           f"must be the URL's name {name!r}: the service is the load balancer")])
+    return put_lb(name, lb)
 
 
 # ---------------------------------------------------------------- health, swap, drain

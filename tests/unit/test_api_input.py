@@ -456,3 +456,35 @@ def test_client_verifies_the_managers_name_against_the_lab_ca(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ---------------------------------------------------------------- classic cloud services
+
+def cloud_service_body(xml=None):
+    from pathlib import Path
+    import yaml
+    here = Path(__file__).resolve().parents[2] / "examples" / "cloudservice"
+    roles = yaml.safe_load((here / "ProbeTenant.roles.yml").read_text())
+    return {"serviceDefinition": xml if xml is not None else (here / "ProbeTenant.csdef").read_text(), **roles}
+
+
+def test_a_service_definition_is_stored_as_its_load_balancer(client, store):
+    r = client.put("/cloudServices/ProbeTenant", json=cloud_service_body(), headers=AUTH)
+    assert r.status_code == 201, r.text
+    lb = store.lbs["ProbeTenant"]
+    assert lb.properties.cloudService.name == "ProbeTenant"
+    assert {x.name for x in lb.properties.loadBalancingRules} == {"FE_External_Http", "FE_External_Tcp",
+                                                                   "FE_External_Udp", "HTTP_Probe"}
+
+
+def test_a_bad_service_definition_names_the_element_and_changes_nothing(client, store):
+    xml = cloud_service_body()["serviceDefinition"].replace('port="10001"', 'port="70000"')
+    err = refused(client.put("/cloudServices/ProbeTenant", json=cloud_service_body(xml), headers=AUTH), 400)
+    assert any("FE_External_Tcp" in d["target"] and "70000" in json.dumps(d) for d in err["details"]), err
+    assert "change" not in store.calls
+
+
+def test_the_url_names_the_service(client, store):
+    err = refused(client.put("/cloudServices/Other", json=cloud_service_body(), headers=AUTH), 400)
+    assert detail(err, "serviceDefinition.ServiceDefinition/@name")
+    assert "change" not in store.calls
