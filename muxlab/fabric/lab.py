@@ -77,10 +77,26 @@ class Host(EdgeLinked):
     name: str
     underlay: ipaddress.IPv4Interface  # host side of its link to the edge; also its VTEP address
     vm_subnet: ipaddress.IPv4Network   # the "vswitch" subnet its VMs live on
+    # a second subnet for its VMs' second NICs (seed 000's fix: an internal frontend in it is
+    # reached through that NIC, its connected subnet, with no static route)
+    secondary_subnet: ipaddress.IPv4Network | None = None
 
     @property
     def vm_gateway(self) -> ipaddress.IPv4Interface:
         return ipaddress.IPv4Interface(f"{next(self.vm_subnet.hosts())}/{self.vm_subnet.prefixlen}")
+
+    @property
+    def secondary_gateway(self) -> ipaddress.IPv4Interface | None:
+        net = self.secondary_subnet
+        return ipaddress.IPv4Interface(f"{next(net.hosts())}/{net.prefixlen}") if net else None
+
+    @property
+    def subnets(self) -> tuple[ipaddress.IPv4Network, ...]:
+        return (self.vm_subnet,) + ((self.secondary_subnet,) if self.secondary_subnet else ())
+
+    def subnet_of(self, addr: ipaddress.IPv4Address) -> ipaddress.IPv4Network | None:
+        """The subnet of this host that a VM address (a DIP or a second NIC) sits on."""
+        return next((n for n in self.subnets if addr in n), None)
 
 
 @dataclass(frozen=True)
@@ -88,7 +104,7 @@ class VM:
     name: str
     host: str
     ip: ipaddress.IPv4Address  # the DIP
-    nic2: ipaddress.IPv4Address | None = None  # a second NIC (eth2) on the same host subnet: hairpin fix 1
+    nic2: ipaddress.IPv4Address | None = None  # a second NIC (eth2), on its host's subnet or secondary subnet
 
     @property
     def mac(self) -> str:
@@ -410,28 +426,37 @@ def parse_lab(raw: Any) -> Lab:
         path = f"hosts.{hname}"
         if not claim(c.name(hname, path), path):
             continue
-        h = c.mapping(hraw, path, {"underlay", "vm_subnet"}, {"underlay", "vm_subnet"})
+        h = c.mapping(hraw, path, {"underlay", "vm_subnet", "secondary_subnet"}, {"underlay", "vm_subnet"})
         ul = p2p(h.get("underlay"), f"{path}.underlay") if "underlay" in h else None
-        sub = c.network(h.get("vm_subnet"), f"{path}.vm_subnet") if "vm_subnet" in h else None
-        if sub is not None:
-            if sub.prefixlen > 29:
-                c.bad(f"{path}.vm_subnet", h.get("vm_subnet"), "must be a /29 or larger")
-                sub = None
-            elif vnet is not None and not sub.subnet_of(vnet):
-                c.bad(f"{path}.vm_subnet", h.get("vm_subnet"), f"must lie inside addressing.vnet {vnet}")
-                sub = None
+
+        def vm_net(key: str) -> ipaddress.IPv4Network | None:
+            net = c.network(h.get(key), f"{path}.{key}") if key in h else None
+            if net is None:
+                return None
+            if net.prefixlen > 29:
+                c.bad(f"{path}.{key}", h.get(key), "must be a /29 or larger")
+            elif vnet is not None and not net.subnet_of(vnet):
+                c.bad(f"{path}.{key}", h.get(key), f"must lie inside addressing.vnet {vnet}")
             else:
-                claim_subnet(sub, f"{path}.vm_subnet", h.get("vm_subnet"))
-        if ul and sub:
-            hosts.append(Host(hname, ul, sub))
+                claim_subnet(net, f"{path}.{key}", h.get(key))
+                return net
+            return None
+        sub = vm_net("vm_subnet")
+        second = vm_net("secondary_subnet")
+        if ul and sub:   # a bad secondary subnet is reported; its host stays, so its VMs are checked too
+            hosts.append(Host(hname, ul, sub, second))
     host_by_name = {h.name: h for h in hosts}
 
     vms = []
     dips_seen: dict[ipaddress.IPv4Address, str] = {}
 
-    def claim_vm_address(h: Host, addr: ipaddress.IPv4Address, field: str, owner: str, outside: str) -> bool:
-        """A VM's address (DIP or second NIC): usable on its host's subnet, not the gateway, not taken."""
-        if addr not in h.vm_subnet or addr in (h.vm_subnet.network_address, h.vm_subnet.broadcast_address, h.vm_gateway.ip):
+    def claim_vm_address(h: Host, addr: ipaddress.IPv4Address, field: str, owner: str, outside: str,
+                         subnets: tuple = ()) -> bool:
+        """A VM's address (DIP or second NIC): usable on one of its host's `subnets` (default:
+        the VM subnet), not a gateway, not taken."""
+        net = next((n for n in subnets or (h.vm_subnet,) if addr in n), None)
+        gateways = {h.vm_gateway.ip} | ({h.secondary_gateway.ip} if h.secondary_gateway else set())
+        if net is None or addr in (net.network_address, net.broadcast_address) or addr in gateways:
             c.bad(field, str(addr), outside)
             return False
         if addr in dips_seen:
@@ -457,8 +482,9 @@ def parse_lab(raw: Any) -> Lab:
                                 f"other than its gateway {h.vm_gateway.ip}"):
             continue
         nic2 = c.address(v["nic2"], f"{path}.nic2") if "nic2" in v else None
-        if nic2 is not None and not claim_vm_address(h, nic2, f"{path}.nic2", f"{path}.nic2", f"a second NIC sits on {host}'s "
-                                                       f"vm_subnet {h.vm_subnet} too (not its gateway)"):
+        where = " or ".join(str(n) for n in h.subnets)
+        if nic2 is not None and not claim_vm_address(h, nic2, f"{path}.nic2", f"{path}.nic2", f"a second NIC sits on one of "
+                                                       f"{host}'s subnets {where} (not a gateway)", h.subnets):
             continue
         vms.append(VM(vname, host, ip, nic2))
 

@@ -73,7 +73,11 @@ class NodePlan:
     default_onlink: bool = False                                      # gateway outside the interface's prefix
     bridge: tuple[str, list[str], str] | None = None                  # (name, ports, cidr) on hosts
     interfaces: list[str] = field(default_factory=list)               # lab ports to wait for
-    second_nic: tuple[str, str, str, str] | None = None               # VM: (ifname, address, gateway, DIP)
+    second_nic: tuple[str, str, str, str] | None = None               # VM: (ifname, cidr, gateway, DIP)
+    # host: its secondary subnet's gateway on the bridge (a /32) and its VMs' second NICs there,
+    # routed on the bridge; the bridge answers ARP for the rest of that subnet (proxy ARP), so
+    # an internal frontend in it is reached on-link through the host (seed 000's fix)
+    secondary: tuple[str, list[str]] | None = None
     # host: the platform addresses on its bridge, as Azure's hosts serve them to their VMs
     # (IMDS, and 168.63.129.16 that health probes come from); applied with the rest of the plan
     platform: list[tuple[str, str]] = field(default_factory=list)     # (ifname, cidr)
@@ -106,6 +110,9 @@ def node_plan(lab: Lab, name: str) -> NodePlan:
         plan.default_via = str(h.edge_address)
         plan.bridge = (HOST_BRIDGE, [p for p in ports if p != UPLINK_IF], str(h.vm_gateway))
         plan.platform = [(HOST_BRIDGE, f"{IMDS_ADDRESS}/32"), (HOST_BRIDGE, f"{PLATFORM_ADDRESS}/32")]
+        if h.secondary_subnet:
+            plan.secondary = (f"{h.secondary_gateway.ip}/32", [str(v.nic2) for v in lab.vms_on(name)
+                                                                if v.nic2 and v.nic2 in h.secondary_subnet])
     elif role == "vm":
         # A /32 and an on-link gateway, as a cloud vSwitch does it: every packet of a VM,
         # even to its neighbour on the same host, is routed by the host (and so passes its
@@ -116,7 +123,10 @@ def node_plan(lab: Lab, name: str) -> NodePlan:
         plan.default_onlink = True
         plan.default_via = str(h.vm_gateway.ip)
         if vm.nic2:
-            plan.second_nic = (SECOND_NIC_IF, str(vm.nic2), str(h.vm_gateway.ip), str(vm.ip))
+            # on the VM subnet a /32 like the first NIC; on the secondary subnet its prefix, so
+            # that subnet (and an internal frontend in it) is on-link through this NIC
+            plen = 32 if vm.nic2 in h.vm_subnet else h.secondary_subnet.prefixlen
+            plan.second_nic = (SECOND_NIC_IF, f"{vm.nic2}/{plen}", str(h.vm_gateway.ip), str(vm.ip))
     elif role == "client":
         c = next(c for c in lab.clients if c.name == name)
         plan.addresses.append((UPLINK_IF, str(c.address)))
@@ -150,7 +160,7 @@ def render_frr(lab: Lab) -> str:
               f"  transmit-interval {lab.bfd_interval_ms}", " exit", "exit", "!"]
     lines.append("! Lab space is reachable; everything else is dropped here, never sent to the management network.")
     for h in lab.hosts:
-        lines.append(f"ip route {h.vm_subnet} {h.address}")
+        lines += [f"ip route {net} {h.address}" for net in h.subnets]
     lines += ["ip route 0.0.0.0/0 blackhole", "!"]
     lines += [
         f"router bgp {lab.edge_asn}",
@@ -328,7 +338,8 @@ def render_edge_nft(lab: Lab) -> str:
       (internet_to_private). The set bench_direct, empty unless a benchmark fills it for its
       run, lets chosen private addresses through (bench/datapath_bench.py's direct path)."""
     internet = ", ".join(f'"{edge_port(lab, c.name)}"' for c in lab.clients)
-    internal = [m.underlay.network for m in lab.muxes] + [h.underlay.network for h in lab.hosts] + [h.vm_subnet for h in lab.hosts]
+    internal = ([m.underlay.network for m in lab.muxes] + [h.underlay.network for h in lab.hosts]
+                + [n for h in lab.hosts for n in h.subnets])
     internal_txt = ", ".join(str(n) for n in ipaddress.collapse_addresses(internal))
     return GENERATED + "\n".join([
         f"table ip {EDGE_TABLE}", f"delete table ip {EDGE_TABLE}", f"table ip {EDGE_TABLE} {{",

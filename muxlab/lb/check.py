@@ -98,6 +98,13 @@ def _check_one(name: str, lb: LoadBalancer, fabric: Lab, before: LoadBalancer | 
                 bad.append((where, str(addr), f"is inside {clash.name}'s VM subnet {clash.vm_subnet}: pick a VNet "
                                               "address outside every VM subnet"))
                 continue
+            # a host's secondary subnet may hold one (seed 000's fix), on an address no NIC uses
+            used = next((f"{v.name}'s second NIC" for v in fabric.vms if v.nic2 == addr), None) or next(
+                (f"{h.name}'s secondary gateway" for h in fabric.hosts if h.secondary_gateway and addr == h.secondary_gateway.ip), None)
+            net = next((n for h in fabric.hosts for n in h.subnets if addr in n), None)
+            if used or (net is not None and addr in (net.network_address, net.broadcast_address)):
+                bad.append((where, str(addr), f"is {used or 'not a usable address of ' + str(net)}: pick a free address"))
+                continue
         else:
             where = f"{p}.publicIPAddress.properties.ipAddress"
             if addr is None:

@@ -61,10 +61,11 @@ def _mac(ip) -> str:
 def instance_document(fabric: Lab, facts: Facts, vm_name: str) -> dict:
     """/metadata/instance for `vm_name`: Azure's compute and network sections."""
     vm = fabric.vm(vm_name)
-    subnet = fabric.host(vm.host).vm_subnet
+    host = fabric.host(vm.host)
     rg = fabric.name
 
     def nic(ip) -> dict:
+        subnet = host.subnet_of(ip)
         return {"ipv4": {"ipAddress": [{"privateIpAddress": str(ip), "publicIpAddress": ""}],
                          "subnet": [{"address": str(subnet.network_address), "prefix": str(subnet.prefixlen)}]},
                 "ipv6": {"ipAddress": []},

@@ -136,6 +136,13 @@ def configure_network(plan: NodePlan) -> None:
         # after the bridge's own address, with link scope: never the source of other traffic
         for ifname in sorted({i for i, _ in plan.platform}):
             ensure_local_addresses(ipr, ifname, [c for i, c in plan.platform if i == ifname])
+        if plan.secondary:
+            gateway, nics = plan.secondary
+            br = plan.bridge[0]
+            ipr.addr("replace", index=idx(br), address=gateway.split("/")[0], prefixlen=32)
+            for nic in nics:
+                ipr.route("replace", dst=f"{nic}/32", oif=idx(br), scope=253)   # RT_SCOPE_LINK
+            write_sysctl(f"net/ipv4/conf/{br}/proxy_arp", 1)
         if plan.second_nic:
             second_nic(ipr, plan.second_nic)
         if plan.default_via:
@@ -158,9 +165,10 @@ def second_nic(ipr, nic) -> None:
     guest. So: the first NIC accepts packets whose source is the guest's own second address
     (accept_local), and replies towards the second address leave through the first NIC and
     the host (a policy rule ahead of the local table). docs/scenarios.md has the whole story."""
-    ifname, address, gateway, dip = nic
+    ifname, cidr, gateway, dip = nic
+    address, plen = cidr.split("/")
     idx = ipr.link_lookup(ifname=ifname)[0]
-    ipr.addr("replace", index=idx, address=address, prefixlen=32)
+    ipr.addr("replace", index=idx, address=address, prefixlen=int(plen))
     write_sysctl(f"net/ipv4/conf/{UPLINK_IF}/accept_local", 1)
     write_sysctl(f"net/ipv4/conf/{UPLINK_IF}/rp_filter", 0)
     write_sysctl("net/ipv4/conf/all/rp_filter", 0)

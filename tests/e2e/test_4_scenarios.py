@@ -43,3 +43,31 @@ def test_strict_reverse_path_filter_drops_dsr_replies_and_loose_heals(L):
         L.heal("edge")
     assert "2" == L.sh("edge", "cat /proc/sys/net/ipv4/conf/eth4/rp_filter").stdout.strip()
     assert L.flows("client1", "web", 80, 20)["failures"] == 0
+
+
+def share(L, rule: str, vm: str) -> float:
+    """`vm`'s share of the rule's Maglev table (the flows mapped back to it)."""
+    table = L.assert_mux_tables_identical()[rule]
+    return table.count(vm) / len(table)
+
+
+def test_seed_000_s_fix_the_frontend_in_the_second_nic_s_subnet(L):
+    """Seed 000: a second NIC alone changes nothing (the VM still calls from its first NIC's
+    address); moving the internal frontend into the second NIC's subnet does, with no route:
+    that subnet is on-link through the second NIC, so its address is the source, and a flow
+    mapped back to the VM no longer reads vm -> vm."""
+    names = apply_example(L, "ilb-hairpin.yml") + apply_example(L, "ilb-subnet.yml")
+    try:
+        one_nic = L.flows("vm3", "10.1.102.100", 80, 300)             # vm3 has one NIC
+        naive = L.flows("vm4", ILB_VIP, 80, 300)                      # vm4's second NIC, the frontend elsewhere
+        fixed, caps = L.capture("vm4", "tcp dst port 8080", lambda: L.flows("vm4", "10.1.102.100", 80, 300))
+        for res, vm, rule in ((one_nic, "vm3", "ilb2/app"), (naive, "vm4", "ilb/app")):
+            rate, expected = res["failures"] / res["flows"], share(L, rule, vm)
+            print(f"{vm} -> {res['vip']}: {rate:.3f} failed, its share of the table {expected:.3f}")
+            assert expected / 2 < rate < expected * 2 and vm not in res["by_dip"], res
+        assert fixed["failures"] == 0 and "vm4" in fixed["by_dip"], fixed
+        # what vm4 received from itself came from its second NIC's address, to its first NIC's
+        mine = [p for p in caps["vm4"] if p["dst"] == "10.1.2.14" and p["src"].startswith("10.1.102.")]
+        assert mine and {p["src"] for p in mine} == {"10.1.102.24"}, caps["vm4"][:5]
+    finally:
+        delete(L, *names)

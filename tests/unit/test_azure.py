@@ -6,7 +6,7 @@ import pytest
 
 from muxlab.fabric.lab import ModelError
 from muxlab.lb.allocation import allocate
-from muxlab.lb.azure import json_schema, load_document, parse_document, ref_parts
+from muxlab.lb.azure import canonical, json_schema, load_document, parse_document, parse_lb, ref_parts
 from muxlab.lb.check import allocate_public_ips, check, default_outbound_ports
 from muxlab.lb.compiler import compile_facts
 from muxlab.lb.diff import diff
@@ -318,3 +318,17 @@ def test_an_internal_frontend_is_never_an_outbound_identity(raw_lbs):
         rule["properties"]["disableOutboundSnat"] = False
     claims, problems = outbound_claims(parse_document({"loadBalancers": raw_lbs}), fabric())
     assert not problems and not any(c.lb == "web" for c in claims.values()), claims
+
+
+@pytest.mark.parametrize("address,says", [("10.1.102.24", "vm4's second NIC"), ("10.1.102.1", "secondary gateway"),
+                                          ("10.1.102.255", "not a usable address")])
+def test_an_internal_frontend_in_a_secondary_subnet_takes_a_free_address(address, says):
+    """Seed 000's fix puts the frontend in a second NIC's subnet: allowed, on an address nobody holds."""
+    from muxlab.lb.check import check
+    from tests.unit.conftest import fabric
+    lbs = load_document(REPO / "containerlab" / "examples" / "ilb-subnet.yml")
+    assert check(lbs, fabric()) == []
+    raw = canonical(lbs["ilb2"])
+    raw["properties"]["frontendIPConfigurations"][0]["properties"]["privateIPAddress"] = address
+    problems = check({"ilb2": parse_lb(raw)}, fabric())
+    assert len(problems) == 1 and problems[0][1] == address and says in problems[0][2], problems

@@ -148,3 +148,25 @@ def test_a_fabric_with_a_key_twice_is_refused_naming_key_and_lines(tmp_path):
     twice.write_text(text.replace("\nmuxes:", "\nname: other\nmuxes:", 1) if "\nname:" in text else "name: a\nname: b\n")
     with pytest.raises(ModelError, match=r"duplicate key 'name' \(line \d+; first at line \d+\)"):
         load_lab(twice)
+
+
+# ---------------------------------------------------------------- seed 000: a host's secondary subnet
+
+@pytest.mark.parametrize("host,value,field,says", [
+    ("host1", "10.1.1.128/25", "hosts.host1.secondary_subnet", "overlaps 10.1.1.0/24"),
+    ("host1", "10.9.0.0/24", None, None),   # outside the VNet: see below
+    ("host1", "10.1.103.0/30", "hosts.host1.secondary_subnet", "/29 or larger"),
+])
+def test_a_bad_secondary_subnet_is_named(raw_model, host, value, field, says):
+    raw_model["hosts"][host]["secondary_subnet"] = value
+    path, got, msg = only_error(raw_model)
+    assert got == value and path == f"hosts.{host}.secondary_subnet"
+    assert (says or "inside addressing.vnet") in msg
+
+
+def test_a_second_nic_sits_on_one_of_its_host_s_subnets(raw_model):
+    raw_model["vms"]["vm4"]["nic2"] = "10.1.103.24"
+    path, value, msg = only_error(raw_model)
+    assert (path, value) == ("vms.vm4.nic2", "10.1.103.24") and "10.1.102.0/24" in msg
+    raw_model["vms"]["vm4"]["nic2"] = "10.1.102.1"   # the secondary gateway
+    assert only_error(raw_model)[:2] == ("vms.vm4.nic2", "10.1.102.1")

@@ -64,7 +64,7 @@ def test_topology_is_unprivileged_and_complete():
     assert topo["topology"]["groups"]["edge"]["sysctls"]["net.ipv4.fib_multipath_hash_policy"] == 1
     eps = [tuple(l["endpoints"]) for l in topo["topology"]["links"]]
     assert ("edge:eth1", "mux1:eth1") in eps and ("host3:eth3", "vm6:eth1") in eps
-    assert len(eps) == 3 + 3 + 2 + 6 + 1  # + vm1's second NIC
+    assert len(eps) == 3 + 3 + 2 + 6 + 2  # + vm1's and vm4's second NICs
     # every interface appears once per node
     seen = [e for pair in eps for e in pair]
     assert len(seen) == len(set(seen))
@@ -81,9 +81,15 @@ def test_node_plans():
     mux = node_plan(l, "mux3")
     assert mux.addresses == [("eth1", "10.0.1.5/31")] and mux.default_via == "10.0.1.4"
     host = node_plan(l, "host2")
-    assert host.bridge == ("br0", ["eth2", "eth3"], "10.1.2.1/24") and host.default_via == "10.0.2.2"
+    assert host.bridge == ("br0", ["eth2", "eth3", "eth4"], "10.1.2.1/24") and host.default_via == "10.0.2.2"
+    # seed 000's secondary subnet: its gateway on the bridge, vm4's second NIC routed there
+    assert host.secondary == ("10.1.102.1/32", ["10.1.102.24"])
+    assert node_plan(l, "host1").secondary is None
     vm = node_plan(l, "vm4")
     assert vm.addresses == [("eth1", "10.1.2.14/32")] and vm.default_via == "10.1.2.1" and vm.default_onlink
+    # its second NIC has the subnet's prefix (on-link: the seed's trick); vm1's, on its VM subnet, a /32
+    assert vm.second_nic == ("eth2", "10.1.102.24/24", "10.1.2.1", "10.1.2.14")
+    assert node_plan(l, "vm1").second_nic == ("eth2", "10.1.1.21/32", "10.1.1.1", "10.1.1.11")
     mgr = node_plan(l, "manager2")
     assert mgr.role == "manager" and mgr.interfaces == [] and mgr.default_via is None
     client = node_plan(l, "client2")
