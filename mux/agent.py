@@ -41,7 +41,7 @@ def desired(fabric: Lab, me: str, facts: Facts, tables: list[datapath.RuleTable]
     routes = tuple(PolicyRoute(r.mark, r.dip, dev, UPLINK_IF, r.mac, r.host_vtep) for r in datapath.dip_routes(fabric))
     blackholes = tuple(f"{v}/32" for v in facts.vips)
     return ((dev, fabric.vni, str(mux.address), fabric.overlay_mtu), routes, blackholes,
-            datapath.ruleset(fabric, facts, tables, remedies))
+            datapath.ruleset(fabric, facts, tables, remedies, str(mux.address)))
 
 
 def apply(state: tuple, before: tuple | None) -> str:

@@ -17,6 +17,9 @@ Per packet (all in the kernel, see docs/datapath.md):
   routing:    `ip rule fwmark DIP lookup DIP` -> `default via DIP dev vxlan<VNI> onlink`;
               the DIP's neighbour entry holds its overlay MAC and the VXLAN FDB maps that
               MAC to the DIP's host: the host learns the chosen DIP from the inner MAC.
+  postrouting: a rule with sourceNat (seed 004's second design, not DSR): the client becomes
+              this MUX's own address, so the backend answers the MUX, which un-NATs the reply
+              to the client. Such a flow is tracked from its SYN, and lives on this MUX only.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from muxlab.fabric.lab import Lab
 from muxlab.lb.facts import Backend, Facts, Rule
 
 FASTPATH_LOGGED = "fastpath_logged"   # handshakes of VMs' connections handed to the agent for a redirect
+SOURCE_NAT_FLOWS = "source_nat_flows"  # flows of sourceNat rules this MUX source-NATed to itself
 
 HASH_FIELDS = {
     "Default": "ip saddr . th sport . ip daddr . th dport",
@@ -123,14 +127,17 @@ def idle_classes(tables: list[RuleTable]) -> dict[tuple[str, int], list[str]]:
     return dict(sorted(out.items()))
 
 
-def ruleset(fabric: Lab, facts: Facts, tables: list[RuleTable], remedies: frozenset[str] | None = None) -> nfttable.Table:
+def ruleset(fabric: Lab, facts: Facts, tables: list[RuleTable], remedies: frozenset[str] | None = None,
+            address: str | None = None) -> nfttable.Table:
     """The MUX's whole nft table as data: the agent loads it whole once, then only its
-    differences (muxlab.datapath.nfttable.update)."""
+    differences (muxlab.datapath.nfttable.update). `address`: this MUX's own, the source of
+    sourceNat rules' flows (None: the first MUX's, for a table to look at)."""
+    address = address or str(fabric.muxes[0].address)
     remedies = fabric.mtu_remedies if remedies is None else remedies
     classes = idle_classes(tables)
     objects = {f"counter {c}": f"counter {c} {{}}" for c in (
         "vip_packets", "no_service", "no_backend", "nat_port_packets", "snat_return_packets", "icmp_frag_needed_suppressed",
-        "ilb_not_vnet", FASTPATH_LOGGED)}
+        "ilb_not_vnet", FASTPATH_LOGGED, SOURCE_NAT_FLOWS)}
     objects |= {f"ct timeout idle_{proto}_{idle}": ct_timeout_object(proto, idle).strip() for proto, idle in classes}
     sets = {
         "vips": nfttable.Set("set", "type ipv4_addr;", {str(v): None for v in facts.vips}),
@@ -139,6 +146,9 @@ def ruleset(fabric: Lab, facts: Facts, tables: list[RuleTable], remedies: frozen
         "snat_returns": nfttable.Set("map", "type ipv4_addr . inet_proto . inet_service : mark; flags interval;",
                                      {f"{s.vip} . {p} . {s.lo}-{s.hi}": f"{dip_mark(s.ip):#010x}" for s in facts.snat for p in s.protocols}),
     }
+    # (VIP, proto, port) of the rules this MUX source-NATs (sourceNat): tracked from their SYN
+    sets["source_nat_rules"] = nfttable.Set("set", "type ipv4_addr . inet_proto . inet_service;", dict.fromkeys(
+        f"{s.rule.vip} . {s.rule.protocol} . {s.rule.port}" for s in tables if s.rule.source_nat))
     sets |= {f"idle_{proto}_{idle}_rules": nfttable.Set("set", "type ipv4_addr . inet_proto . inet_service;", dict.fromkeys(keys))
              for (proto, idle), keys in classes.items()}
     sets["services"] = nfttable.Set("map", "type ipv4_addr . inet_proto . inet_service : verdict;",
@@ -153,6 +163,8 @@ def ruleset(fabric: Lab, facts: Facts, tables: list[RuleTable], remedies: frozen
             # stateless paths keep no state
             "ip daddr . meta l4proto . th dport @nat_ports notrack return",
             "ip daddr . meta l4proto . th dport @snat_returns notrack return",
+            # a source-NATed flow must be tracked from its first packet (NAT binds there)
+            "ip daddr . meta l4proto . th dport @source_nat_rules return",
             "tcp flags & (syn | ack) == syn notrack return")),
         "prerouting": nfttable.Chain("type filter hook prerouting priority mangle; policy accept;", (
             "ip daddr != @vips return",
@@ -185,10 +197,15 @@ def ruleset(fabric: Lab, facts: Facts, tables: list[RuleTable], remedies: frozen
     # frontend) or a port of its outbound SNAT range (a public one).
     dev = vxlan_ifname(fabric.vni)
     log = f"counter name {FASTPATH_LOGGED} log group {FASTPATH_NFLOG_GROUP} queue-threshold 1"
-    fastpath = (f'oifname "{dev}" ct state new meta l4proto tcp ip saddr {fabric.vnet} {log}',
-                f'oifname "{dev}" ct state new meta l4proto tcp ip saddr . meta l4proto . th sport @snat_returns {log}',
+    # (a source-NATed flow stays on its MUX: the MUX is its other end)
+    own = "ip daddr . meta l4proto . th dport != @source_nat_rules"
+    fastpath = (f'oifname "{dev}" ct state new meta l4proto tcp ip saddr {fabric.vnet} {own} {log}',
+                f'oifname "{dev}" ct state new meta l4proto tcp ip saddr . meta l4proto . th sport @snat_returns {own} {log}',
                 ) if fabric.fastpath else ()
     chains["forward"] = nfttable.Chain("type filter hook forward priority filter; policy accept;", clamp + fastpath)
+    chains["postrouting"] = nfttable.Chain("type nat hook postrouting priority srcnat; policy accept;", (
+        f'oifname "{dev}" ip daddr . meta l4proto . th dport @source_nat_rules counter name {SOURCE_NAT_FLOWS} '
+        f"snat ip to {address}",))
     # the black hole of seed 004: the too-big packet dies here and nobody tells the client
     black_hole = () if "icmp" in remedies else (
         "icmp type destination-unreachable icmp code frag-needed counter name icmp_frag_needed_suppressed drop",)

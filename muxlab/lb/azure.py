@@ -241,6 +241,10 @@ class LoadBalancingRuleProperties(ReadOnly):
     idleTimeoutInMinutes: int = Field(IDLE_TIMEOUT_MIN, ge=IDLE_TIMEOUT_MIN, le=IDLE_TIMEOUT_MAX)
     enableTcpReset: bool = False
     disableOutboundSnat: bool = False
+    sourceNat: bool = Field(False, description=(
+        "muxlab extension (not in Azure; seed 004's second design): the MUX source-NATs the client to its own "
+        "address, so replies return through that MUX, which holds the flow (no DSR: the backend sees the MUX, a "
+        "MUX failure breaks its flows; docs/scenarios.md)"))
 
     @model_validator(mode="after")
     def _shape(self):

@@ -58,6 +58,7 @@ class Rule:
     distribution: str = "Default"
     idle_s: int = 240     # idleTimeoutInMinutes, in lab seconds (Lab.seconds_per_minute)
     tcp_reset: bool = False
+    source_nat: bool = False   # the MUX source-NATs the client to itself: replies come back through it
 
     @property
     def key(self) -> str:

@@ -1,4 +1,7 @@
 """Workshop scenarios from the seeds, reproduced for real."""
+import time
+
+from muxlab.datapath.conventions import PLATFORM_ADDRESS
 from tests.e2e.test_6_seed_behaviour import ILB_VIP, apply_example, delete
 
 
@@ -69,5 +72,42 @@ def test_seed_000_s_fix_the_frontend_in_the_second_nic_s_subnet(L):
         # what vm4 received from itself came from its second NIC's address, to its first NIC's
         mine = [p for p in caps["vm4"] if p["dst"] == "10.1.2.14" and p["src"].startswith("10.1.102.")]
         assert mine and {p["src"] for p in mine} == {"10.1.102.24"}, caps["vm4"][:5]
+    finally:
+        delete(L, *names)
+
+
+SNAT_VIP = "203.0.113.50"
+
+
+def test_source_nat_mode_hides_the_client_crosses_the_mux_and_dies_with_it(L):
+    """Seed 004's other design, beside DSR: the MUX source-NATs the client to its own address.
+    The backend sees a MUX, the reply crosses that MUX, and the MUX's failure breaks the
+    connections it held (a DSR MUX holds nothing: test_3)."""
+    from muxlab.cli.failover import analyse
+    names = apply_example(L, "source-nat.yml")
+    muxes = {str(m.address): m.name for m in L.ref.lab.muxes}
+    try:
+        res, caps = L.capture(["vm1", "vm2", "vm3", "vm4", "vm5", "vm6", "mux1", "mux2", "mux3"], "tcp port 8080 or tcp port 80",
+                              lambda: L.flows("client1", SNAT_VIP, 80, 60))
+        assert res["failures"] == 0 and len(res["by_dip"]) >= 4, res
+        seen_by_vms = {p["src"] for vm in ("vm1", "vm2", "vm3", "vm4", "vm5", "vm6") for p in caps[vm]
+                        if p["dport"] == 8080 and p["src"] != PLATFORM_ADDRESS}   # (web's probes come from the host)
+        assert seen_by_vms and seen_by_vms <= set(muxes), seen_by_vms    # the client's address is gone
+        replies = [p for m in ("mux1", "mux2", "mux3") for p in caps[m] if p["src"] == SNAT_VIP and p["dst"] == "192.0.2.10"]
+        assert replies, "the replies should cross a MUX on their way to the client"
+        assert sum(int(L.sh(m, "nft list counter ip muxlab_mux source_nat_flows").stdout.split("packets ")[1].split()[0])
+                   for m in ("mux1", "mux2", "mux3")) >= 60
+        # a MUX dies: the connections it held break; the other MUXes know nothing of them
+        hold = L.hold(vip=SNAT_VIP, port=80, conns=24, duration=10)
+        hold.steady()
+        t = time.time()
+        L.fail("mux2", "kill")
+        try:
+            r = analyse(hold.result(), t)
+        finally:
+            L.heal("mux2")
+        print(f"source NAT: {r['broken']} of 24 held connections broke when mux2 died")
+        assert 0 < r["broken"] < 24, r
+        L.converged()
     finally:
         delete(L, *names)
