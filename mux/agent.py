@@ -22,9 +22,9 @@ from muxlab.node.desired import FACT_COLUMNS, FactsReader, mtu_remedies, nb_cfg,
 from muxlab.node.kernel import PolicyRoute, ensure_vxlan, nft_converge, reconcile_blackholes, reconcile_policy_routes
 from muxlab.node.liveness import Listener
 from muxlab.node.ovsdb import Db, managers_remote, ok
-from muxlab.node.runtime import FABRIC_PATH, run_path, write_atomic
+from muxlab.node.runtime import FABRIC_PATH, RUN_DIR, run_path, write_atomic
 
-from . import datapath, fastpath
+from . import datapath, fastpath, proxy
 
 ANNOUNCE_PATH = run_path(ANNOUNCE_FILE)
 TABLES_PATH = run_path(MAGLEV_TABLES_FILE)   # where the operator's tools read it
@@ -33,6 +33,12 @@ TABLES = {**FACT_COLUMNS, "Backend_Health": ["host", "vm", "probe", "up"],
           "Mux": ["name", "drained", "nb_cfg", "synced_at", "tables_digest", "announced", "dead_hosts"]}
 # columns this agent writes: no wake-up for them
 QUIET = [("Mux", c) for c in ("nb_cfg", "synced_at", "tables_digest", "announced", "dead_hosts")]
+# HAProxy's connections to VIPs (proxyProtocol rules) leave from the MUX's address: their first
+# route lookup must find a route (any: the reroute chain then marks them for their DIP), not
+# the VIP blackholes of the main table (PROXY_RULE_PRIORITY, after the fwmark rules, before
+# main); once marked, a DIP's table takes them (LOCAL_MARK_PRIORITY: the fwmark rules match
+# only what arrives on the uplink, and an unrestricted one would loop the VXLAN packet itself).
+LOCAL_MARK_PRIORITY, PROXY_RULE_PRIORITY, PROXY_TABLE = RULE_PRIORITY - 1, RULE_PRIORITY + 1, 101
 
 
 def desired(fabric: Lab, me: str, facts: Facts, tables: list[datapath.RuleTable], remedies: frozenset[str]) -> tuple:
@@ -40,7 +46,8 @@ def desired(fabric: Lab, me: str, facts: Facts, tables: list[datapath.RuleTable]
     dev = vxlan_ifname(fabric.vni)
     routes = tuple(PolicyRoute(r.mark, r.dip, dev, UPLINK_IF, r.mac, r.host_vtep) for r in datapath.dip_routes(fabric))
     blackholes = tuple(f"{v}/32" for v in facts.vips)
-    return ((dev, fabric.vni, str(mux.address), fabric.overlay_mtu), routes, blackholes,
+    vip_space = (str(fabric.public_vips), str(fabric.vnet))
+    return ((dev, fabric.vni, str(mux.address), fabric.overlay_mtu, vip_space), routes, blackholes,
             datapath.ruleset(fabric, facts, tables, remedies, str(mux.address)))
 
 
@@ -52,13 +59,41 @@ def apply(state: tuple, before: tuple | None) -> str:
     old = before or (None, None, None, None)
     with IPRoute() as ipr:
         if link != old[0]:
-            ensure_vxlan(ipr, *link)
+            ensure_vxlan(ipr, *link[:4])
+            proxy_route(ipr, link[0], link[2], link[4])
         if routes != old[1]:
             reconcile_policy_routes(ipr, list(routes), RULE_PRIORITY)
+            local_marks(ipr, [r.mark for r in routes], link[2], link[4])
         if blackholes != old[2]:
             # a VIP packet that no rule claims must die here, not bounce back to the edge
             reconcile_blackholes(ipr, list(blackholes))
     return nft_converge(table, old[3], lambda line: print(f"[mux-agent] {line}", flush=True))
+
+
+def proxy_route(ipr: IPRoute, dev: str, address: str, vip_space: tuple[str, ...]) -> None:
+    """From this MUX's address to VIP space: table PROXY_TABLE, a route into the overlay."""
+    have = {(r.get_attr("FRA_DST"), r.get("dst_len")) for r in ipr.get_rules(family=2)
+            if r.get_attr("FRA_PRIORITY") == PROXY_RULE_PRIORITY}
+    for net in vip_space:
+        dst, plen = net.split("/")
+        if (dst, int(plen)) not in have:
+            ipr.rule("add", family=2, priority=PROXY_RULE_PRIORITY, src=address, src_len=32, dst=dst, dst_len=int(plen),
+                     table=PROXY_TABLE)
+    ipr.route("replace", dst="0.0.0.0/0", oif=ipr.link_lookup(ifname=dev)[0], table=PROXY_TABLE)
+
+
+def local_marks(ipr: IPRoute, marks: list[int], address: str, vip_space: tuple[str, ...]) -> None:
+    """From this MUX's address to VIP space with a DIP's mark: that DIP's table."""
+    want = {(m, *net.split("/")) for m in marks for net in vip_space}
+    have = {(r.get_attr("FRA_FWMARK"), r.get_attr("FRA_DST"), str(r.get("dst_len"))): r
+            for r in ipr.get_rules(family=2) if r.get_attr("FRA_PRIORITY") == LOCAL_MARK_PRIORITY}
+    for key in set(have) - want:
+        m, dst, plen = key
+        ipr.rule("del", family=2, priority=LOCAL_MARK_PRIORITY, fwmark=m, fwmask=0xFFFFFFFF, src=address, src_len=32,
+                 dst=dst, dst_len=int(plen), table=m)
+    for m, dst, plen in want - set(have):
+        ipr.rule("add", family=2, priority=LOCAL_MARK_PRIORITY, fwmark=m, fwmask=0xFFFFFFFF, src=address, src_len=32,
+                 dst=dst, dst_len=int(plen), table=m)
 
 
 def tables_report(tables: list[datapath.RuleTable], before: dict | None) -> dict:
@@ -87,6 +122,8 @@ class MuxAgent:
         self.digest = ""
         self.last_report: dict | None = None   # the last tables report
         self.reported: tuple | None = None
+        self.haproxy = proxy.Haproxy(RUN_DIR)
+        self.address = str(next(m for m in fabric.muxes if m.name == me).address)
 
     def health(self) -> datapath.Health:
         me = self.db.row("Mux", name=self.me)
@@ -114,6 +151,9 @@ class MuxAgent:
                 self.digest = report["digest"]
                 write_atomic(TABLES_PATH, json.dumps(report, sort_keys=True))
                 print(f"[mux-agent {self.me}] data path programmed ({how}; tables {self.digest})", flush=True)
+            said = self.haproxy.apply(proxy.config(facts, self.address))
+            if said:
+                print(f"[mux-agent {self.me}] {said}", flush=True)
             vips = datapath.announceable_vips(tables, health, facts)
             if vips != self.announced:
                 write_atomic(ANNOUNCE_PATH, json.dumps({"vips": vips, "at": time.time()}))

@@ -20,6 +20,10 @@ Per packet (all in the kernel, see docs/datapath.md):
   postrouting: a rule with sourceNat (seed 004's second design, not DSR): the client becomes
               this MUX's own address, so the backend answers the MUX, which un-NATs the reply
               to the client. Such a flow is tracked from its SYN, and lives on this MUX only.
+  proxyProtocol V2 (seed 004's fix for the client address source NAT loses): the client's
+              connection is sent to HAProxy on this MUX (dstnat, proxy_listen), which opens
+              its own to the VIP, PROXY v2 header first (mux/proxy.py); that connection takes
+              its DIP from the same Maglev table in the output path (chain reroute).
 """
 from __future__ import annotations
 
@@ -31,6 +35,8 @@ from muxlab.datapath import maglev, nfttable
 from muxlab.datapath.conventions import FASTPATH_NFLOG_GROUP, MUX_TABLE, ct_timeout_object, dip_mac, dip_mark, vxlan_ifname
 from muxlab.fabric.lab import Lab
 from muxlab.lb.facts import Backend, Facts, Rule
+
+from .proxy import listen_ports
 
 FASTPATH_LOGGED = "fastpath_logged"   # handshakes of VMs' connections handed to the agent for a redirect
 SOURCE_NAT_FLOWS = "source_nat_flows"  # flows of sourceNat rules this MUX source-NATed to itself
@@ -133,6 +139,7 @@ def ruleset(fabric: Lab, facts: Facts, tables: list[RuleTable], remedies: frozen
     differences (muxlab.datapath.nfttable.update). `address`: this MUX's own, the source of
     sourceNat rules' flows (None: the first MUX's, for a table to look at)."""
     address = address or str(fabric.muxes[0].address)
+    listen = listen_ports(facts)   # the one place rule -> HAProxy port is decided
     remedies = fabric.mtu_remedies if remedies is None else remedies
     classes = idle_classes(tables)
     objects = {f"counter {c}": f"counter {c} {{}}" for c in (
@@ -149,6 +156,12 @@ def ruleset(fabric: Lab, facts: Facts, tables: list[RuleTable], remedies: frozen
     # (VIP, proto, port) of the rules this MUX source-NATs (sourceNat): tracked from their SYN
     sets["source_nat_rules"] = nfttable.Set("set", "type ipv4_addr . inet_proto . inet_service;", dict.fromkeys(
         f"{s.rule.vip} . {s.rule.protocol} . {s.rule.port}" for s in tables if s.rule.source_nat))
+    # proxyProtocol rules: their clients go to HAProxy on this MUX's address, one port per rule
+    proxied = [s.rule for s in tables if s.rule.proxy_protocol]
+    sets["proxy_rules"] = nfttable.Set("set", "type ipv4_addr . inet_proto . inet_service;", dict.fromkeys(
+        f"{r.vip} . {r.protocol} . {r.port}" for r in proxied))
+    sets["proxy_listen"] = nfttable.Set("map", "type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service;",
+                                        {f"{r.vip} . {r.protocol} . {r.port}": f"{address} . {listen[r.key]}" for r in proxied})
     sets |= {f"idle_{proto}_{idle}_rules": nfttable.Set("set", "type ipv4_addr . inet_proto . inet_service;", dict.fromkeys(keys))
              for (proto, idle), keys in classes.items()}
     sets["services"] = nfttable.Set("map", "type ipv4_addr . inet_proto . inet_service : verdict;",
@@ -163,8 +176,9 @@ def ruleset(fabric: Lab, facts: Facts, tables: list[RuleTable], remedies: frozen
             # stateless paths keep no state
             "ip daddr . meta l4proto . th dport @nat_ports notrack return",
             "ip daddr . meta l4proto . th dport @snat_returns notrack return",
-            # a source-NATed flow must be tracked from its first packet (NAT binds there)
+            # a source-NATed or proxied flow must be tracked from its first packet (NAT binds there)
             "ip daddr . meta l4proto . th dport @source_nat_rules return",
+            "ip daddr . meta l4proto . th dport @proxy_rules return",
             "tcp flags & (syn | ack) == syn notrack return")),
         "prerouting": nfttable.Chain("type filter hook prerouting priority mangle; policy accept;", (
             "ip daddr != @vips return",
@@ -179,8 +193,18 @@ def ruleset(fabric: Lab, facts: Facts, tables: list[RuleTable], remedies: frozen
             "meta mark set ip daddr . meta l4proto . th dport map @nat_ports counter name nat_port_packets accept",
             "meta mark set ip daddr . meta l4proto . th dport map @snat_returns counter name snat_return_packets accept",
             "ct mark != 0 meta mark set ct mark accept",
+            # a proxied rule's client talks to HAProxy here (proxy_dnat), not to a DIP
+            "ip daddr . meta l4proto . th dport @proxy_rules accept",
             "ip daddr . meta l4proto . th dport vmap @services",
             "counter name no_service drop")),
+        "proxy_dnat": nfttable.Chain("type nat hook prerouting priority dstnat; policy accept;", (
+            "ip daddr . meta l4proto . th dport @proxy_rules dnat ip to ip daddr . meta l4proto . th dport map @proxy_listen",)),
+        # HAProxy's own connection to the VIP picks its DIP as a client's would (mark, then
+        # the DIP's policy route); mux.agent routes its first lookup past the VIP blackholes
+        "reroute": nfttable.Chain("type route hook output priority mangle; policy accept;", (
+            "ip daddr != @vips return",
+            "ct mark != 0 meta mark set ct mark accept",
+            "ip daddr . meta l4proto . th dport @proxy_rules ip daddr . meta l4proto . th dport vmap @services")),
     }
     for s in tables:
         chains[s.chain] = nfttable.Chain("", (

@@ -75,6 +75,11 @@ PLATFORM_ADDRESS = "168.63.129.16"  # Azure's AzureLoadBalancer / WireServer: he
 WIRESERVER_PORT = 80
 HEALTH_REPORT_PATH = "/machine?comp=health"
 GUEST_HEARTBEAT_S = 1.0             # how often a VM reports (Azure's guest agent: seconds to a minute)
+# A MUX's PROXY protocol rules (proxyProtocol V2): HAProxy listens on the MUX's own address,
+# one port per rule from this base, and the kernel sends the rule's clients there (mux/proxy.py)
+PROXY_PORT_BASE = 40000
+# The PROXY protocol v2 signature (haproxy.org/download/2.6/doc/proxy-protocol.txt, 2.2)
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
 
 def dip_mark(ip: ipaddress.IPv4Address | str) -> int:

@@ -245,6 +245,10 @@ class LoadBalancingRuleProperties(ReadOnly):
         "muxlab extension (not in Azure; seed 004's second design): the MUX source-NATs the client to its own "
         "address, so replies return through that MUX, which holds the flow (no DSR: the backend sees the MUX, a "
         "MUX failure breaks its flows; docs/scenarios.md)"))
+    proxyProtocol: Literal["None", "V2"] = Field("None", description=(
+        "muxlab extension (not in Azure; seed 004's fix for a proxy hiding the client): V2, the MUX terminates "
+        "the client's TCP connection (HAProxy) and opens its own to the backend, first sending a PROXY protocol v2 "
+        "header with the client's address and port"))
 
     @model_validator(mode="after")
     def _shape(self):
@@ -254,6 +258,9 @@ class LoadBalancingRuleProperties(ReadOnly):
             raise ValueError("a load-balancing rule needs backendAddressPool")
         if self.backendAddressPools and len(self.backendAddressPools) > 1:
             raise ValueError("one backend pool per rule in this lab (backendAddressPools has more than one)")
+        if self.proxyProtocol != "None" and (self.protocol != "Tcp" or self.enableFloatingIP):
+            raise ValueError(f"proxyProtocol {self.proxyProtocol} is a TCP stream's header: it needs protocol Tcp "
+                             f"(not {self.protocol}) and no enableFloatingIP (the MUX opens the backend connection)")
         if self.enableFloatingIP and self.backendPort != self.frontendPort:
             raise ValueError(f"with enableFloatingIP the packet arrives untouched, so backendPort "
                              f"({self.backendPort}) must equal frontendPort ({self.frontendPort})")

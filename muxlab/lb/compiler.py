@@ -112,7 +112,8 @@ def compile_facts(lbs: dict[str, LoadBalancer], fabric: Lab, allocations: dict[s
                 rules.append(Rule(lb_name, r.name if len(split) == 1 else f"{r.name}-{proto}", vip, proto,
                                   rp.frontendPort, rp.backendPort, f"{lb_name}/{rp.pool.name}", pools[rp.pool.name],
                                   rp.enableFloatingIP, probes.get(rp.probe.name) if rp.probe else no_probe,
-                                  rp.loadDistribution, rp.idleTimeoutInMinutes * spm, rp.enableTcpReset, rp.sourceNat))
+                                  rp.loadDistribution, rp.idleTimeoutInMinutes * spm, rp.enableTcpReset, rp.sourceNat,
+                                  rp.proxyProtocol == "V2"))
         for n in P.inboundNatRules:
             np_ = n.properties
             vip = fes.get(np_.frontendIPConfiguration.name)

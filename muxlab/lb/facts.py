@@ -59,6 +59,7 @@ class Rule:
     idle_s: int = 240     # idleTimeoutInMinutes, in lab seconds (Lab.seconds_per_minute)
     tcp_reset: bool = False
     source_nat: bool = False   # the MUX source-NATs the client to itself: replies come back through it
+    proxy_protocol: bool = False   # the MUX proxies the connection, sending a PROXY v2 header first
 
     @property
     def key(self) -> str:

@@ -23,7 +23,8 @@ TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "Probe": (("name",), ("name", "protocol", "port", "path", "interval", "timeout", "unhealthy_threshold",
                           "healthy_threshold", "semantics", "down_after")),
     "Rule": (("lb", "name"), ("lb", "name", "vip", "protocol", "port", "backend_port", "pool", "floating_ip", "probe",
-                              "distribution", "idle_s", "tcp_reset", "source_nat")),
+                              "distribution", "idle_s", "tcp_reset", "source_nat",
+                              "proxy_protocol")),
     "Backend": (("pool", "position"), ("pool", "position", "vm", "ip", "host", "admin")),
     "Nat_Port": (("vip", "protocol", "port"), ("lb", "rule", "vip", "protocol", "port", "vm", "ip", "host",
                                               "backend_port", "floating_ip", "idle_s", "tcp_reset")),
@@ -63,7 +64,8 @@ def rows_of(facts: Facts, host_of: Callable[[str], str]) -> Rows:
                 semantics=p.semantics, down_after=float(p.down_after))
         put("Rule", lb=r.lb, name=r.name, vip=str(r.vip), protocol=r.protocol, port=r.port, backend_port=r.backend_port,
             pool=r.pool, floating_ip=r.floating_ip, probe=r.probe.key if r.probe else "", distribution=r.distribution,
-            idle_s=r.idle_s, tcp_reset=r.tcp_reset, source_nat=r.source_nat)
+            idle_s=r.idle_s, tcp_reset=r.tcp_reset, source_nat=r.source_nat,
+            proxy_protocol=r.proxy_protocol)
     for pool, backends in pools.items():
         for i, b in enumerate(backends):
             put("Backend", pool=pool, position=i, vm=b.vm, ip=b.ip, host=host_of(b.vm), admin=b.admin)
@@ -154,7 +156,8 @@ def facts_of(rows: Rows) -> tuple[Facts, list[str]]:
         backends = tuple(b for _, b in sorted(pools.get(c["pool"], ()), key=lambda pb: pb[0]))
         return Rule(c["lb"], c["name"], address(c["vip"]), c["protocol"], int(c["port"]), int(c["backend_port"]),
                     c["pool"], backends, bool(c["floating_ip"]), probes.get(c["probe"]) if c["probe"] else None,
-                    c["distribution"], int(c["idle_s"]), bool(c["tcp_reset"]), bool(c["source_nat"]))
+                    c["distribution"], int(c["idle_s"]), bool(c["tcp_reset"]), bool(c["source_nat"]),
+                    bool(c["proxy_protocol"]))
     rules = converted("Rule", rule)
     nat = converted("Nat_Port", lambda c: NatPort(
         c["lb"], c["rule"], address(c["vip"]), c["protocol"], int(c["port"]), c["vm"], str(address(c["ip"])),

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from muxlab.datapath import conventions
 from muxlab.datapath.conventions import (GUEST_HEARTBEAT_S, HEALTH_REPORT_PATH, IMDS_ADDRESS, IMDS_PORT, PLATFORM_ADDRESS,
-                                         WIRESERVER_PORT)
+                                         PROXY_V2_SIGNATURE, WIRESERVER_PORT)
 from muxlab.fabric.lab import load_lab
 from muxlab.lb.metadata import LOADBALANCER_MIN_VERSION, guest_config
 
@@ -98,22 +98,57 @@ def fetch_loadbalancer(url: str = IMDS_URL, timeout: float = IMDS_TIMEOUT_S, tag
     return doc, tag
 
 
-def make_handlers(name: str):
+def proxy_v2(data: bytes) -> tuple[tuple[str, int] | None, int]:
+    """(the client a PROXY protocol v2 header names, or None for LOCAL or another family;
+    the header's length). ValueError: not a whole v2 header."""
+    if len(data) < 16 or not data.startswith(PROXY_V2_SIGNATURE) or data[12] >> 4 != 2:
+        raise ValueError("not a PROXY protocol v2 header")
+    length = 16 + int.from_bytes(data[14:16], "big")
+    if len(data) < length:
+        raise ValueError("a PROXY protocol v2 header cut short")
+    if data[12] & 0x0F == 1 and data[13] >> 4 == 1 and length >= 28:   # PROXY, AF_INET: src, dst, sport, dport
+        return (socket.inet_ntoa(data[16:20]), int.from_bytes(data[24:26], "big")), length
+    return None, length
+
+
+class Untrusted:
+    """PROXY headers that came from something other than a MUX: counted, for people and tests."""
+    lock = threading.Lock()
+    count = 0
+
+    @classmethod
+    def add(cls) -> None:
+        with cls.lock:
+            cls.count += 1
+            (RUN_DIR / "proxy-untrusted").write_text(f"{cls.count}\n")
+
+
+def make_handlers(name: str, trusted: frozenset[str] = frozenset()):
+    """`trusted`: the addresses whose PROXY headers count (the MUXes')."""
     reply = f"{name}\n".encode()
 
     class TCPHandler(socketserver.BaseRequestHandler):
         def handle(self):
             sock = self.request
             sock.settimeout(600)
+            client = self.client_address[:2]
             try:
                 data = sock.recv(65536)
+                if data.startswith(PROXY_V2_SIGNATURE):
+                    named, length = proxy_v2(data)
+                    if self.client_address[0] in trusted:
+                        client = named or client
+                    else:
+                        Untrusted.add()   # anyone can write a header: only a MUX's is believed
+                    data = data[length:] or sock.recv(65536)
                 if data[:4] in (b"GET ", b"HEAD"):
                     path = data.split(b" ", 2)[1] if b" " in data else b"/"
                     sick = path != b"/" and (RUN_DIR / "unhealthy").exists()
                     status = b"503 Service Unavailable" if sick else b"200 OK"
                     body = reply
                     sock.sendall(b"HTTP/1.0 " + status + b"\r\nContent-Type: text/plain\r\nContent-Length: "
-                                 + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+                                 + str(len(body)).encode() + f"\r\nX-Client: {client[0]}:{client[1]}".encode()
+                                 + b"\r\nConnection: close\r\n\r\n" + body)
                     return
                 while data:
                     if data.startswith(b"SINK "):
@@ -166,9 +201,9 @@ class UDPServer(socketserver.ThreadingUDPServer):
 class Guest:
     """Keeps one server per (protocol, port, address) the current state asks for."""
 
-    def __init__(self, name: str, dip: str):
+    def __init__(self, name: str, dip: str, trusted: frozenset[str] = frozenset()):
         self.name, self.dip = name, dip
-        self.tcp_handler, self.udp_handler = make_handlers(name)
+        self.tcp_handler, self.udp_handler = make_handlers(name, trusted)
         self.servers: dict[tuple[str, int, str], socketserver.BaseServer] = {}
         self.loopback: set[str] = set()
 
@@ -212,7 +247,7 @@ class Guest:
 def main() -> None:
     name = socket.gethostname()
     fabric = load_lab(FABRIC_PATH)
-    guest = Guest(name, str(fabric.vm(name).ip))
+    guest = Guest(name, str(fabric.vm(name).ip), frozenset(str(m.address) for m in fabric.muxes))
     threading.Thread(target=report_health, args=(name,), name="guest-agent", daemon=True).start()
     applied, failing, tag = None, "", None
     while True:

@@ -111,3 +111,41 @@ def test_source_nat_mode_hides_the_client_crosses_the_mux_and_dies_with_it(L):
         L.converged()
     finally:
         delete(L, *names)
+
+
+def x_client(L, source, address, port, prefix=b"") -> str:
+    """What the VM answering `address:port` believes is its client (its X-Client header)."""
+    code = (f"import socket; s=socket.create_connection(({address!r},{port}),timeout=5); "
+            f"s.sendall({prefix!r}+b'GET / HTTP/1.0\\r\\n\\r\\n'); d=b''\n"
+            "while True:\n c=s.recv(4096)\n if not c: break\n d+=c\n"
+            "print([l for l in d.decode().split(chr(13)+chr(10)) if l.startswith('X-Client:')][0].split()[1])")
+    return L.sh(source, f"python -c \"{code}\"").stdout.strip()
+
+
+def test_a_proxy_v2_header_gives_the_vm_its_client_back_and_is_trusted_only_from_a_mux(L):
+    """Seed 004's discussion: a proxy that hides the client must tell it (X-Forwarded-For at
+    layer 7; the PROXY protocol at layer 4), and the server may believe that only from the
+    proxy. The MUX's HAProxy sends a PROXY v2 header; a header from anything else is ignored
+    by the VM and counted."""
+    from tests.unit.test_proxy import header
+    names = apply_example(L, "source-nat.yml")
+    try:
+        L.wait_for("HAProxy listening on every MUX", lambda: all(
+            "40000" in L.sh(m.name, "ss -ltn", check=False).stdout for m in L.ref.lab.muxes), timeout=30)
+        res = L.flows("client1", SNAT_VIP, 8000, 60)
+        assert res["failures"] == 0 and len(res["by_dip"]) >= 4, res
+        assert x_client(L, "client1", SNAT_VIP, 8000).startswith("192.0.2.10:")   # the client, from the header
+        assert x_client(L, "client1", SNAT_VIP, 80).split(":")[0] in {str(m.address) for m in L.ref.lab.muxes}
+        # a client writes its own header through a DSR rule: the VM ignores it and counts it
+        before = {vm.name: untrusted(L, vm.name) for vm in L.ref.lab.vms}
+        forged = header(src="198.51.100.99", sport=1)
+        for _ in range(6):
+            assert x_client(L, "client1", "203.0.113.10", 80, forged).startswith("192.0.2.10:")
+        assert sum(untrusted(L, vm.name) - before[vm.name] for vm in L.ref.lab.vms) == 6
+    finally:
+        delete(L, *names)
+
+
+def untrusted(L, vm) -> int:
+    out = L.sh(vm, "cat /run/muxlab/proxy-untrusted 2>/dev/null || echo 0").stdout.strip()
+    return int(out or 0)
