@@ -195,6 +195,11 @@ def handler_for(meta: Metadata):
 
 def serve(meta: Metadata, address: str = IMDS_ADDRESS, port: int = IMDS_PORT) -> Server:
     """Start the service in a daemon thread; returns the server (server.shutdown() stops it)."""
-    server = Server((address, port), handler_for(meta))
-    threading.Thread(target=server.serve_forever, name="imds", daemon=True).start()
+    return serve_in_thread(handler_for(meta), address, port, "imds")
+
+
+def serve_in_thread(handler: type[BaseHTTPRequestHandler], address: str, port: int, name: str) -> Server:
+    """A platform address's HTTP service (IMDS, the WireServer), in a daemon thread."""
+    server = Server((address, port), handler)
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
     return server

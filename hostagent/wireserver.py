@@ -25,7 +25,7 @@ from muxlab.fabric.lab import Lab
 from muxlab.lb import metadata
 from muxlab.lb.facts import Probe
 
-from .imds import Server
+from .imds import Server, serve_in_thread
 
 MAX_BODY = 64 * 1024
 STATES = ("Ready", "NotReady")
@@ -134,6 +134,4 @@ def handler_for(reports: Reports) -> type[BaseHTTPRequestHandler]:
 
 def serve(reports: Reports, address: str = PLATFORM_ADDRESS, port: int = WIRESERVER_PORT) -> Server:
     """Start the WireServer in a daemon thread; returns the server."""
-    server = Server((address, port), handler_for(reports))
-    threading.Thread(target=server.serve_forever, name="wireserver", daemon=True).start()
-    return server
+    return serve_in_thread(handler_for(reports), address, port, "wireserver")

@@ -121,6 +121,12 @@ class _Problems:
             return None
         return v
 
+    def required_name(self, a: dict, path: str) -> str | None:
+        """A name the element cannot go without (the service's, a role's)."""
+        if "name" not in a:
+            self.bad(f"{path}/@name", None, "required attribute is missing")
+        return self.name(a, path)
+
     def no_children(self, el: Element, path: str) -> None:
         for tag, child, cpath in _children(el, path):
             self.bad(cpath, tag, "unknown element (this element has no children)")
@@ -275,12 +281,7 @@ READERS = {"InputEndpoint": _read_input, "InstanceInputEndpoint": _read_instance
 
 
 def _read_role(el: Element, path: str, P: _Problems) -> tuple[str | None, list[_Endpoint]]:
-    name = el.attrib.get("name")
-    if name is None:
-        P.bad(f"{path}/@name", None, "required attribute is missing")
-    elif not is_azure_name(name):
-        P.bad(f"{path}/@name", name, NAME_RULE)
-        name = None
+    name = P.required_name(el.attrib, path)
     endpoints: list[_Endpoint] = []
     where = f"{path}/Endpoints"
     for tag, child, cpath in _children(el, path):
@@ -505,12 +506,7 @@ def parse_csdef(xml_text: str | bytes, roles: dict, fabric: Lab) -> tuple[str, L
     ({vip: ADDRESS, roles: {ROLE: [VM, ...]}}); ModelError naming every problem."""
     root = _xml_root(xml_text)
     P = _Problems()
-    service = root.attrib.get("name")
-    if service is None:
-        P.bad(f"{ROOT}/@name", None, "required attribute is missing")
-    elif not is_azure_name(service):
-        P.bad(f"{ROOT}/@name", service, NAME_RULE)
-        service = None
+    service = P.required_name(root.attrib, ROOT)
     probes: list[_Probe] = []
     role_paths: dict[str, str] = {}
     endpoints: list[_Endpoint] = []
