@@ -475,7 +475,15 @@ def rule_health(name: LbName, rule: ChildName):
             state, why, since = "Up", f"probe {r.probe.key} succeeds", probe["since"]
         else:
             state, why, since = "Down", f"probe {r.probe.key} fails: {probe['reason']}", probe["since"]
-        out.append({"name": b.vm, "ipAddress": b.ip, "host": host, "state": state, "reason": why, "since": since})
+        out.append({"name": b.vm, "ipAddress": b.ip, "host": host, "state": state, "reason": why, "since": since,
+                    "probedDown": bool(probe and not probe["up"] and b.admin == "None" and host in alive)})
+    if r.probe and r.probe.all_down_is_up and not any(o["state"] == "Up" for o in out):
+        # noHealthyBackendsBehavior AllProbedUp: the MUXes give every backend the probe took out new flows
+        for o in out:
+            if o["probedDown"]:
+                o["state"], o["reason"] = "Up", f"every backend is probed down and {r.probe.key} is AllProbedUp: all up"
+    for o in out:
+        del o["probedDown"]
     return {"loadBalancingRule": rule, "up": sum(o["state"] == "Up" for o in out),
             "down": sum(o["state"] == "Down" for o in out), "loadBalancerBackendAddresses": out}
 

@@ -27,6 +27,7 @@ Per packet (all in the kernel, see docs/datapath.md):
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from dataclasses import dataclass, field
@@ -90,9 +91,14 @@ def rule_tables(fabric: Lab, facts: Facts, health: Health) -> list[RuleTable]:
         # Size from the whole pool, not the healthy part: a table that keeps its size only
         # moves the buckets of the backends that left.
         size = fabric.effective_table_size(len(rule.backends))
-        identity = (size, tuple(sorted((b.vm, b.admin) for b in rule.backends)), rule.probe.key if rule.probe else None)
+        identity = (size, tuple(sorted((b.vm, b.admin) for b in rule.backends)),
+                    None if rule.probe is None else (rule.probe.key, "AllProbedUp") if rule.probe.all_down_is_up
+                    else rule.probe.key)
         if identity not in computed:   # a table depends on these and health alone: compute it once
             names = sorted(b.vm for b in rule.backends if in_rotation(fabric, health, rule, b))
+            if not names and rule.probe and rule.probe.all_down_is_up:
+                # noHealthyBackendsBehavior AllProbedUp: the probe has no say when it says no to all
+                names = sorted(b.vm for b in rule.backends if in_rotation(fabric, health, dataclasses.replace(rule, probe=None), b))
             computed[identity] = (maglev_table(tuple(names), size),
                                   "maglev_" + hashlib.sha1(repr(identity).encode()).hexdigest()[:12])
         table, name = computed[identity]

@@ -185,6 +185,9 @@ class BackendAddressPoolProperties(ReadOnly):
     loadBalancerBackendAddresses: list[BackendAddress] = []
     loadBalancingRules: list[Ref] | None = None
     outboundRules: list[Ref] | None = None
+    # Azure has an IP-based pool name its VNet, and may sync it; the lab has one VNet: accepted as written
+    virtualNetwork: Ref | None = None
+    syncMode: Literal["Automatic", "Manual"] | None = None
 
 
 class BackendAddressPool(Child):
@@ -201,6 +204,9 @@ class ProbeProperties(ReadOnly):
     intervalInSeconds: int = Field(15, ge=LAB_MIN_PROBE_INTERVAL, le=2147483647)
     probeThreshold: int = Field(1, ge=1, le=100)
     numberOfProbes: int | None = Field(None, ge=1, le=100)   # Azure's older name: consecutive failures out
+    noHealthyBackendsBehavior: Literal["AllProbedDown", "AllProbedUp"] = Field("AllProbedDown", description=(
+        "Azure's: when every backend is probed down, AllProbedDown gives no new flows, AllProbedUp gives every "
+        "backend new flows (as if all were up)"))
     timeoutInSeconds: int | None = Field(None, ge=1, le=2147483647, description=(
         "classic cloud services only (a load balancer with cloudService): no positive answer for this long takes "
         "the instance out (seed 003; docs/manager.md, classic probes)"))
@@ -211,8 +217,6 @@ class ProbeProperties(ReadOnly):
         if self.protocol == "Http":
             if not self.requestPath:
                 raise ValueError("an Http probe needs requestPath")
-            if not self.requestPath.startswith("/"):
-                raise ValueError(f"requestPath {self.requestPath!r} must start with '/'")
             if not PROBE_PATH.fullmatch(self.requestPath):
                 # it goes into the probe's request line: no space, no CR/LF, nothing a URI does not have
                 raise ValueError(f"requestPath {self.requestPath!r}: URI characters only, at most 1024")

@@ -29,12 +29,14 @@ def probe_fact(lb_name: str, p, classic: bool) -> Probe:
     pp = p.properties
     threshold = pp.numberOfProbes or pp.probeThreshold
     timeout = min(pp.intervalInSeconds / 2, 5.0)
+    path = "/" + (pp.requestPath or "").lstrip("/")   # Azure's own examples write "healthcheck.aspx"
+    all_up = pp.noHealthyBackendsBehavior == "AllProbedUp"
     if not classic:
-        return Probe(f"{lb_name}/{p.name}", pp.protocol.lower(), pp.port, pp.requestPath or "/",
-                     float(pp.intervalInSeconds), timeout, threshold, threshold)
+        return Probe(f"{lb_name}/{p.name}", pp.protocol.lower(), pp.port, path, float(pp.intervalInSeconds), timeout,
+                     threshold, threshold, all_down_is_up=all_up)
     down_after = pp.timeoutInSeconds or CLASSIC_TIMEOUT(pp.intervalInSeconds)
-    return Probe(f"{lb_name}/{p.name}", pp.protocol.lower(), pp.port, pp.requestPath or "/",
-                 float(pp.intervalInSeconds), timeout, 1, 1, "classic", float(down_after))
+    return Probe(f"{lb_name}/{p.name}", pp.protocol.lower(), pp.port, path, float(pp.intervalInSeconds), timeout,
+                 1, 1, "classic", float(down_after), all_up)
 
 
 def guest_probe(lb_name: str) -> Probe:

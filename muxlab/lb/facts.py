@@ -34,6 +34,7 @@ class Probe:
     healthy_threshold: int
     semantics: str = "threshold"   # SEMANTICS
     down_after: float = 0.0        # classic: seconds without a positive answer that take a backend out
+    all_down_is_up: bool = False   # noHealthyBackendsBehavior AllProbedUp: every backend probed down = all up
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from .facts import Backend, Facts, InternalEndpoint, NatPort, Probe, Rule, Snat
 TABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "Frontend": (("address",), ("address", "hairpin_snat")),
     "Probe": (("name",), ("name", "protocol", "port", "path", "interval", "timeout", "unhealthy_threshold",
-                          "healthy_threshold", "semantics", "down_after")),
+                          "healthy_threshold", "semantics", "down_after",
+                          "all_down_is_up")),
     "Rule": (("lb", "name"), ("lb", "name", "vip", "protocol", "port", "backend_port", "pool", "floating_ip", "probe",
                               "distribution", "idle_s", "tcp_reset", "source_nat",
                               "proxy_protocol")),
@@ -61,7 +62,7 @@ def rows_of(facts: Facts, host_of: Callable[[str], str]) -> Rows:
             p = r.probe
             put("Probe", name=p.key, protocol=p.protocol, port=p.port, path=p.path, interval=float(p.interval),
                 timeout=float(p.timeout), unhealthy_threshold=p.unhealthy_threshold, healthy_threshold=p.healthy_threshold,
-                semantics=p.semantics, down_after=float(p.down_after))
+                semantics=p.semantics, down_after=float(p.down_after), all_down_is_up=p.all_down_is_up)
         put("Rule", lb=r.lb, name=r.name, vip=str(r.vip), protocol=r.protocol, port=r.port, backend_port=r.backend_port,
             pool=r.pool, floating_ip=r.floating_ip, probe=r.probe.key if r.probe else "", distribution=r.distribution,
             idle_s=r.idle_s, tcp_reset=r.tcp_reset, source_nat=r.source_nat,
@@ -144,7 +145,8 @@ def facts_of(rows: Rows) -> tuple[Facts, list[str]]:
 
     probes = {p.key: p for p in converted("Probe", lambda c: Probe(
         c["name"], c["protocol"], int(c["port"]), c["path"], float(c["interval"]), float(c["timeout"]),
-        int(c["unhealthy_threshold"]), int(c["healthy_threshold"]), c["semantics"], float(c["down_after"])))}
+        int(c["unhealthy_threshold"]), int(c["healthy_threshold"]), c["semantics"], float(c["down_after"]),
+        bool(c["all_down_is_up"])))}
     pools: dict[str, list[tuple[int, Backend]]] = {}
     for pool, position, b in converted("Backend", lambda c: (c["pool"], int(c["position"]),
                                                              Backend(c["vm"], str(address(c["ip"])), c["admin"]))):

@@ -305,3 +305,43 @@ def test_apply_an_arm_template_as_it_is_then_list_show_delete(L, tmp_path):
     cli("lb", "delete", "arm-lb", "--name", E2E_LAB)
     L.synced()
     L.wait_for("the ARM VIP gone", lambda: vip_nexthops(L.ref, [vip])[vip] == [], timeout=15)
+
+
+@pytest.mark.parametrize("behaviour", ["AllProbedDown", "AllProbedUp"])
+def test_no_healthy_backends_behaviour_in_the_data_path(L, behaviour):
+    """Azure's noHealthyBackendsBehavior: when the probe takes every backend out, AllProbedDown
+    serves nothing new and AllProbedUp serves them all."""
+    lb = {"properties": {
+        "frontendIPConfigurations": [{"name": "fe", "properties": {"publicIPAddress": {
+            "id": "/publicIPAddresses/allup-pip", "properties": {"ipAddress": "203.0.113.60"}}}}],
+        "backendAddressPools": [{"name": "p", "properties": {"loadBalancerBackendAddresses": [
+            {"name": "vm5", "properties": {"ipAddress": "10.1.3.15"}},
+            {"name": "vm6", "properties": {"ipAddress": "10.1.3.16"}}]}}],
+        "probes": [{"name": "h", "properties": {"protocol": "Http", "port": 8080, "requestPath": "/allup",
+                                                "intervalInSeconds": 1, "probeThreshold": 1,
+                                                "noHealthyBackendsBehavior": behaviour}}],
+        "loadBalancingRules": [{"name": "r", "properties": {
+            "frontendIPConfiguration": {"id": "frontendIPConfigurations/fe"}, "backendAddressPool": {"id": "backendAddressPools/p"},
+            "probe": {"id": "probes/h"}, "protocol": "Tcp", "frontendPort": 80, "backendPort": 8080,
+            "disableOutboundSnat": True}}]}}
+    L.api.put("/loadBalancers/allup", lb)
+    L.synced()
+    try:
+        assert L.flows("client1", "203.0.113.60", 80, 40)["failures"] == 0
+        for vm in ("vm5", "vm6"):
+            L.sh(vm, "touch /run/muxlab/unhealthy")   # its probe path answers 503
+        health = lambda: L.api.post("/loadBalancers/allup/loadBalancingRules/r/health", {})  # noqa: E731
+        L.wait_for("the probe to take both out", lambda: all(
+            "fails" in b["reason"] or "AllProbedUp" in b["reason"] for b in health()["loadBalancerBackendAddresses"]),
+            timeout=20)
+        res = L.flows("client1", "203.0.113.60", 80, 40)
+        if behaviour == "AllProbedDown":
+            assert res["served"] == 0, res
+        else:
+            assert res["failures"] == 0 and set(res["by_dip"]) == {"vm5", "vm6"}, res
+            assert health()["up"] == 2
+    finally:
+        for vm in ("vm5", "vm6"):
+            L.sh(vm, "rm -f /run/muxlab/unhealthy")
+        L.api.delete("/loadBalancers/allup")
+        L.synced()

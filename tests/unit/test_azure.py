@@ -95,7 +95,7 @@ BAD = [
     ("probe protocol", lambda r: web(r)["probes"][0]["properties"].update(protocol="Https"), f"{W}.probes[0].properties.protocol", "'Tcp' or 'Http'"),
     ("http probe without path", lambda r: web(r)["probes"][0]["properties"].pop("requestPath"), f"{W}.probes[0].properties", "needs requestPath"),
     ("tcp probe with path", lambda r: web(r)["probes"][1]["properties"].update(requestPath="/x"), f"{W}.probes[1].properties", "only Http probes"),
-    ("probe path without slash", lambda r: web(r)["probes"][0]["properties"].update(requestPath="health"), f"{W}.probes[0].properties", "must start with '/'"),
+    ("probe path with a space", lambda r: web(r)["probes"][0]["properties"].update(requestPath="/he alth"), f"{W}.probes[0].properties", "URI characters"),
     ("probe interval 0", lambda r: web(r)["probes"][0]["properties"].update(intervalInSeconds=0), f"{W}.probes[0].properties.intervalInSeconds", "greater than or equal to 1"),
     ("probe threshold 0", lambda r: web(r)["probes"][0]["properties"].update(probeThreshold=0), f"{W}.probes[0].properties.probeThreshold", "greater than or equal to 1"),
     ("probe port 0", lambda r: web(r)["probes"][0]["properties"].update(port=0), f"{W}.probes[0].properties.port", "greater than or equal to 1"),
@@ -332,3 +332,17 @@ def test_an_internal_frontend_in_a_secondary_subnet_takes_a_free_address(address
     raw["properties"]["frontendIPConfigurations"][0]["properties"]["privateIPAddress"] = address
     problems = check({"ilb2": parse_lb(raw)}, fabric())
     assert len(problems) == 1 and problems[0][1] == address and says in problems[0][2], problems
+
+
+def test_what_azure_s_own_examples_write_is_accepted():
+    """Never stricter than Azure: a probe path without its leading '/' (Azure's examples write
+    "healthcheck.aspx"), an IP-based pool's virtualNetwork and syncMode."""
+    from muxlab.lb.compiler import compile_facts
+    from tests.unit.conftest import default_lbs, fabric
+    raw = canonical(default_lbs()["web"])
+    raw["properties"]["probes"][0]["properties"]["requestPath"] = "healthcheck.aspx"
+    raw["properties"]["backendAddressPools"][0]["properties"].update(
+        virtualNetwork={"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/vnet"},
+        syncMode="Manual")
+    facts = compile_facts({"web": parse_lb(raw)}, fabric())
+    assert {r.probe.path for r in facts.rules if r.name == "http"} == {"/healthcheck.aspx"}

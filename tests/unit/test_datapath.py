@@ -215,3 +215,17 @@ def test_host_keeps_vms_off_the_management_interface():
     fwd = text.split("chain forward {")[1].split("}")[0].splitlines()
     assert fwd[2].strip() == 'iifname "br0" oifname "eth0" counter name to_management drop'
     assert 'iifname "br0" ip daddr @management counter name to_management drop' in text.split("chain input {")[1]
+
+
+@pytest.mark.parametrize("behaviour,want", [("AllProbedDown", set()), ("AllProbedUp", {"vm1", "vm2", "vm3", "vm4", "vm5", "vm6"})])
+def test_no_healthy_backends_behaviour(behaviour, want):
+    """Azure's noHealthyBackendsBehavior: every backend probed down gives no new flows, or all
+    of them (AllProbedUp); an adminState Down backend stays out either way."""
+    lbs = default_lbs()
+    web = lbs["web"].model_copy(deep=True)
+    web.properties.probes[0].properties.noHealthyBackendsBehavior = behaviour
+    every = ("vm1", "vm2", "vm3", "vm4", "vm5", "vm6")
+    assert set(tables(sick(*every), {**lbs, "web": web})["web/http"].table) - {None} == want
+    assert set(tables(sick("vm1"), {**lbs, "web": web})["web/http"].table) == set(every) - {"vm1"}   # some up: as ever
+    web.properties.backendAddressPools[0].properties.loadBalancerBackendAddresses[1].properties.adminState = "Down"
+    assert "vm2" not in set(tables(sick(*every), {**lbs, "web": web})["web/http"].table)
