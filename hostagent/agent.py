@@ -30,12 +30,12 @@ from muxlab.node.runtime import FABRIC_PATH
 
 from . import datapath, fastpath, imds, wireserver
 from .usage import nft_counters, snat_ports_in_use
-from .probes import Prober, probe_targets
+from .probes import Prober, probe_targets, reason_code
 
 TABLES = {**FACT_COLUMNS, "Backend_Health": None, "Chassis": ["name", "nb_cfg", "synced_at", "snat_usage"]}
 USAGE_EVERY_S = 3.0   # SNAT usage (a conntrack listing), written when it changed
 # this agent writes these and need not be woken when anybody does
-QUIET = ([("Backend_Health", c) for c in ("host", "vm", "probe", "up", "reason", "since")]
+QUIET = ([("Backend_Health", c) for c in ("host", "vm", "probe", "up", "reason", "code", "since")]
          + [("Chassis", c) for c in ("nb_cfg", "synced_at", "snat_usage")])
 
 
@@ -161,8 +161,10 @@ class HostAgent:
         states = {key: st for key, st in self.prober.states.items() if key in self.targets}
         stale = [r for r in db.rows("Backend_Health") if r.host == self.me and (r.vm, r.probe) not in states]
         held = {(r.vm, r.probe): r for r in db.rows("Backend_Health")}
+        code = {key: reason_code(st, self.targets[key][0]) for key, st in states.items()}
         changed = [((vm, probe), st) for (vm, probe), st in states.items()
-                   if (r := held.get((vm, probe))) is None or (r.up, r.reason, r.host) != (st.up, reason(st), self.me)]
+                   if (r := held.get((vm, probe))) is None
+                   or (r.up, r.reason, r.code, r.host) != (st.up, reason(st), code[(vm, probe)], self.me)]
         # applied means the VMs have it too: they learn their ports from IMDS, not from OVSDB
         cfg = self.reported_cfg if self.metadata.behind(time.monotonic()) and self.reported_cfg >= 0 else nb_cfg(db)
         if not (changed or stale or cfg != self.reported_cfg or usage != self.snat_usage):
@@ -173,7 +175,7 @@ class HostAgent:
                 r.delete()
             for (vm, probe), st in changed:
                 db.upsert(txn, "Backend_Health", {"vm": vm, "probe": probe}, host=self.me, up=st.up,
-                          reason=reason(st), since=st.since)
+                          reason=reason(st), code=code[(vm, probe)], since=st.since)
             extra = {"snat_usage": usage} if usage != self.snat_usage else {}
             if cfg != self.reported_cfg:
                 extra |= {"nb_cfg": cfg, "synced_at": time.time()}

@@ -97,6 +97,29 @@ class ClassicState:
         return asdict(self)
 
 
+# Azure's per-backend health reasons (loadBalancingRules/{rule}/health); the host knows the
+# probe's own, the managers add the administrative ones (manager/api.py)
+UP, APPROACHING_DOWN = "Up_Probe_Success", "Up_Probe_ApproachingUnhealthyThreshold"
+APPROACHING_UP = "Down_Probe_ApproachingHealthyThreshold"
+TCP_TIMEOUT, HTTP_STATUS, HTTP_UNREACHABLE, HTTP_NO_RESPONSE = (
+    "Down_Probe_TcpProbeTimeout", "Down_Probe_HttpStatusCodeError", "Down_Probe_HttpEndpointUnreachable",
+    "Down_Probe_HttpNoResponse")
+
+
+def reason_code(st: ProbeState | ClassicState, probe: Probe) -> str:
+    """Azure's reason for a backend's state, from its probe's history."""
+    error = st.last_error
+    if st.up:
+        return APPROACHING_DOWN if getattr(st, "fail_streak", 0) or (error and isinstance(st, ClassicState)) else UP
+    if st.ok_streak:
+        return APPROACHING_UP
+    if probe.protocol != "http":
+        return TCP_TIMEOUT   # a TCP probe (or the guest's report) had no answer
+    if error.startswith("HTTP "):
+        return HTTP_STATUS
+    return HTTP_UNREACHABLE if "Refused" in error or "Unreachable" in error else HTTP_NO_RESPONSE
+
+
 def new_state(probe: Probe, now: float) -> ProbeState | ClassicState:
     if probe.semantics == "classic":
         return ClassicState(since=now, last_ok=now)

@@ -457,31 +457,39 @@ def rule_health(name: LbName, rule: ChildName):
     alive = {h["name"] for h in snap["hosts"] if h["alive"]}
     out = []
     r = rules[0]
+    timeout = "Down_Probe_HttpNoResponse" if r.probe and r.probe.protocol == "http" else "Down_Probe_TcpProbeTimeout"
     for b in r.backends:
         host = fabric.vm(b.vm).host
         probe = probes.get((b.vm, r.probe.key)) if r.probe else None
         since = None   # when the probe's verdict last changed, by the host's clock (when a probe decided)
+        # (state, Azure's reason code, the lab's words)
         if b.admin == "Down":
-            state, why = "Down", "adminState is Down"
-        elif host not in alive:
-            state, why = "Down", f"host {host} is dead: a MUX stopped hearing its liveness beacons"
+            state, code, why = "Down", "Down_Admin", "adminState is Down"
+        elif host not in alive:   # its probes stopped with its host: to Azure, a probe with no answer
+            state, code, why = "Down", timeout, f"host {host} is dead: a MUX stopped hearing its liveness beacons"
         elif b.admin == "Up":
-            state, why = "Up", "adminState is Up (probes ignored)"
+            state, code, why = "Up", "Up_Admin", "adminState is Up (probes ignored)"
         elif r.probe is None:
-            state, why = "Up", "no probe on this rule"
+            state, code, why = "Up", "Up_Probe_Success", "no probe on this rule"
         elif probe is None:
-            state, why = "Up", f"probe {r.probe.key} not reported yet"
+            state, code, why = "Up", "Up_Probe_Success", f"probe {r.probe.key} not reported yet"
         elif probe["up"]:
-            state, why, since = "Up", f"probe {r.probe.key} succeeds", probe["since"]
+            state, code, why, since = "Up", probe["code"] or "Up_Probe_Success", f"probe {r.probe.key} succeeds", probe["since"]
         else:
-            state, why, since = "Down", f"probe {r.probe.key} fails: {probe['reason']}", probe["since"]
-        out.append({"name": b.vm, "ipAddress": b.ip, "host": host, "state": state, "reason": why, "since": since,
-                    "probedDown": bool(probe and not probe["up"] and b.admin == "None" and host in alive)})
-    if r.probe and r.probe.all_down_is_up and not any(o["state"] == "Up" for o in out):
-        # noHealthyBackendsBehavior AllProbedUp: the MUXes give every backend the probe took out new flows
+            state, code, why, since = ("Down", probe["code"] or timeout, f"probe {r.probe.key} fails: {probe['reason']}",
+                                       probe["since"])
+        out.append({"name": b.vm, "ipAddress": b.ip, "host": host, "state": state, "reason": code, "detail": why,
+                    "since": since, "probedDown": bool(probe and not probe["up"] and b.admin == "None" and host in alive)})
+    if r.probe and not any(o["state"] == "Up" for o in out) and any(o["probedDown"] for o in out):
         for o in out:
-            if o["probedDown"]:
-                o["state"], o["reason"] = "Up", f"every backend is probed down and {r.probe.key} is AllProbedUp: all up"
+            if not o["probedDown"]:
+                continue
+            if r.probe.all_down_is_up:   # noHealthyBackendsBehavior AllProbedUp: the MUXes give them all new flows
+                o["state"], o["reason"] = "Up", "Up_Probe_AllDownIsUp"
+                o["detail"] = f"every backend is probed down and {r.probe.key} is AllProbedUp: all up"
+            else:
+                o["reason"] = "Down_Probe_NoHealthyBackend"
+                o["detail"] += " (and so is every other backend: no new flows)"
     for o in out:
         del o["probedDown"]
     return {"loadBalancingRule": rule, "up": sum(o["state"] == "Up" for o in out),

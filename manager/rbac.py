@@ -39,7 +39,7 @@ AGENT_TARGET = f"pssl:{OVSDB_PORT}"   # every address: all managers share this r
 PERMISSIONS: dict[str, tuple[list[str], bool, list[str]]] = {
     "Chassis": (["name"], False, ["nb_cfg", "synced_at", "snat_usage"]),
     "Mux": (["name"], False, ["nb_cfg", "synced_at", "tables_digest", "announced", "dead_hosts"]),
-    "Backend_Health": (["host"], True, ["up", "reason", "since"]),
+    "Backend_Health": (["host"], True, ["up", "reason", "code", "since"]),
 }
 
 

@@ -218,7 +218,8 @@ class Store:
                 "invalid": list(rows.invalid),   # rows written around the API: skipped, [{name, reason}]
                 "allocations": dict(rows.allocations),
                 "mtu_remedies": sorted(g[0].mtu_remedies) if g else sorted(self.fabric.mtu_remedies),
-                "health": [{"host": r.host, "vm": r.vm, "probe": r.probe, "up": r.up, "reason": r.reason, "since": r.since}
+                "health": [{"host": r.host, "vm": r.vm, "probe": r.probe, "up": r.up, "reason": r.reason, "code": r.code,
+                            "since": r.since}
                            for r in db.rows("Backend_Health")],
                 # a host is dead when a MUX finds its liveness beacons stopped (muxlab/node/liveness.py)
                 "hosts": [{"name": r.name, "nb_cfg": r.nb_cfg, "synced_at": r.synced_at,

@@ -145,8 +145,10 @@ def health(ref: LabRef, lb: str, rule: str) -> dict:
 
 
 def format_health(h: dict) -> str:
-    lines = [f"rule {h['loadBalancingRule']}: {h['up']} up, {h['down']} down", f"{'BACKEND':<8} {'ADDRESS':<12} {'STATE':<6} WHY"]
-    lines += [f"{b['name']:<8} {b['ipAddress']:<12} {b['state']:<6} {b['reason']}" for b in h["loadBalancerBackendAddresses"]]
+    lines = [f"rule {h['loadBalancingRule']}: {h['up']} up, {h['down']} down",
+             f"{'BACKEND':<8} {'ADDRESS':<12} {'STATE':<6} {'REASON (Azure)':<40} WHY"]
+    lines += [f"{b['name']:<8} {b['ipAddress']:<12} {b['state']:<6} {b['reason']:<40} {b['detail']}"
+              for b in h["loadBalancerBackendAddresses"]]
     return "\n".join(lines)
 
 

@@ -97,7 +97,8 @@ def _health(ref: LabRef, a: dict) -> dict:
     rows = tenant.health(ref, a["lb"], a["rule"])["loadBalancerBackendAddresses"]
     return {"up": sorted(r["name"] for r in rows if r["state"] == "Up"),
             "down": sorted(r["name"] for r in rows if r["state"] != "Up"),
-            "why": {r["name"]: r["reason"] for r in rows if r["state"] != "Up"}}
+            "why": {r["name"]: r["detail"] for r in rows if r["state"] != "Up"},
+            "reasons": {r["name"]: r["reason"] for r in rows}}
 
 
 def _tables(ref: LabRef, a: dict) -> dict:

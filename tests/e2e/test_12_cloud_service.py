@@ -34,6 +34,12 @@ def in_rotation(L, rule) -> set[str]:
     return set(tables.get(f"{LB}/{rule}", []))
 
 
+def reason(L, rule, vm) -> str:
+    """Azure's reason code for `vm` in the rule's health."""
+    h = L.api.post(f"/loadBalancers/{LB}/loadBalancingRules/{rule}/health", {})
+    return next(b["reason"] for b in h["loadBalancerBackendAddresses"] if b["name"] == vm)
+
+
 def host_counter(L, host, name) -> int:
     out = L.sh(host, f"nft list counter ip muxlab_host {name}").stdout
     return int(re.search(r"packets (\d+)", out).group(1))
@@ -134,6 +140,7 @@ def test_an_http_answer_other_than_200_takes_the_instance_out_at_once(L, fast):
     L.wait_for("vm3 out of rotation", lambda: "vm3" not in in_rotation(L, "HTTP_Probe"), timeout=20)
     res = L.flows("client1", VIP, 80, 120)
     assert res["failures"] == 0 and set(res["by_dip"]) == {"vm1", "vm5"}
+    assert reason(L, "HTTP_Probe", "vm3") == "Down_Probe_HttpStatusCodeError"   # Azure's reason code
     # the first positive answer puts it back right away
     L.sh("vm3", f"rm -f {RUN_DIR}/unhealthy")
     L.wait_for("vm3 back in rotation", lambda: "vm3" in in_rotation(L, "HTTP_Probe"), timeout=20)
@@ -146,6 +153,8 @@ def test_no_positive_answer_for_the_timeout_takes_the_instance_out_and_not_befor
     L.fail("vm5", "stop-service")   # connections refused: silence, not an answer
     L.wait_for("vm5 out of rotation", lambda: "vm5" not in in_rotation(L, "HTTP_Probe"), timeout=timeout + 20)
     assert time.monotonic() - t0 >= timeout - 1.5   # held in while the timeout ran (a lower bound only)
+    L.wait_for("the health API to say why", lambda: reason(L, "HTTP_Probe", "vm5") == "Down_Probe_HttpEndpointUnreachable",
+               timeout=10)   # refused connections: the probe's endpoint is unreachable
     L.heal("vm5")
     L.wait_for("vm5 back in rotation", lambda: "vm5" in in_rotation(L, "HTTP_Probe"), timeout=20)
 

@@ -78,7 +78,7 @@ def test_admin_state_down_takes_no_new_flows_and_keeps_established_ones(L):
         assert "vm2" not in L.assert_mux_tables_identical()["web/http"]
         h = json.loads(cli("health", "web", "http", "--json", "--name", E2E_LAB).stdout)
         vm2 = next(b for b in h["loadBalancerBackendAddresses"] if b["name"] == "vm2")
-        assert (vm2["state"], vm2["reason"]) == ("Down", "adminState is Down")
+        assert (vm2["state"], vm2["reason"], vm2["detail"]) == ("Down", "Down_Admin", "adminState is Down")
         res = L.flows("client1", "web", 80, 300)
         assert res["failures"] == 0 and "vm2" not in res["by_dip"]
         run = hold.result()
@@ -332,14 +332,16 @@ def test_no_healthy_backends_behaviour_in_the_data_path(L, behaviour):
             L.sh(vm, "touch /run/muxlab/unhealthy")   # its probe path answers 503
         health = lambda: L.api.post("/loadBalancers/allup/loadBalancingRules/r/health", {})  # noqa: E731
         L.wait_for("the probe to take both out", lambda: all(
-            "fails" in b["reason"] or "AllProbedUp" in b["reason"] for b in health()["loadBalancerBackendAddresses"]),
+            "fails" in b["detail"] or "AllProbedUp" in b["detail"] for b in health()["loadBalancerBackendAddresses"]),
             timeout=20)
         res = L.flows("client1", "203.0.113.60", 80, 40)
         if behaviour == "AllProbedDown":
             assert res["served"] == 0, res
+            assert {b["reason"] for b in health()["loadBalancerBackendAddresses"]} == {"Down_Probe_NoHealthyBackend"}
         else:
             assert res["failures"] == 0 and set(res["by_dip"]) == {"vm5", "vm6"}, res
             assert health()["up"] == 2
+            assert {b["reason"] for b in health()["loadBalancerBackendAddresses"]} == {"Up_Probe_AllDownIsUp"}
     finally:
         for vm in ("vm5", "vm6"):
             L.sh(vm, "rm -f /run/muxlab/unhealthy")

@@ -108,3 +108,32 @@ def test_analyse_recovery_and_breakage():
     assert r["recovery_s"] == pytest.approx(0.9) and r["unserved_after_fault"] == 2
     assert analyse({"conns": [], "attempts": [[10.2, True, 0.01, "vm1"]]}, 10.0)["recovery_s"] == 0.0
     assert analyse({"conns": [], "attempts": [[10.2, False, 1, "x"]]}, 10.0)["recovery_s"] is None
+
+
+# ---------------------------------------------------------------- Azure's reason codes
+
+@pytest.mark.parametrize("protocol,history,code", [
+    ("http", [True], "Up_Probe_Success"),
+    ("http", [False], "Up_Probe_ApproachingUnhealthyThreshold"),          # one failure of two
+    ("http", [False, False], "Down_Probe_HttpStatusCodeError"),            # HTTP 503, twice
+    ("http", [False, False, True], "Down_Probe_ApproachingHealthyThreshold"),
+    ("tcp", [False, False], "Down_Probe_TcpProbeTimeout"),
+])
+def test_each_reason_code_comes_from_the_situation_it_names(protocol, history, code):
+    from hostagent.probes import reason_code
+    probe = Probe("lb/p", protocol, 8080, "/health", 1.0, 0.5, unhealthy_threshold=2, healthy_threshold=3)
+    st = ProbeState()
+    for i, ok in enumerate(history):
+        st.step(ok, probe, i, "" if ok else ("HTTP 503" if protocol == "http" else "TimeoutError"))
+    assert reason_code(st, probe) == code
+
+
+@pytest.mark.parametrize("error,code", [("ConnectionRefusedError", "Down_Probe_HttpEndpointUnreachable"),
+                                        ("TimeoutError", "Down_Probe_HttpNoResponse"),
+                                        ("HTTP 500", "Down_Probe_HttpStatusCodeError")])
+def test_an_http_probe_s_failures_keep_apart(error, code):
+    from hostagent.probes import reason_code
+    probe = Probe("lb/p", "http", 8080, "/health", 1.0, 0.5, unhealthy_threshold=1, healthy_threshold=1)
+    st = ProbeState()
+    st.step(False, probe, 1, error)
+    assert reason_code(st, probe) == code
