@@ -262,7 +262,8 @@ class Store:
             else:
                 after[name] = lb
         new = {n: lb for n, lb in updates.items() if lb is not None}
-        after.update(allocate_public_ips(new, self.fabric, {n: lb for n, lb in held.items() if n not in updates}))
+        # everything held, the versions being replaced too: a replaced frontend keeps its address
+        after.update(allocate_public_ips(new, self.fabric, held))
         problems = check(after, self.fabric, held, changed=updates)
         if not problems:
             allocations, problems = allocate(after, self.fabric, dict(rows.allocations))

@@ -147,8 +147,11 @@ class FrontendIPConfigurationProperties(ReadOnly):
 
     @model_validator(mode="after")
     def _one_address(self):
-        if (self.privateIPAddress is None) == (self.publicIPAddress is None):
-            raise ValueError("a frontend has either privateIPAddress (internal) or publicIPAddress (public), not both or neither")
+        # internal: privateIPAddress, or only a subnet (Dynamic: the manager allocates one from the VNet)
+        internal = self.privateIPAddress is not None or (self.publicIPAddress is None and self.subnet is not None)
+        if internal == (self.publicIPAddress is not None):
+            raise ValueError("a frontend has either privateIPAddress or a subnet (internal) or publicIPAddress (public), "
+                             "not both or neither")
         return self
 
 
@@ -159,11 +162,13 @@ class FrontendIPConfiguration(Child):
     @property
     def address(self) -> IPv4 | None:
         p = self.properties
-        return p.privateIPAddress if p.privateIPAddress is not None else p.publicIPAddress.properties.ipAddress
+        if p.publicIPAddress is None:
+            return p.privateIPAddress   # None: an internal frontend given only a subnet, not yet allocated
+        return p.publicIPAddress.properties.ipAddress
 
     @property
     def internal(self) -> bool:
-        return self.properties.privateIPAddress is not None
+        return self.properties.publicIPAddress is None
 
 
 # ------------------------------------------------------------------ backends

@@ -90,6 +90,9 @@ def _check_one(name: str, lb: LoadBalancer, fabric: Lab, before: LoadBalancer | 
         addr = fe.address
         if fe.internal:
             where = f"{p}.privateIPAddress"
+            if addr is None:
+                bad.append((where, None, "no address: the manager allocates one for a frontend given only a subnet"))
+                continue
             if addr not in fabric.vnet:
                 bad.append((where, str(addr), f"an internal frontend comes from the VNet {fabric.vnet}"))
                 continue
@@ -237,8 +240,11 @@ def _pip_key(pip: PublicIPAddress) -> str:
 
 
 def allocate_public_ips(lbs: dict[str, LoadBalancer], fabric: Lab, held: dict[str, LoadBalancer]) -> dict[str, LoadBalancer]:
-    """Give every publicIPAddress that has no address one from the lab's public range, as Azure
-    allocates a public IP resource: the same resource (by id or name) keeps its address."""
+    """Give every frontend without an address one, as Azure allocates them: a publicIPAddress
+    one from the lab's public range (the same resource, by id or name, keeps its address); an
+    internal frontend given only a subnet (Dynamic) one of the VNet outside every VM subnet
+    (the same load balancer's frontend, by name, keeps its address)."""
+    lbs = _allocate_private(lbs, fabric, held)
     known: dict[str, ipaddress.IPv4Address] = {}
     used: set[ipaddress.IPv4Address] = set()
     for lb in [*held.values(), *lbs.values()]:
@@ -262,6 +268,30 @@ def allocate_public_ips(lbs: dict[str, LoadBalancer], fabric: Lab, held: dict[st
                     pip.properties.ipAddress = addr
                     used.add(addr)
                     known[_pip_key(pip)] = addr
+        out[name] = lb
+    return out
+
+
+def _allocate_private(lbs: dict[str, LoadBalancer], fabric: Lab, held: dict[str, LoadBalancer]) -> dict[str, LoadBalancer]:
+    used = {fe.address for lb in [*held.values(), *lbs.values()] for fe in lb.properties.frontendIPConfigurations
+            if fe.address is not None}
+    used |= {a for vm in fabric.vms for a in (vm.ip, vm.nic2) if a is not None}
+    subnets = [n for h in fabric.hosts for n in h.subnets]
+    free = (a for a in fabric.vnet.hosts() if int(a) & 0xFF >= 100 and a not in used and not any(a in n for n in subnets))
+    out = {}
+    for name, lb in lbs.items():
+        dynamic = [fe for fe in lb.properties.frontendIPConfigurations if fe.internal and fe.address is None]
+        if not dynamic:
+            out[name] = lb
+            continue
+        before = {fe.name: fe.address for fe in held[name].properties.frontendIPConfigurations} if name in held else {}
+        lb = lb.model_copy(deep=True)
+        for fe in lb.properties.frontendIPConfigurations:
+            if fe.internal and fe.address is None:
+                kept = before.get(fe.name)
+                addr = kept if kept is not None and kept in fabric.vnet else None
+                fe.properties.privateIPAddress = addr or next(free, None)
+                fe.properties.privateIPAllocationMethod = "Dynamic"
         out[name] = lb
     return out
 

@@ -5,6 +5,7 @@ import copy
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -346,4 +347,27 @@ def test_no_healthy_backends_behaviour_in_the_data_path(L, behaviour):
         for vm in ("vm5", "vm6"):
             L.sh(vm, "rm -f /run/muxlab/unhealthy")
         L.api.delete("/loadBalancers/allup")
+        L.synced()
+
+
+def test_an_internal_frontend_given_only_a_subnet_is_allocated_kept_and_served(L):
+    """As most of Azure's examples write an internal frontend: a subnet, Dynamic allocation."""
+    from muxlab.lb.azure import canonical, load_document
+    raw = canonical(load_document(Path(__file__).resolve().parents[2] / "containerlab" / "examples" / "ilb-hairpin.yml")["ilb"])
+    fe = raw["properties"]["frontendIPConfigurations"][0]["properties"]
+    del fe["privateIPAddress"]
+    fe.update(privateIPAllocationMethod="Dynamic",
+              subnet={"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/s"})
+    try:
+        got = L.api.put("/loadBalancers/dyn", raw)
+        addr = got["properties"]["frontendIPConfigurations"][0]["properties"]["privateIPAddress"]
+        assert addr.startswith("10.1.0.") and got["properties"]["frontendIPConfigurations"][0]["properties"][
+            "privateIPAllocationMethod"] == "Dynamic", got
+        L.synced()
+        res = L.flows("vm6", addr, 80, 60)
+        assert res["served"] > 0 and "vm6" not in res["by_dip"], res   # an ILB: vm6's own share is the hairpin
+        again = L.api.put("/loadBalancers/dyn", raw)   # the same request again: the same address
+        assert again["properties"]["frontendIPConfigurations"][0]["properties"]["privateIPAddress"] == addr
+    finally:
+        L.api.delete("/loadBalancers/dyn")
         L.synced()

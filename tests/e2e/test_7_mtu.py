@@ -52,8 +52,12 @@ def upload(ref):
 
 
 def counter(ref, name):
-    out = labmod.docker_exec(ref, "mux1", ["nft", "-j", "list", "counter", "ip", "muxlab_mux", name]).stdout
-    return json.loads(out)["nftables"][1]["counter"]["packets"]
+    """The counter summed over the MUXes: the edge hashes the upload to either (ECMP on the 5-tuple)."""
+    total = 0
+    for m in ref.lab.muxes:
+        out = labmod.docker_exec(ref, m.name, ["nft", "-j", "list", "counter", "ip", "muxlab_mux", name]).stdout
+        total += json.loads(out)["nftables"][1]["counter"]["packets"]
+    return total
 
 
 def test_black_hole_then_each_remedy(mtu_lab):

@@ -346,3 +346,22 @@ def test_what_azure_s_own_examples_write_is_accepted():
         syncMode="Manual")
     facts = compile_facts({"web": parse_lb(raw)}, fabric())
     assert {r.probe.path for r in facts.rules if r.name == "http"} == {"/healthcheck.aspx"}
+
+
+def test_an_internal_frontend_given_only_a_subnet_gets_a_vnet_address_and_keeps_it():
+    """Most of Azure's examples write an internal frontend as a subnet and Dynamic allocation."""
+    from tests.unit.conftest import fabric
+    raw = canonical(load_document(REPO / "containerlab" / "examples" / "ilb-hairpin.yml")["ilb"])
+    fe = raw["properties"]["frontendIPConfigurations"][0]["properties"]
+    del fe["privateIPAddress"]
+    fe.update(privateIPAllocationMethod="Dynamic", subnet={"id": "/subscriptions/s/resourceGroups/rg/providers/"
+                                                                "Microsoft.Network/virtualNetworks/vnet/subnets/default"})
+    lbs = {"ilb": parse_lb(raw)}
+    assert [p[2] for p in check(lbs, fabric())] == ["no address: the manager allocates one for a frontend given only a subnet"]
+    got = allocate_public_ips(lbs, fabric(), {})
+    addr = got["ilb"].properties.frontendIPConfigurations[0].address
+    assert addr in fabric().vnet and not any(addr in n for h in fabric().hosts for n in h.subnets)
+    assert check(got, fabric()) == []
+    assert allocate_public_ips(lbs, fabric(), got)["ilb"].properties.frontendIPConfigurations[0].address == addr   # kept
+    other = allocate_public_ips({"ilb2": lbs["ilb"]}, fabric(), got)["ilb2"].properties.frontendIPConfigurations[0].address
+    assert other != addr   # another load balancer gets another
