@@ -57,6 +57,11 @@ class ProbeState:
     def report(self) -> dict:
         return asdict(self)
 
+    @property
+    def failing(self) -> bool:
+        """In rotation, with failures since the last success (on the way out)."""
+        return self.up and self.fail_streak > 0
+
 
 @dataclass
 class ClassicState:
@@ -96,6 +101,10 @@ class ClassicState:
     def report(self) -> dict:
         return asdict(self)
 
+    @property
+    def failing(self) -> bool:
+        return self.up and bool(self.last_error)
+
 
 # Azure's per-backend health reasons (loadBalancingRules/{rule}/health); the host knows the
 # probe's own, the managers add the administrative ones (manager/api.py)
@@ -110,7 +119,7 @@ def reason_code(st: ProbeState | ClassicState, probe: Probe) -> str:
     """Azure's reason for a backend's state, from its probe's history."""
     error = st.last_error
     if st.up:
-        return APPROACHING_DOWN if getattr(st, "fail_streak", 0) or (error and isinstance(st, ClassicState)) else UP
+        return APPROACHING_DOWN if st.failing else UP
     if st.ok_streak:
         return APPROACHING_UP
     if probe.protocol != "http":

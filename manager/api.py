@@ -455,7 +455,7 @@ def rule_health(name: LbName, rule: ChildName):
     # a host reports on its own VMs only: a row naming another host is ignored (as the MUXes do)
     probes = {(h["vm"], h["probe"]): h for h in snap["health"] if fabric.runs(h["host"], h["vm"])}
     alive = {h["name"] for h in snap["hosts"] if h["alive"]}
-    out = []
+    out, probed_down = [], []   # probed_down: the backends only their probe keeps out
     r = rules[0]
     timeout = "Down_Probe_HttpNoResponse" if r.probe and r.probe.protocol == "http" else "Down_Probe_TcpProbeTimeout"
     for b in r.backends:
@@ -479,19 +479,17 @@ def rule_health(name: LbName, rule: ChildName):
             state, code, why, since = ("Down", probe["code"] or timeout, f"probe {r.probe.key} fails: {probe['reason']}",
                                        probe["since"])
         out.append({"name": b.vm, "ipAddress": b.ip, "host": host, "state": state, "reason": code, "detail": why,
-                    "since": since, "probedDown": bool(probe and not probe["up"] and b.admin == "None" and host in alive)})
-    if r.probe and not any(o["state"] == "Up" for o in out) and any(o["probedDown"] for o in out):
-        for o in out:
-            if not o["probedDown"]:
-                continue
+                    "since": since})
+        if probe and not probe["up"] and b.admin == "None" and host in alive:
+            probed_down.append(out[-1])
+    if probed_down and not any(o["state"] == "Up" for o in out):
+        for o in probed_down:
             if r.probe.all_down_is_up:   # noHealthyBackendsBehavior AllProbedUp: the MUXes give them all new flows
                 o["state"], o["reason"] = "Up", "Up_Probe_AllDownIsUp"
                 o["detail"] = f"every backend is probed down and {r.probe.key} is AllProbedUp: all up"
             else:
                 o["reason"] = "Down_Probe_NoHealthyBackend"
                 o["detail"] += " (and so is every other backend: no new flows)"
-    for o in out:
-        del o["probedDown"]
     return {"loadBalancingRule": rule, "up": sum(o["state"] == "Up" for o in out),
             "down": sum(o["state"] == "Down" for o in out), "loadBalancerBackendAddresses": out}
 

@@ -37,7 +37,7 @@ from muxlab.datapath.conventions import FASTPATH_NFLOG_GROUP, MUX_TABLE, ct_time
 from muxlab.fabric.lab import Lab
 from muxlab.lb.facts import Backend, Facts, Rule
 
-from .proxy import listen_ports
+from . import proxy
 
 FASTPATH_LOGGED = "fastpath_logged"   # handshakes of VMs' connections handed to the agent for a redirect
 SOURCE_NAT_FLOWS = "source_nat_flows"  # flows of sourceNat rules this MUX source-NATed to itself
@@ -145,7 +145,7 @@ def ruleset(fabric: Lab, facts: Facts, tables: list[RuleTable], remedies: frozen
     differences (muxlab.datapath.nfttable.update). `address`: this MUX's own, the source of
     sourceNat rules' flows (None: the first MUX's, for a table to look at)."""
     address = address or str(fabric.muxes[0].address)
-    listen = listen_ports(facts)   # the one place rule -> HAProxy port is decided
+    listen = proxy.listen_ports(facts)   # the one place rule -> HAProxy port is decided
     remedies = fabric.mtu_remedies if remedies is None else remedies
     classes = idle_classes(tables)
     objects = {f"counter {c}": f"counter {c} {{}}" for c in (
@@ -163,7 +163,7 @@ def ruleset(fabric: Lab, facts: Facts, tables: list[RuleTable], remedies: frozen
     sets["source_nat_rules"] = nfttable.Set("set", "type ipv4_addr . inet_proto . inet_service;", dict.fromkeys(
         f"{s.rule.vip} . {s.rule.protocol} . {s.rule.port}" for s in tables if s.rule.source_nat))
     # proxyProtocol rules: their clients go to HAProxy on this MUX's address, one port per rule
-    proxied = [s.rule for s in tables if s.rule.proxy_protocol]
+    proxied = proxy.proxied(facts)
     sets["proxy_rules"] = nfttable.Set("set", "type ipv4_addr . inet_proto . inet_service;", dict.fromkeys(
         f"{r.vip} . {r.protocol} . {r.port}" for r in proxied))
     sets["proxy_listen"] = nfttable.Set("map", "type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service;",

@@ -6,12 +6,12 @@ import json
 import sys
 from pathlib import Path
 
+from ..datapath.conventions import BUSY_FILE
 from ..errors import MuxlabError
 from ..lb.azure import LoadBalancer, canonical, load_document
 from ..lb.check import allocate_public_ips
 from ..lb.csdef import load_csdef
 from ..lb.diff import diff
-from ..node.vmservice import BUSY_FILE
 from .lab import LabRef, docker_exec, frontends
 
 def held(ref: LabRef) -> dict[str, LoadBalancer]:

@@ -53,6 +53,7 @@ EDGE_NFT_FILE = f"{CONFIG_DIR}/edge.nft"         # the edge: router/entrypoint.s
 RUN_DIR = "/run/muxlab"
 MAGLEV_TABLES_FILE = f"{RUN_DIR}/tables.json"    # on every MUX: the Maglev tables it programmed
 ANNOUNCE_FILE = f"{RUN_DIR}/announce.json"       # on every MUX: the VIPs its agent tells the BGP helper to announce
+BUSY_FILE = f"{RUN_DIR}/busy"                     # a VM reports itself busy while it exists (`muxlab instance`)
 STOPPED_DIR = f"{RUN_DIR}/stopped"               # a process named by a file here is held down by the supervisor
 
 # The lab's PKI (muxlab.pki creates it at deploy, in the lab folder's PKI_FOLDER): one CA, and

@@ -37,8 +37,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from muxlab.datapath import conventions
-from muxlab.datapath.conventions import (GUEST_HEARTBEAT_S, HEALTH_REPORT_PATH, IMDS_ADDRESS, IMDS_PORT, PLATFORM_ADDRESS,
+from muxlab.datapath.conventions import (BUSY_FILE, GUEST_HEARTBEAT_S, HEALTH_REPORT_PATH, IMDS_ADDRESS, IMDS_PORT, PLATFORM_ADDRESS,
                                          PROXY_V2_SIGNATURE, WIRESERVER_PORT)
 from muxlab.fabric.lab import load_lab
 from muxlab.lb.metadata import LOADBALANCER_MIN_VERSION, guest_config
@@ -51,7 +50,6 @@ WAIT_S = 20.0   # how long the host may hold a request for a change (at most its
 RETRY_S = 0.25  # after a failed request
 IMDS_TIMEOUT_S = 2.0
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))   # built once
-BUSY_FILE = f"{conventions.RUN_DIR}/busy"   # while it exists the instance reports itself busy (`muxlab instance VM busy`)
 HEALTH_URL = f"http://{PLATFORM_ADDRESS}:{WIRESERVER_PORT}{HEALTH_REPORT_PATH}"
 WIRE_VERSION = "2012-11-30"   # the wire protocol version Azure's guest agents send
 

@@ -2,8 +2,10 @@
 (`muxlab apply ProbeTenant.csdef`), every endpoint it declares, the classic probe semantics
 and the guest agent probe. What counts is what the wire shows: which instance answered,
 and the hosts' and MUXes' kernel state."""
+import ipaddress
 import json
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -28,10 +30,34 @@ def flows_to(L, source, address, port, n, udp=False) -> dict:
     return json.loads(L.sh(source, argv, timeout=60 + 2 * n).stdout)
 
 
+def kernel_rotation(L, mux, vip, proto, port) -> set[str]:
+    """The VMs a MUX's kernel maps (vip, proto, port) to: the services map names the rule's
+    chain, the chain its Maglev map, the map's elements the DIPs (as marks)."""
+    services = L.sh(mux, "nft list map ip muxlab_mux services").stdout
+    number = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}[proto]   # nft lists an inet_proto by number
+    chain = re.search(rf"{re.escape(vip)} \. {number} \. {port} : goto (\S+?),?\s", services)
+    if chain is None:
+        return set()
+    table = re.search(r"map @(\S+)", L.sh(mux, f"nft list chain ip muxlab_mux {chain.group(1)}").stdout).group(1)
+    marks = re.findall(r": (0x[0-9a-f]+)", L.sh(mux, f"nft list map ip muxlab_mux {table}").stdout)
+    by_dip = {str(vm.ip): vm.name for vm in L.ref.lab.vms}
+    return {by_dip[str(ipaddress.IPv4Address(int(m, 16)))] for m in set(marks)}
+
+
+RULES = {"HTTP_Probe": ("tcp", 80), "FE_External_Http": ("tcp", 10000), "FE_External_Tcp": ("tcp", 10001)}
+
+
 def in_rotation(L, rule) -> set[str]:
-    """The instances every MUX's Maglev table for the rule holds (one set, once all agree)."""
-    tables = L.assert_mux_tables_identical()
-    return set(tables.get(f"{LB}/{rule}", []))
+    """The instances every MUX's kernel holds for the rule (one set, once all agree)."""
+    proto, port = RULES[rule]
+    seen = {}
+
+    def agree():
+        sets = {m.name: kernel_rotation(L, m.name, VIP, proto, port) for m in L.ref.lab.muxes}
+        seen["sets"] = sets
+        return len({frozenset(s) for s in sets.values()}) == 1
+    L.wait_for(f"every MUX's kernel to agree on {rule}", agree, timeout=10, interval=0.1)
+    return next(iter(seen["sets"].values()))
 
 
 def reason(L, rule, vm) -> str:
